@@ -1,0 +1,101 @@
+"""The ``tierwise`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import yaml
+
+from pipelines.errors import TierwiseError
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise TierwiseError(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_run(args) -> int:
+    from jobs.runner import run_job
+    from jobs.spec import load_spec
+
+    spec = load_spec(args.spec, _overrides(args.set))
+    report = run_job(spec, address=args.address, show_progress=not args.quiet)
+    print(summary_line(report))
+    print(json.dumps(report))
+    return 0
+
+
+def summary_line(report: dict) -> str:
+    b = report["budget"]
+    parts = [f"rows {report['rows']}", "status " + ", ".join(f"{k}={v}" for k, v in sorted(report["status"].items())),
+             f"spent {report['spent']:,.6g} of {b['amount']:,.6g} {b['unit']} ({(report['utilization'] or 0):.1%})"]
+    if "accuracy" in report:
+        parts.append(f"accuracy {report['accuracy']:.3f}")
+    if report.get("output_tokens_per_s"):
+        parts.append(f"{report['output_tokens_per_s']:,.0f} generated tok/s")
+    parts.append(f"wall {report['wall_s']:.1f}s")
+    return "tierwise: " + " | ".join(parts)
+
+
+def cmd_demo_data(args) -> int:
+    from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+    from pipelines import io
+
+    df = generate_dataset(args.rows, DEMO_MIX, args.seed)
+    fs, path = io.filesystem(args.out)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as fh:
+        df.write_parquet(fh, row_group_size=args.row_group_size)
+    print(f"wrote {df.height} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tierwise", description="Spend a fixed inference budget wisely.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a job spec")
+    run.add_argument("spec")
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec field, e.g. --set budget.amount=1e5")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo-data", help="write the demo arithmetic data set")
+    demo.add_argument("out")
+    demo.add_argument("--rows", type=int, default=1000)
+    demo.add_argument("--seed", type=int, default=1234)
+    demo.add_argument("--row-group-size", type=int, default=10_000)
+    demo.set_defaults(func=cmd_demo_data)
+
+    try:
+        from jobs import replay_command
+        replay_command.register(sub)
+    except ImportError:
+        pass
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except TierwiseError as exc:
+        print(f"tierwise: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

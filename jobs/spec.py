@@ -1,0 +1,140 @@
+"""The job spec: one typed, validated description of a tierwise run.
+
+YAML holds values; this module holds defaults and their meaning. Validation does
+no I/O: a bad spec fails here, naming the field and the rule, before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import TierwiseError
+
+
+class SpecError(TierwiseError):
+    """The job spec is invalid; the message names each bad field and its rule."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    path: str = Field(description="Parquet file or directory; local path or s3:// URI")
+    id_column: str = "id"
+    prompt_column: str = "prompt"
+    gold_column: str | None = Field(None, description="used only to score the run, never by a policy")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec / s3fs")
+
+
+class OutputSpec(_Strict):
+    path: str = Field(description="directory (local or s3://) for parts and run_report.json")
+    part_rows: int = Field(256, ge=1, description="rows per committed part (the unit of resume)")
+    keep_samples: bool = Field(False, description="store every sampled text in the `samples` column")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelSpec(_Strict):
+    path: str = Field("embedded:tiny-adder", description="embedded:NAME, a local model dir, or a HF id")
+    dtype: str = "auto"
+    max_model_len: int | None = Field(None, ge=16)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vllm AsyncEngineArgs")
+
+
+class ReplicaSpec(_Strict):
+    count: int = Field(1, ge=1, description="vLLM replicas (one per GPU or tensor-parallel group)")
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (tensor_parallel_size on GPU)")
+    max_rows_in_flight: int = Field(256, ge=1, description="rows a replica keeps in its engine at once")
+    parts_per_replica: int = Field(2, ge=1)
+    max_part_retries: int = Field(3, ge=0)
+
+
+class SamplingSpec(_Strict):
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class BudgetSpec(_Strict):
+    amount: float = Field(ge=0, description="hard cap on total spend, in `unit`")
+    unit: Literal["tokens", "gpu_hours", "usd"] = "tokens"
+    tokens_per_gpu_hour: float | None = Field(None, gt=0, description="throughput that converts tokens to GPU-hours")
+    usd_per_gpu_hour: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _conversion(self):
+        if self.unit != "tokens" and self.tokens_per_gpu_hour is None:
+            raise ValueError(f"budget.tokens_per_gpu_hour is required when budget.unit is {self.unit!r}")
+        if self.unit == "usd" and self.usd_per_gpu_hour is None:
+            raise ValueError("budget.usd_per_gpu_hour is required when budget.unit is 'usd'")
+        return self
+
+
+class UniformPolicy(_Strict):
+    """The same compute for every row: ``n`` samples, majority vote (n=1: one pass)."""
+
+    kind: Literal["uniform"] = "uniform"
+    n: int = Field(1, ge=1, le=256)
+    select: Literal["majority", "verifier"] = "majority"
+
+
+Policy = Annotated[UniformPolicy, Field(discriminator="kind")]
+
+
+class JobSpec(_Strict):
+    name: str = "tierwise-job"
+    input: InputSpec
+    output: OutputSpec
+    model: ModelSpec = ModelSpec()
+    replicas: ReplicaSpec = ReplicaSpec()
+    sampling: SamplingSpec = SamplingSpec()
+    budget: BudgetSpec
+    policy: Policy = UniformPolicy()
+    answer_extractor: str = Field("full", description="arithmetic | regex:PATTERN | last_line | full")
+    verifier: str | None = Field(None, description="arithmetic_steps | module:function")
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.policy.select == "verifier" and not self.verifier:
+            raise ValueError("policy.select 'verifier' needs a `verifier`")
+        if self.input.gold_column and self.input.gold_column in (self.input.id_column, self.input.prompt_column):
+            raise ValueError("input.gold_column must differ from the id and prompt columns")
+        return self
+
+
+def _format(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid job spec {source}:"]
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: dict, source: str = "") -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format(exc, source)) from None
+
+
+def load_spec(path: str | Path, overrides: dict | None = None) -> JobSpec:
+    """Reads a YAML spec; ``overrides`` (dotted keys) are applied before validation."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"cannot read job spec {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"job spec {path} must be a mapping at the top level")
+    for key, value in (overrides or {}).items():
+        node = data
+        *head, last = key.split(".")
+        for k in head:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return parse_spec(data, str(path))

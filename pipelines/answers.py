@@ -1,0 +1,57 @@
+"""Answer extraction and selection among samples.
+
+An extractor turns a sample's text into a comparable answer string (or None when
+no answer can be read). Selection picks a row's answer from its samples: majority
+vote, or a vote weighted by verifier scores. None of this ever sees gold.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+
+Extractor = Callable[[str], "str | None"]
+
+
+def make_extractor(name: str) -> Extractor:
+    """Returns the extractor named by a spec.
+
+    ``arithmetic``: the demo task's ``A: ...`` line; ``regex:PATTERN``: the first
+    group of the last match; ``last_line``: the last non-empty line; ``full``: the
+    stripped text.
+    """
+    if name == "arithmetic":
+        from pipelines.tasks.arithmetic import extract_answer
+        return extract_answer
+    if name.startswith("regex:"):
+        pattern = re.compile(name[len("regex:"):])
+
+        def by_regex(text: str) -> str | None:
+            matches = pattern.findall(text)
+            if not matches:
+                return None
+            last = matches[-1]
+            return (last[0] if isinstance(last, tuple) else last).strip() or None
+        return by_regex
+    if name == "last_line":
+        return lambda text: next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), None)
+    if name == "full":
+        return lambda text: text.strip() or None
+    raise ValueError(f"unknown answer extractor {name!r}")
+
+
+def vote(answers: list[str | None], weights: list[float] | None = None) -> tuple[str | None, dict[str, float]]:
+    """Majority (or weighted) vote over extracted answers; None answers abstain.
+
+    Ties go to the answer reached first. Returns ``(winner, {answer: votes})``.
+    """
+    counts: Counter[str] = Counter()
+    for i, a in enumerate(answers):
+        if a is not None:
+            counts[a] += 1.0 if weights is None else float(weights[i] or 0.0)
+    if not counts:
+        return None, {}
+    best = max(counts.values())
+    winner = next(a for a in answers if a is not None and counts[a] == best)
+    return winner, dict(counts)

@@ -1,0 +1,201 @@
+"""Streaming Parquet I/O over local paths and S3 (through fsspec / s3fs).
+
+Input is never read whole: the driver reads only Parquet footers to plan
+deterministic *parts* (contiguous row ranges of one file), and each worker reads
+just its part's columns. Output parts are committed atomically: a local part is
+written to a temporary name and renamed; an S3 part is a single object PUT, which
+S3 makes visible only when complete. A committed part file is the commit record.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.errors import InputError, StorageError
+
+PART_METADATA_KEY = b"tierwise.part"
+
+
+def filesystem(uri: str, storage_options: dict[str, Any] | None = None):
+    """Returns ``(fs, path)`` for a local path or ``s3://`` URI."""
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"cannot open {uri!r}: {exc}") from exc
+    return fs, path
+
+
+def _protocol_prefix(fs) -> str:
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return "" if proto in ("file", "local") else f"{proto}://"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One Parquet file of the input, with its row-group sizes (from the footer)."""
+
+    path: str
+    row_groups: tuple[int, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.row_groups)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A deterministic slice of the input: rows ``[start, start + length)`` of one file.
+
+    Part ids are stable across runs over the same input and ``part_rows``, which is
+    what makes resume exact.
+    """
+
+    part_id: int
+    file: str
+    start: int
+    length: int
+
+
+def list_input_files(uri: str, storage_options: dict[str, Any] | None = None) -> list[InputFile]:
+    """Lists the input's Parquet files in sorted order and reads their footers.
+
+    Raises:
+        InputError: the path does not exist, holds no Parquet file, or a file's
+            footer cannot be read (the file is named).
+    """
+    fs, path = filesystem(uri, storage_options)
+    try:
+        if fs.isdir(path):
+            paths = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+        elif fs.exists(path):
+            paths = [path]
+        else:
+            raise InputError(f"input path {uri!r} does not exist")
+    except InputError:
+        raise
+    except Exception as exc:  # botocore / OS errors: keep the cause
+        raise InputError(f"input path {uri!r} cannot be read: {exc}") from exc
+    if not paths:
+        raise InputError(f"input path {uri!r} holds no .parquet file")
+    prefix = _protocol_prefix(fs)
+    files = []
+    for p in paths:
+        try:
+            with fs.open(p, "rb") as fh:
+                meta = pq.ParquetFile(fh).metadata
+        except Exception as exc:
+            raise InputError(f"input file {prefix}{p} is not readable Parquet: {exc}") from exc
+        files.append(InputFile(prefix + p, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))))
+    return files
+
+
+def read_schema(file: InputFile, storage_options: dict[str, Any] | None = None) -> pa.Schema:
+    fs, path = filesystem(file.path, storage_options)
+    with fs.open(path, "rb") as fh:
+        return pq.ParquetFile(fh).schema_arrow
+
+
+def plan_parts(files: list[InputFile], part_rows: int) -> list[Part]:
+    """Splits the input into parts of at most ``part_rows`` rows, file by file."""
+    parts: list[Part] = []
+    for f in files:
+        for start in range(0, f.num_rows, part_rows):
+            parts.append(Part(len(parts), f.path, start, min(part_rows, f.num_rows - start)))
+    return parts
+
+
+def read_part(part: Part, columns: list[str], storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """Reads only the row groups that cover ``part`` and only ``columns``."""
+    fs, path = filesystem(part.file, storage_options)
+    with fs.open(path, "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        meta = pf.metadata
+        groups, offset, first_row = [], 0, None
+        for i in range(meta.num_row_groups):
+            n = meta.row_group(i).num_rows
+            if offset + n > part.start and offset < part.start + part.length:
+                groups.append(i)
+                first_row = offset if first_row is None else first_row
+            offset += n
+        table = pf.read_row_groups(groups, columns=columns)
+    return table.slice(part.start - (first_row or 0), part.length)
+
+
+def iter_column(files: list[InputFile], column: str, storage_options: dict[str, Any] | None = None):
+    """Yields one column of the whole input batch by batch (for job-level checks)."""
+    for f in files:
+        fs, path = filesystem(f.path, storage_options)
+        with fs.open(path, "rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(columns=[column], batch_size=65536):
+                yield batch.column(0)
+
+
+# ---------------------------------------------------------------- output
+
+def part_name(part_id: int) -> str:
+    return f"part-{part_id:06d}.parquet"
+
+
+def write_part(table: pa.Table, out_uri: str, part_id: int, summary: dict[str, Any],
+               storage_options: dict[str, Any] | None = None) -> str:
+    """Commits one output part atomically, with ``summary`` in the file's metadata.
+
+    Returns the committed URI.
+    """
+    fs, root = filesystem(out_uri, storage_options)
+    meta = dict(table.schema.metadata or {})
+    meta[PART_METADATA_KEY] = json.dumps(summary).encode()
+    table = table.replace_schema_metadata(meta)
+    final = f"{root.rstrip('/')}/{part_name(part_id)}"
+    try:
+        fs.makedirs(root, exist_ok=True)
+        if _protocol_prefix(fs):  # object store: one PUT, visible only when complete
+            with fs.open(final, "wb") as fh:
+                pq.write_table(table, fh)
+        else:
+            tmp = f"{root.rstrip('/')}/.tmp-{part_name(part_id)}-{uuid.uuid4().hex}"
+            with fs.open(tmp, "wb") as fh:
+                pq.write_table(table, fh)
+            fs.mv(tmp, final)
+    except Exception as exc:
+        raise StorageError(f"cannot write output part {final}: {exc}") from exc
+    return _protocol_prefix(fs) + final
+
+
+def committed_parts(out_uri: str, storage_options: dict[str, Any] | None = None) -> dict[int, dict]:
+    """Returns ``{part_id: summary}`` for every committed part under ``out_uri``."""
+    fs, root = filesystem(out_uri, storage_options)
+    if not fs.exists(root):
+        return {}
+    done = {}
+    for p in sorted(fs.glob(f"{root.rstrip('/')}/part-*.parquet")):
+        name = p.rsplit("/", 1)[-1]
+        with fs.open(p, "rb") as fh:
+            md = pq.ParquetFile(fh).schema_arrow.metadata or {}
+        done[int(name[5:11])] = json.loads(md.get(PART_METADATA_KEY, b"{}"))
+    return done
+
+
+def write_json(obj: Any, out_uri: str, name: str, storage_options: dict[str, Any] | None = None) -> str:
+    fs, root = filesystem(out_uri, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    target = f"{root.rstrip('/')}/{name}"
+    with fs.open(target, "w") as fh:
+        json.dump(obj, fh, indent=2, default=str)
+    return _protocol_prefix(fs) + target
+
+
+def read_json(out_uri: str, name: str, storage_options: dict[str, Any] | None = None) -> Any | None:
+    fs, root = filesystem(out_uri, storage_options)
+    target = f"{root.rstrip('/')}/{name}"
+    if not fs.exists(target):
+        return None
+    with fs.open(target, "r") as fh:
+        return json.load(fh)

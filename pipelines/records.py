@@ -1,0 +1,38 @@
+"""The output contract: one record per input row, with full accounting."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+STATUSES = ("ok", "skipped_budget", "error")
+
+OUTPUT_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("answer", pa.string()),
+    pa.field("status", pa.string(), nullable=False),   # ok | skipped_budget | error
+    pa.field("error", pa.string()),
+    pa.field("tier", pa.string()),
+    pa.field("n_samples", pa.int32()),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("output_tokens", pa.int64()),
+    pa.field("cost", pa.float64()),                    # in the budget's unit
+    pa.field("difficulty", pa.float64()),              # null until estimated
+    pa.field("bucket", pa.int32()),
+    pa.field("votes", pa.map_(pa.string(), pa.float64())),
+    pa.field("agreement", pa.float64()),               # share of votes for the answer
+    pa.field("verifier_scores", pa.list_(pa.float64())),
+    pa.field("mean_logprob", pa.float64()),
+    pa.field("stop_reason", pa.string()),
+    pa.field("samples", pa.list_(pa.string())),        # kept only when output.keep_samples
+    pa.field("correct", pa.bool_()),                   # null unless a gold column is given
+])
+
+
+def empty_record(row_id: str, status: str, error: str | None = None, prompt_tokens: int | None = None) -> dict:
+    """A record for a row that produced no samples (budget skip or row error)."""
+    return {"id": row_id, "status": status, "error": error, "n_samples": 0,
+            "prompt_tokens": prompt_tokens, "output_tokens": 0, "cost": 0.0}
+
+
+def to_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=OUTPUT_SCHEMA)

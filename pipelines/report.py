@@ -1,0 +1,41 @@
+"""The run report: merges per-part summaries into ``run_report.json``."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+def build_report(spec, summaries: list[dict], ledger: dict, n_rows: int, n_parts: int,
+                 resumed_parts: int, wall_s: float) -> dict:
+    """Totals over every committed part (resumed ones included)."""
+    status: Counter[str] = Counter()
+    for s in summaries:
+        status.update(s.get("status", {}))
+    tot = {k: sum(s.get(k, 0) for s in summaries)
+           for k in ("rows", "prompt_tokens", "output_tokens", "cost", "samples", "correct", "graded")}
+    gen_seconds = sum(s.get("seconds", 0.0) for s in summaries if s["part_id"] >= 0)
+    spent = max(float(ledger.get("spent", 0.0)), tot["cost"])
+    report = {
+        "job": spec.name,
+        "rows": n_rows,
+        "rows_written": tot["rows"],
+        "parts": n_parts,
+        "resumed_parts": resumed_parts,
+        "status": dict(status),
+        "budget": {"amount": spec.budget.amount, "unit": spec.budget.unit},
+        "spent": spent,
+        "spent_in_output": tot["cost"],
+        "utilization": spent / spec.budget.amount if spec.budget.amount else None,
+        "prompt_tokens": tot["prompt_tokens"],
+        "output_tokens": tot["output_tokens"],
+        "samples": tot["samples"],
+        "wall_s": round(wall_s, 3),
+        "output_tokens_per_s": tot["output_tokens"] / wall_s if wall_s > 0 else None,
+        "part_seconds": round(gen_seconds, 3),
+        "policy": spec.policy.model_dump(),
+        "model": spec.model.path,
+    }
+    if tot["graded"]:
+        report["accuracy"] = tot["correct"] / tot["graded"]
+        report["graded_rows"] = tot["graded"]
+    return report

@@ -1,0 +1,76 @@
+"""Compute tiers as small row programs.
+
+A tier decides, from what a row has produced so far, the next request to send
+(or that the row is done and why). Replicas run these programs row by row with
+many rows in flight, so a row's round 2 starts the moment its round 1 finishes,
+never waiting for other rows: no round is a barrier across rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipelines.answers import Extractor, vote
+from pipelines.generation import GenResult, Sample, SamplingConfig
+
+
+@dataclass
+class RowState:
+    """What one row has produced so far."""
+
+    row_id: str
+    prompt_tokens: int
+    samples: list[Sample] = field(default_factory=list)
+    answers: list[str | None] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+    rounds: int = 0
+    stop_reason: str | None = None
+
+    def add(self, result: GenResult, extract: Extractor, verify=None, prompt: str | None = None) -> None:
+        self.rounds += 1
+        for s in result.samples:
+            self.samples.append(s)
+            self.answers.append(extract(s.text))
+            self.scores.append(verify(prompt, s.text) if verify is not None else None)
+
+
+@dataclass(frozen=True)
+class Tier:
+    """Base tier: one round of ``n`` samples, then stop.
+
+    Attributes:
+        name: what the output's ``tier`` column says.
+        n: samples per row.
+        temperature / top_p / max_tokens: sampling of each round.
+        weighted: select by verifier-weighted vote instead of plain majority.
+    """
+
+    name: str
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    weighted: bool = False
+
+    def next_request(self, state: RowState, seed: int | None) -> SamplingConfig | None:
+        if state.rounds:
+            state.stop_reason = state.stop_reason or "done"
+            return None
+        return SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
+                              max_tokens=self.max_tokens, seed=seed)
+
+    def worst_case_tokens(self, prompt_tokens: int, max_model_len: int) -> int:
+        """Upper bound on the tokens one round can cost (what the ledger reserves)."""
+        return prompt_tokens + self.n * min(self.max_tokens, max_model_len - prompt_tokens)
+
+    def select(self, state: RowState) -> tuple[str | None, dict[str, float]]:
+        weights = [s if s is not None else 0.0 for s in state.scores] if self.weighted else None
+        return vote(state.answers, weights)
+
+
+def uniform_tier(n: int, temperature: float, top_p: float, max_tokens: int, weighted: bool = False) -> Tier:
+    """The uniform policy's tier: ``single`` (one greedy pass) for n=1, else
+    ``vote`` (majority of n samples) or ``best_of_n`` (verifier-weighted vote)."""
+    if n == 1:
+        return Tier("single", 1, 0.0, 1.0, max_tokens)
+    return Tier("best_of_n" if weighted else "vote", n, temperature, top_p, max_tokens, weighted)

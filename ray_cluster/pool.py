@@ -1,0 +1,115 @@
+"""ReplicaPool: keeps every replica busy with a bounded number of parts in flight.
+
+Parts are deterministic slices of the input (``pipelines.io.Part``); each replica
+holds at most ``parts_per_replica`` of them at once, so memory stays flat however
+large the input is, and two parts overlap on each engine so it never drains
+between parts. A replica that dies is replaced and its parts retried (bounded,
+with backoff); its budget reservations are released. A part that keeps failing is
+committed as row-level ``error`` records, never dropped.
+
+Why not Ray Data's ``map_batches``: tierwise commits output per deterministic part
+together with that part's settled spend, which is what makes resume exact and the
+budget crash-safe; Ray Data's blocks are not stable across runs, and its
+checkpointing keeps every finished id in driver memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+from pipelines.io import Part
+from ray_cluster.replica import ReplicaActor, ReplicaConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    replicas: int = 1
+    num_cpus: float = 1
+    num_gpus: float = 0
+    parts_per_replica: int = 2
+    max_part_retries: int = 3
+    retry_backoff_s: float = 1.0
+
+
+class ReplicaPool:
+    def __init__(self, replica: ReplicaConfig, config: PoolConfig, ledger):
+        self.replica_cfg, self.cfg, self.ledger = replica, config, ledger
+        self._serial = 0
+        self.actors: dict[str, object] = {}
+        self.replaced = 0
+        for _ in range(config.replicas):
+            self._spawn()
+        infos = ray.get([a.start.remote() for a in self.actors.values()])
+        self.max_model_len = infos[0]["max_model_len"]
+
+    def _spawn(self) -> str:
+        name = f"replica-{self._serial}"
+        self._serial += 1
+        self.actors[name] = ReplicaActor.options(
+            num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus, max_concurrency=1000,
+        ).remote(self.replica_cfg, self.ledger, name)
+        return name
+
+    def _replace(self, name: str) -> None:
+        dead = self.actors.pop(name, None)
+        if dead is not None:
+            ray.get(self.ledger.release_holder.remote(name))
+            ray.kill(dead, no_restart=True)
+        self.replaced += 1
+        new = self._spawn()
+        ray.get(self.actors[new].start.remote())
+
+    def run(self, parts: Iterable[Part], on_done: Callable[[dict], None],
+            on_failed: Callable[[Part, str], None], poll: Callable[[], None] | None = None) -> None:
+        """Processes ``parts``; calls ``on_done(summary)`` per committed part and
+        ``on_failed(part, reason)`` for a part whose retries are exhausted."""
+        queue: deque[tuple[Part, int]] = deque((p, 0) for p in parts)
+        inflight: dict[ray.ObjectRef, tuple[str, Part, int]] = {}
+        while queue or inflight:
+            for name in list(self.actors):
+                load = sum(1 for n, _, _ in inflight.values() if n == name)
+                while queue and load < self.cfg.parts_per_replica:
+                    part, tries = queue.popleft()
+                    inflight[self.actors[name].process_part.remote(part)] = (name, part, tries)
+                    load += 1
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            if poll is not None:
+                poll()
+            for ref in done:
+                name, part, tries = inflight.pop(ref)
+                try:
+                    on_done(ray.get(ref))
+                except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                    log.warning("replica %s lost while on part %d: %s", name, part.part_id, exc)
+                    if name in self.actors:
+                        # Its other parts fail too and are requeued as they surface.
+                        self._replace(name)
+                    self._retry(queue, part, tries, f"replica lost: {exc}", on_failed)
+                except RayTaskError as exc:
+                    log.warning("part %d failed on %s: %s", part.part_id, name, exc)
+                    self._retry(queue, part, tries, str(exc.cause if hasattr(exc, "cause") else exc), on_failed)
+
+    def _retry(self, queue, part: Part, tries: int, reason: str, on_failed) -> None:
+        if tries + 1 > self.cfg.max_part_retries:
+            on_failed(part, reason)
+            return
+        time.sleep(min(30.0, self.cfg.retry_backoff_s * 2 ** tries))
+        queue.append((part, tries + 1))
+
+    def shutdown(self) -> None:
+        for a in self.actors.values():
+            try:
+                ray.get(a.shutdown.remote(), timeout=30)
+            except Exception:  # best effort: the actor is killed next anyway
+                pass
+            ray.kill(a)
+        self.actors.clear()

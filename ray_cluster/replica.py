@@ -1,0 +1,163 @@
+"""A replica: one Ray actor hosting one vLLM engine, processing input parts.
+
+Each part's rows run as concurrent coroutines (bounded by ``max_rows_in_flight``)
+against the async engine, and the pool sends a replica more than one part at a
+time, so the engine stays full across part boundaries. Every request reserves its
+worst-case cost from the ledger first and settles the actual cost after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import ray
+
+from pipelines import io, records
+from pipelines.answers import make_extractor
+from pipelines.budget import DENIED
+from pipelines.tiers import RowState, Tier
+from pipelines.validation import row_errors
+from ray_cluster.engine import EngineSpec, VllmEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """Everything a replica needs, cheap to pickle and ship."""
+
+    engine: EngineSpec
+    output_uri: str
+    id_column: str
+    prompt_column: str
+    gold_column: str | None
+    tier: Tier
+    cost_per_token: float
+    extractor: str = "full"
+    verifier: str | None = None
+    keep_samples: bool = False
+    max_rows_in_flight: int = 256
+    seed: int = 0
+    input_storage: dict[str, Any] = field(default_factory=dict)
+    output_storage: dict[str, Any] = field(default_factory=dict)
+
+
+@ray.remote
+class ReplicaActor:
+    def __init__(self, config: ReplicaConfig, ledger, name: str):
+        self.cfg = config
+        self.name = name
+        self.ledger = ledger
+        self.engine = VllmEngine(config.engine)
+        self.extract = make_extractor(config.extractor)
+        self.verify = None
+        if config.verifier:
+            from pipelines.verifiers import make_verifier
+            self.verify = make_verifier(config.verifier)
+        self._sem = None
+
+    async def start(self) -> dict:
+        """Builds the engine inside this worker; returns what the driver needs."""
+        if self.engine.max_model_len == 0:
+            self.engine.start()
+            self._sem = asyncio.Semaphore(self.cfg.max_rows_in_flight)
+        return {"max_model_len": self.engine.max_model_len, "node": ray.get_runtime_context().get_node_id()}
+
+    async def process_part(self, part: io.Part) -> dict:
+        """Generates for every row of ``part``, commits the part, returns its summary."""
+        t0 = time.monotonic()
+        cfg = self.cfg
+        cols = [cfg.id_column, cfg.prompt_column] + ([cfg.gold_column] if cfg.gold_column else [])
+        frame = pl.from_arrow(io.read_part(part, cols, cfg.input_storage))
+        ids = frame[cfg.id_column].cast(pl.String).to_list()
+        prompts = frame[cfg.prompt_column].to_list()
+        errors = row_errors(frame[cfg.prompt_column]).to_list()
+        golds = frame[cfg.gold_column].cast(pl.String).to_list() if cfg.gold_column else [None] * len(ids)
+
+        tasks = [self._run_row(part.part_id, i, rid, p, e) for i, (rid, p, e) in enumerate(zip(ids, prompts, errors))]
+        recs = await asyncio.gather(*tasks)
+        for r, g in zip(recs, golds):
+            if g is not None:  # rows without an answer (skipped, error) count as wrong
+                r["correct"] = r.get("answer") is not None and r["answer"] == g.strip()
+        table = records.to_table(recs)
+        summary = summarize(part.part_id, table, time.monotonic() - t0)
+        io.write_part(table, cfg.output_uri, part.part_id, summary, cfg.output_storage)
+        return summary
+
+    async def _run_row(self, part_id: int, index: int, row_id: str, prompt: str | None, error: str | None) -> dict:
+        if error:
+            return records.empty_record(row_id, "error", error)
+        async with self._sem:
+            return await self._generate_row(part_id, index, row_id, prompt)
+
+    async def _generate_row(self, part_id: int, index: int, row_id: str, prompt: str) -> dict:
+        cfg, tier, engine = self.cfg, self.cfg.tier, self.engine
+        token_ids = engine.tokenize(prompt)
+        n_prompt = len(token_ids)
+        if n_prompt >= engine.max_model_len:
+            return records.empty_record(
+                row_id, "error", f"prompt has {n_prompt} tokens; the model's context is {engine.max_model_len}",
+                n_prompt)
+        state = RowState(row_id, n_prompt)
+        cost = 0.0
+        # A per-row seed makes reruns reproducible whatever replica serves the row.
+        seed = cfg.seed * 1_000_003 + part_id * 100_003 + index
+        while (sampling := tier.next_request(state, seed + state.rounds)) is not None:
+            sampling = _clip(sampling, n_prompt, engine.max_model_len)
+            worst = tier.worst_case_tokens(n_prompt, engine.max_model_len) * cfg.cost_per_token
+            if await self.ledger.reserve.remote(worst, self.name) == DENIED:
+                state.stop_reason = "budget"
+                break
+            try:
+                result = await engine.generate(f"{row_id}#{state.rounds}", token_ids, sampling)
+            except Exception as exc:
+                await self.ledger.release.remote(worst, self.name)
+                if engine.dead:
+                    raise  # the replica is lost: the pool retries the part elsewhere
+                rec = records.empty_record(row_id, "error", f"generation failed: {exc}", n_prompt)
+                return rec | {"n_samples": len(state.samples), "cost": cost}
+            actual = (result.prompt_tokens + result.output_tokens) * cfg.cost_per_token
+            await self.ledger.settle.remote(worst, actual, self.name)
+            cost += actual
+            state.add(result, self.extract, self.verify, prompt)
+        if not state.samples:
+            return records.empty_record(row_id, "skipped_budget", None, n_prompt)
+        answer, votes = tier.select(state)
+        lps = [s.mean_logprob for s in state.samples if s.mean_logprob is not None]
+        return {
+            "id": row_id, "answer": answer, "status": "ok", "error": None, "tier": tier.name,
+            "n_samples": len(state.samples), "prompt_tokens": n_prompt * state.rounds,
+            "output_tokens": sum(s.output_tokens for s in state.samples), "cost": cost,
+            "votes": votes, "agreement": (votes[answer] / sum(votes.values())) if answer is not None else 0.0,
+            "verifier_scores": state.scores if self.verify else None,
+            "mean_logprob": sum(lps) / len(lps) if lps else None,
+            "stop_reason": state.stop_reason,
+            "samples": [s.text for s in state.samples] if cfg.keep_samples else None,
+        }
+
+    async def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+def _clip(sampling, n_prompt: int, max_model_len: int):
+    from dataclasses import replace
+    return replace(sampling, max_tokens=max(1, min(sampling.max_tokens, max_model_len - n_prompt)))
+
+
+def summarize(part_id: int, table, seconds: float) -> dict:
+    """Per-part counts merged by the driver into the run report."""
+    df = pl.from_arrow(table.select(["status", "prompt_tokens", "output_tokens", "cost", "correct", "n_samples"]))
+    status = dict(df.group_by("status").len().iter_rows())
+    return {
+        "part_id": part_id, "rows": df.height, "status": {s: int(status.get(s, 0)) for s in records.STATUSES},
+        "prompt_tokens": int(df["prompt_tokens"].fill_null(0).sum()),
+        "output_tokens": int(df["output_tokens"].sum()), "cost": float(df["cost"].sum()),
+        "samples": int(df["n_samples"].sum()),
+        "correct": int(df["correct"].fill_null(False).sum()), "graded": int(df["correct"].is_not_null().sum()),
+        "seconds": seconds,
+    }
