@@ -46,8 +46,8 @@ def summary_line(report: dict) -> str:
 
 
 def cmd_demo_data(args) -> int:
-    from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
     from pipelines import io
+    from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
 
     df = generate_dataset(args.rows, DEMO_MIX, args.seed)
     fs, path = io.filesystem(args.out)
@@ -78,10 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--row-group-size", type=int, default=10_000)
     demo.set_defaults(func=cmd_demo_data)
 
+    from jobs import sample_command
+    sample_command.register(sub)
     try:
         from jobs import replay_command
         replay_command.register(sub)
-    except ImportError:
+    except ImportError:  # TODO: remove once replay lands
         pass
     return p
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from pipelines.errors import TierwiseError
 
@@ -84,7 +84,12 @@ class UniformPolicy(_Strict):
     select: Literal["majority", "verifier"] = "majority"
 
 
-Policy = Annotated[UniformPolicy, Field(discriminator="kind")]
+def _policy_kind(value) -> str:
+    """A policy without ``kind`` is uniform."""
+    return value.get("kind", "uniform") if isinstance(value, dict) else getattr(value, "kind", "uniform")
+
+
+Policy = Annotated[Annotated[UniformPolicy, Tag("uniform")], Discriminator(_policy_kind)]
 
 
 class JobSpec(_Strict):

@@ -23,7 +23,11 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("verifier_scores", pa.list_(pa.float64())),
     pa.field("mean_logprob", pa.float64()),
     pa.field("stop_reason", pa.string()),
-    pa.field("samples", pa.list_(pa.string())),        # kept only when output.keep_samples
+    # Per-sample accounting, in generation order: what `tierwise replay` consumes.
+    pa.field("sample_answers", pa.list_(pa.string())),
+    pa.field("sample_output_tokens", pa.list_(pa.int64())),
+    pa.field("sample_mean_logprobs", pa.list_(pa.float64())),
+    pa.field("samples", pa.list_(pa.string())),        # texts, kept only when output.keep_samples
     pa.field("correct", pa.bool_()),                   # null unless a gold column is given
 ])
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 
 def build_report(spec, summaries: list[dict], ledger: dict, n_rows: int, n_parts: int,
-                 resumed_parts: int, wall_s: float) -> dict:
+                 resumed_parts: int, wall_s: float, generate_wall_s: float = 0.0) -> dict:
     """Totals over every committed part (resumed ones included)."""
     status: Counter[str] = Counter()
     for s in summaries:
@@ -31,6 +31,8 @@ def build_report(spec, summaries: list[dict], ledger: dict, n_rows: int, n_parts
         "samples": tot["samples"],
         "wall_s": round(wall_s, 3),
         "output_tokens_per_s": tot["output_tokens"] / wall_s if wall_s > 0 else None,
+        # Time spent generating in this invocation (engines started, parts streaming).
+        "generate_wall_s": round(generate_wall_s, 3),
         "part_seconds": round(gen_seconds, 3),
         "policy": spec.policy.model_dump(),
         "model": spec.model.path,

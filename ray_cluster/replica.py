@@ -137,6 +137,9 @@ class ReplicaActor:
             "verifier_scores": state.scores if self.verify else None,
             "mean_logprob": sum(lps) / len(lps) if lps else None,
             "stop_reason": state.stop_reason,
+            "sample_answers": state.answers,
+            "sample_output_tokens": [s.output_tokens for s in state.samples],
+            "sample_mean_logprobs": [s.mean_logprob for s in state.samples],
             "samples": [s.text for s in state.samples] if cfg.keep_samples else None,
         }
 
