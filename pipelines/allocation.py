@@ -1,0 +1,253 @@
+"""Budget allocation across difficulty buckets: one allocator for live runs and replay.
+
+Each bucket holds ``n_rows`` rows and a few options (a tier, a sample cap, ...) with an expected cost and
+an expected score per row. We maximize total expected score subject to total expected cost <= budget,
+letting a bucket split its rows between two adjacent options (the LP relaxation of the multiple-choice
+knapsack, rounded down to whole rows). The solution is the classic convex-hull greedy: only options on
+a bucket's upper concave hull can be optimal, and hull segments are bought in decreasing order of
+marginal score per unit cost. The ratio of the segment where the budget runs out is the Lagrangian price;
+a replica given that price picks ``argmax(score - price * cost)`` per row (see ``choose_at_price``).
+
+The objective (accuracy, coverage, verified yield) only changes what ``score`` means.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_EPS = 1e-12
+
+
+class InfeasibleBudgetError(ValueError):
+    """The budget cannot pay for the cheapest option of every row."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to serve a row.
+
+    Attributes:
+        name: Label, unique within its bucket (e.g. ``"skip"``, ``"vote@8"``).
+        cost: Expected cost per row, in budget units (tokens, samples, dollars), >= 0.
+        score: Expected score per row (e.g. probability the answer is correct).
+    """
+
+    name: str
+    cost: float
+    score: float
+
+
+@dataclass(frozen=True)
+class BucketOptions:
+    """A bucket of rows and the options available to each of its rows."""
+
+    bucket_id: int | str
+    n_rows: int
+    options: tuple[Option, ...]
+
+
+@dataclass
+class BucketAllocation:
+    """Rows per option chosen for one bucket (at most two adjacent hull options are used)."""
+
+    bucket_id: int | str
+    counts: dict[str, int]
+    cost: float
+    score: float
+
+
+@dataclass
+class Allocation:
+    """Allocator output.
+
+    Attributes:
+        buckets: Per-bucket row counts per option, in input order.
+        budget: Budget given, in budget units.
+        cost: Total expected cost of the chosen options (<= budget).
+        score: Total expected score of the chosen options.
+        price: Marginal score per unit cost at which the budget binds (0 when it does not bind).
+        lp_score: Optimum of the fractional relaxation, an upper bound on any allocation's score.
+    """
+
+    buckets: list[BucketAllocation]
+    budget: float
+    cost: float
+    score: float
+    price: float
+    lp_score: float
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready view."""
+        return {
+            "budget": self.budget, "cost": self.cost, "score": self.score, "price": self.price,
+            "lp_score": self.lp_score,
+            "buckets": [{"bucket_id": b.bucket_id, "counts": b.counts, "cost": b.cost, "score": b.score}
+                        for b in self.buckets],
+        }
+
+
+def upper_concave_hull(cost: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Indices of the vertices of the upper concave hull (least concave majorant) of points.
+
+    Vertices come in increasing cost; for equal costs only the best score is kept; collinear points
+    are dropped. The hull rises to the best score and may fall after it.
+
+    Args:
+        cost: [n] x coordinates.
+        score: [n] y coordinates.
+
+    Returns:
+        int array of vertex indices into the inputs.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    score = np.asarray(score, dtype=np.float64)
+    order = np.lexsort((-score, cost))
+    hull: list[int] = []
+    last_x = None
+    for i in order:
+        if last_x is not None and cost[i] == last_x:
+            continue
+        last_x = cost[i]
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            cross = (cost[b] - cost[a]) * (score[i] - score[a]) - (score[b] - score[a]) * (cost[i] - cost[a])
+            if cross >= -_EPS * max(1.0, abs(cost[i] - cost[a])):
+                hull.pop()
+            else:
+                break
+        hull.append(int(i))
+    return np.array(hull, dtype=np.int64)
+
+
+def _rising_hull(options: tuple[Option, ...]) -> list[int]:
+    """Hull vertices from the cheapest option up to the best score (strictly rising in both)."""
+    c = np.array([o.cost for o in options])
+    s = np.array([o.score for o in options])
+    hull = upper_concave_hull(c, s)
+    peak = int(np.argmax(s[hull]))  # first maximum: the cheapest option reaching the best score
+    return [int(i) for i in hull[: peak + 1]]
+
+
+def choose_at_price(options: tuple[Option, ...], price: float) -> Option:
+    """The option a row takes at a given price: max ``score - price * cost``, cheapest on ties."""
+    return max(options, key=lambda o: (o.score - price * o.cost, -o.cost))
+
+
+def allocate(buckets: list[BucketOptions], budget: float) -> Allocation:
+    """Maximize total expected score subject to total expected cost <= budget.
+
+    Args:
+        buckets: Buckets with their options; a zero-cost "skip" option lets the budget go to zero.
+        budget: Total budget, in the options' cost units.
+
+    Returns:
+        Allocation with whole-row counts. Its score is within one row's marginal gain of ``lp_score``.
+
+    Raises:
+        InfeasibleBudgetError: The budget is below the cost of every row's cheapest option.
+        ValueError: A bucket has no options, negative rows or a negative cost.
+    """
+    hulls, base_cost = [], 0.0
+    for b in buckets:
+        if not b.options or b.n_rows < 0 or any(o.cost < 0 for o in b.options):
+            raise ValueError(f"bucket {b.bucket_id!r}: needs options with cost >= 0 and n_rows >= 0")
+        hulls.append(_rising_hull(b.options))
+        base_cost += b.n_rows * b.options[hulls[-1][0]].cost
+    left = budget - base_cost
+    if left < -_EPS * max(1.0, abs(budget)):
+        raise InfeasibleBudgetError(f"budget {budget} < {base_cost}, the cost of the cheapest option of every row")
+    left = max(left, 0.0)
+    segments = []  # (ratio, bucket index, segment index, delta cost per row, delta score per row)
+    for bi, (b, hull) in enumerate(zip(buckets, hulls)):
+        for si in range(len(hull) - 1):
+            o0, o1 = b.options[hull[si]], b.options[hull[si + 1]]
+            dc, ds = o1.cost - o0.cost, o1.score - o0.score
+            segments.append((ds / dc if dc > 0 else math.inf, bi, si, dc, ds))
+    segments.sort(key=lambda t: (-t[0], t[1], t[2]))
+    level = [0] * len(buckets)  # hull vertex reached by all rows of each bucket
+    moved = [0] * len(buckets)  # rows of a blocked bucket moved one vertex further
+    blocked = [False] * len(buckets)
+    price, split_done = 0.0, False
+    for ratio, bi, si, dc, _ds in segments:
+        n = buckets[bi].n_rows
+        if blocked[bi] or level[bi] != si or n == 0:
+            continue
+        if n * dc <= left + _EPS * max(1.0, left):
+            left = max(left - n * dc, 0.0)
+            level[bi] += 1
+            continue
+        m = min(n, int(math.floor(left / dc + _EPS)))
+        while m > 0 and m * dc > left + _EPS * max(1.0, left):
+            m -= 1
+        if not split_done:  # first segment that does not fit: the LP's marginal segment
+            split_done, price = True, ratio
+        moved[bi], blocked[bi] = m, True
+        left = max(left - m * dc, 0.0)
+    out, total_cost, total_score = [], 0.0, 0.0
+    for bi, (b, hull) in enumerate(zip(buckets, hulls)):
+        lo = b.options[hull[level[bi]]]
+        counts = {lo.name: b.n_rows - moved[bi]}
+        if moved[bi]:
+            counts[b.options[hull[level[bi] + 1]].name] = moved[bi]
+        by_name = {o.name: o for o in b.options}
+        cost = sum(by_name[k].cost * v for k, v in counts.items())
+        score = sum(by_name[k].score * v for k, v in counts.items())
+        out.append(BucketAllocation(b.bucket_id, counts, cost, score))
+        total_cost += cost
+        total_score += score
+    lp_score = _lp_score(buckets, hulls, budget) if split_done else total_score
+    return Allocation(out, budget, total_cost, total_score, price, lp_score)
+
+
+def _lp_score(buckets: list[BucketOptions], hulls: list[list[int]], budget: float) -> float:
+    """Fractional optimum via the Lagrangian dual: min over prices of price*B + sum max(score - price*cost)."""
+    prices = {0.0}
+    for b, hull in zip(buckets, hulls):
+        for a, c in zip(hull, hull[1:]):
+            dc = b.options[c].cost - b.options[a].cost
+            if dc > 0:
+                prices.add((b.options[c].score - b.options[a].score) / dc)
+    best = math.inf
+    for p in prices:
+        val = p * budget + sum(b.n_rows * max(o.score - p * o.cost for o in b.options) for b in buckets)
+        best = min(best, val)
+    return best
+
+
+def allocate_exact(buckets: list[BucketOptions], budget: float, max_states: int = 2_000_000) -> Allocation:
+    """Exact integral optimum by enumeration of rows per option in every bucket (for tests only).
+
+    Args:
+        buckets: Small buckets (a few rows, a few options).
+        budget: Total budget.
+        max_states: Refuse instances whose enumeration would exceed this many combinations.
+
+    Returns:
+        Allocation (``price`` and ``lp_score`` are NaN). Raises InfeasibleBudgetError when nothing fits.
+    """
+    per_bucket = []
+    for b in buckets:
+        k = len(b.options)
+        splits = [c for c in itertools.product(range(b.n_rows + 1), repeat=k) if sum(c) == b.n_rows]
+        per_bucket.append([(sum(n * o.cost for n, o in zip(c, b.options)),
+                            sum(n * o.score for n, o in zip(c, b.options)), c) for c in splits])
+    if math.prod(len(p) for p in per_bucket) > max_states:
+        raise ValueError("instance too large for exhaustive search")
+    best = None
+    for combo in itertools.product(*per_bucket):
+        cost = sum(x[0] for x in combo)
+        if cost > budget + _EPS * max(1.0, budget):
+            continue
+        score = sum(x[1] for x in combo)
+        if best is None or score > best[1] + _EPS or (abs(score - best[1]) <= _EPS and cost < best[0]):
+            best = (cost, score, combo)
+    if best is None:
+        raise InfeasibleBudgetError(f"budget {budget} cannot pay the cheapest options")
+    out = [BucketAllocation(b.bucket_id, {o.name: n for o, n in zip(b.options, x[2]) if n}, x[0], x[1])
+           for b, x in zip(buckets, best[2])]
+    return Allocation(out, budget, best[0], best[1], math.nan, math.nan)
