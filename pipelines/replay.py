@@ -25,6 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 import polars as pl
@@ -100,15 +101,22 @@ def validate_samples(samples: pl.DataFrame) -> pl.DataFrame:
     return df
 
 
-def load_samples(path: str | os.PathLike) -> pl.DataFrame:
-    """Read and validate a samples Parquet file or dataset (local path or s3:// URI), needed columns only.
+def load_samples(source: str | os.PathLike | IO[bytes]) -> pl.DataFrame:
+    """Read and validate a samples Parquet file, only the columns replay uses.
+
+    Args:
+        source: A local path, a URI polars reads natively (s3:// with ambient credentials), or an open
+            binary file (e.g. from ``pipelines.io.filesystem``, for configured object stores).
 
     Raises:
         SamplesSchemaError: See ``validate_samples``.
         FileNotFoundError: No such file.
     """
-    schema = pl.read_parquet_schema(str(path))
-    return validate_samples(pl.read_parquet(str(path), columns=_check_schema(schema)))
+    src = str(source) if isinstance(source, str | os.PathLike) else source
+    schema = pl.read_parquet_schema(src)
+    if not isinstance(src, str):
+        src.seek(0)
+    return validate_samples(pl.read_parquet(src, columns=_check_schema(schema)))
 
 
 @dataclass
