@@ -51,6 +51,13 @@ class AdaptiveConfig:
             (``inf`` = never stop early); the allocator picks (threshold, cap) per bucket.
         n_caps: About this many sample caps, geometrically spaced from the pilot to all samples: a
             coarse grid keeps the curve's maximum over options from fitting calibration noise.
+        calibration_orders: Replays of each calibration query's samples in different orders (the
+            first as recorded). Samples of a query are i.i.d., so every order is an equally likely
+            history; averaging over orders removes most of one history's noise from the curves, and
+            costs no samples (a live calibration run holds all of them too).
+        give_up_at: Per-query "hopeless" checks offered to the allocator: after g samples, stop if the
+            leading answer has at most g/4 votes (samples keep disagreeing). Each combines with every
+            stop threshold; "never give up" is always offered.
         verifier_quantiles: For coverage with a verifier: stop thresholds at these quantiles of scores.
         pacing_rounds: The remaining budget is re-allocated before each of this many query chunks,
             from the costs actually spent so far.
@@ -58,12 +65,14 @@ class AdaptiveConfig:
 
     pilot_samples: int = 2
     n_buckets: int = 5
-    min_bucket_queries: int = 60
+    min_bucket_queries: int = 30
     calibration_share: float = 0.15
     max_calibration_queries: int = 2000
     min_calibration_queries: int = 40
     stop_thresholds: tuple[float, ...] = (0.8, 0.95, 0.99, float("inf"))
     n_caps: int = 8
+    calibration_orders: int = 8
+    give_up_at: tuple[int, ...] = (4, 8)
     verifier_quantiles: tuple[float, ...] = (0.5, 0.75, 0.9, 0.97)
     pacing_rounds: int = 8
 
@@ -91,58 +100,116 @@ def _pilot_features(table: ReplayTable, pilot: int, p_n: np.ndarray) -> tuple[np
     return np.column_stack(list(cols.values())).astype(np.float64), list(cols)
 
 
-def _stop_signal(table: ReplayTable, objective: str, cfg: AdaptiveConfig) -> tuple[np.ndarray, tuple[float, ...]]:
-    """[Q, S] signal after each prefix and the thresholds offered (see module docstring)."""
+def _stop_signal(table: ReplayTable, objective: str, cfg: AdaptiveConfig,
+                 thresholds: tuple[float, ...] | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
+    """[Q, S] signal after each prefix, and the thresholds offered (given, or from ``cfg``).
+
+    Accuracy, and coverage without a verifier: P(leader is the mode). Coverage with a verifier: the
+    best verifier score so far, with thresholds at quantiles of all verifier scores (policy-visible).
+    """
     if objective == "coverage" and table.verifier_score is not None:
         v = table.verifier_score
         signal = np.maximum.accumulate(np.where(np.isnan(v), -np.inf, v), axis=1)
-        return signal, (*np.nanquantile(v, cfg.verifier_quantiles).tolist(), float("inf"))
-    return table.votes().mode_probability(), cfg.stop_thresholds
+        return signal, thresholds or (*np.nanquantile(v, cfg.verifier_quantiles).tolist(), float("inf"))
+    return table.votes().mode_probability(), thresholds or cfg.stop_thresholds
+
+
+def _stop_rules(table: ReplayTable, signal: np.ndarray, thresholds: tuple[float, ...], pilot: int,
+                cfg: AdaptiveConfig) -> tuple[np.ndarray, list[str], int]:
+    """Samples drawn per query under each stop rule (a threshold, optionally a give-up check).
+
+    Returns:
+        ([R, Q] samples drawn per rule, R labels, index of the strictest finite threshold without give-up).
+    """
+    n_av = table.n_available
+    by_threshold = [first_stop(signal, t, pilot, n_av).astype(np.int64) for t in thresholds]
+    top = table.votes().top
+    give_up = [(g, np.where((n_av >= g) & (top[:, min(g, table.shape[1]) - 1] <= g // 4), g, n_av))
+               for g in cfg.give_up_at if pilot <= g <= table.shape[1]]
+    stops, labels = [], []
+    for t, n in zip(thresholds, by_threshold):
+        stops.append(n)
+        labels.append(f"stop>={t:.3g}")
+        for g, cut in give_up:
+            stops.append(np.maximum(np.minimum(n, cut), np.minimum(pilot, n_av)))
+            labels.append(f"stop>={t:.3g},give_up@{g}")
+    finite = [i for i, t in enumerate(thresholds) if np.isfinite(t)]
+    strict = labels.index(f"stop>={max(thresholds[i] for i in finite):.3g}") if finite else 0
+    return np.stack(stops), labels, strict
+
+
+def _reordered(table: ReplayTable, rows: np.ndarray, copies: int, seed: int = 0) -> ReplayTable:
+    """``copies`` replays of each of ``rows`` with samples shuffled (copy 0 keeps the recorded order)."""
+    from pipelines.replay import ReplayTable
+
+    r = np.tile(rows, max(copies, 1))
+    n_av, width = table.n_available[r], table.shape[1]
+    keys = np.random.default_rng(seed).random((len(r), width))
+    keys[: len(rows)] = np.arange(width) / max(width, 1)
+    keys[np.arange(width)[None, :] >= n_av[:, None]] = np.inf  # missing samples stay at the end
+    perm = np.argsort(keys, axis=1, kind="stable")
+
+    def take(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.take_along_axis(a[r], perm, axis=1)
+
+    return ReplayTable(
+        query_ids=table.query_ids.gather(r), codes=take(table.codes), valid=take(table.valid), n_available=n_av,
+        correct=take(table.correct), output_tokens=take(table.output_tokens),
+        prompt_tokens=None if table.prompt_tokens is None else table.prompt_tokens[r],
+        mean_logprob=take(table.mean_logprob), verifier_score=take(table.verifier_score),
+        difficulty_hint=None if table.difficulty_hint is None else table.difficulty_hint[r])
 
 
 def _caps(pilot: int, width: int, cfg: AdaptiveConfig) -> np.ndarray:
     return np.unique(np.round(np.geomspace(max(pilot, 1), max(width, 1), cfg.n_caps)).astype(np.int64))
 
 
-def _grid(n_thresholds: int, caps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Option grid: (threshold index, cap) for every pair."""
-    return np.repeat(np.arange(n_thresholds), len(caps)), np.tile(caps, n_thresholds)
+def _grid(n_rules: int, caps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Option grid: (stop rule index, cap) for every pair."""
+    return np.repeat(np.arange(n_rules), len(caps)), np.tile(caps, n_rules)
 
 
-def _bucket_curves(table: ReplayTable, unit: str, objective: str, cfg: AdaptiveConfig, deep: np.ndarray,
-                   deep_rows: np.ndarray, difficulty: np.ndarray, stops: np.ndarray, thresholds: tuple[float, ...],
-                   pilot: int, p_n: np.ndarray) -> tuple[np.ndarray, list, list]:
-    """Buckets by difficulty quantiles of calibration queries, and each bucket's fitted curve.
+def _bucket_curves(cal: ReplayTable, n_queries: int, unit: str, objective: str, cfg: AdaptiveConfig,
+                   difficulty: np.ndarray, stops: np.ndarray, rules: list[str],
+                   pilot: int) -> tuple[np.ndarray, list, list]:
+    """Bucket edges by difficulty quantiles of calibration queries, and each bucket's fitted curve.
+
+    Args:
+        cal: Calibration queries, each replayed in ``cfg.calibration_orders`` orders (copy-major).
+        n_queries: Distinct calibration queries in ``cal``.
+        difficulty, stops: Per row of ``cal``: predicted difficulty; [R, rows] samples drawn per stop rule.
+        rules: R stop-rule labels.
 
     A bucket's curve is measured on the ``min_bucket_queries`` (or more) calibration queries nearest
-    its difficulty, so buckets can be finer than the calibration set would allow with disjoint bins.
+    its difficulty, so buckets can be finer than disjoint bins of the calibration set would allow.
 
     Returns:
-        ([Q] bucket ids, per-bucket ``BucketCalibration``, per-bucket allocator options).
+        (bucket edges, per-bucket ``BucketCalibration`` (n_rows left 0), per-bucket allocator options).
     """
-    q, s = table.shape
-    n_av, cost, score_tab = table.n_available, table.cumcost(unit), table.scores(objective)
-    window = max(cfg.min_bucket_queries, len(deep_rows) // max(cfg.n_buckets, 1))
-    edges = quantile_edges(difficulty[deep_rows], min(cfg.n_buckets, max(1, 2 * len(deep_rows) // window)))
-    bucket = assign_buckets(difficulty, edges)
-    by_difficulty = deep_rows[np.argsort(difficulty[deep_rows], kind="stable")]
-    rank_bucket = bucket[by_difficulty]
-    caps = _caps(pilot, s, cfg)
-    grid_t, grid_c = _grid(len(thresholds), caps)
-    labels = [f"stop>={thresholds[t]:.3g},cap={c}" for t, c in zip(grid_t, grid_c)]
+    rows, width = cal.shape
+    copies = max(rows // max(n_queries, 1), 1)
+    n_av, p_n = cal.n_available, np.minimum(pilot, cal.n_available)
+    cost, score_tab = cal.cumcost(unit), cal.scores(objective)
+    window = max(cfg.min_bucket_queries, n_queries // max(cfg.n_buckets, 1))
+    edges = quantile_edges(difficulty, min(cfg.n_buckets, max(1, 2 * n_queries // window)))
+    by_difficulty = np.argsort(difficulty, kind="stable")
+    rank_bucket = assign_buckets(difficulty, edges)[by_difficulty]
+    window = min(window * copies, rows)
+    caps = _caps(pilot, width, cfg)
+    grid_t, grid_c = _grid(len(rules), caps)
+    labels = [f"{rules[t]},cap={c}" for t, c in zip(grid_t, grid_c)]
     curves, options = [], []
     for b in range(len(edges) + 1):
         members = np.flatnonzero(rank_bucket == b)
         mid = (members[0] + members[-1]) // 2 if members.size else 0
-        lo = int(np.clip(mid - window // 2, 0, max(len(by_difficulty) - window, 0)))
-        r = by_difficulty[lo : lo + window]
+        r = by_difficulty[int(np.clip(mid - window // 2, 0, rows - window)):][:window]
         n = np.minimum(np.minimum(stops[:, r][:, :, None], caps[None, None, :]), n_av[r][None, :, None])
         x = (cost[r[None, :, None], n] - cost[r, p_n[r]][None, :, None]).mean(axis=1).ravel()
         y = score_tab[r[None, :, None], n].mean(axis=1).ravel()  # calibration rows only
         curve = fit_curve(x, y, labels)
-        curves.append(BucketCalibration(b, len(r), int((bucket[~deep] == b).sum()), curve))
+        curves.append(BucketCalibration(b, len(r) // copies, 0, curve))
         options.append(tuple(Option(str(i), x[i], y[i]) for i in curve.hull))
-    return bucket, curves, options
+    return edges, curves, options
 
 
 def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str, calib: np.ndarray,
@@ -176,17 +243,23 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
     deep = np.zeros(q, dtype=bool)
     deep[deep_rows] = True
 
-    feats, names = _pilot_features(table, pilot, p_n)
-    success = table.correct[deep_rows].sum(axis=1) / np.maximum(n_av[deep_rows], 1)  # calibration rows only
-    model = fit_difficulty_model(feats[deep_rows], success, names)
-    difficulty = 1.0 - model.predict(feats)
+    cal = _reordered(table, deep_rows, cfg.calibration_orders)
+    cal_p = np.minimum(pilot, cal.n_available)
+    cal_feats, names = _pilot_features(cal, pilot, cal_p)
+    success = cal.correct.sum(axis=1) / np.maximum(cal.n_available, 1)  # calibration rows only
+    model = fit_difficulty_model(cal_feats, success, names)
+    difficulty = 1.0 - model.predict(_pilot_features(table, pilot, p_n)[0])
     signal, thresholds = _stop_signal(table, objective, cfg)
-    stops = np.stack([first_stop(signal, t, pilot, n_av) for t in thresholds]).astype(np.int64)  # [T, Q]
-    bucket, curves, options = _bucket_curves(table, unit, objective, cfg, deep, deep_rows, difficulty, stops,
-                                             thresholds, pilot, p_n)
+    stops, rules, strict = _stop_rules(table, signal, thresholds, pilot, cfg)  # [R, Q]
+    cal_stops = _stop_rules(cal, _stop_signal(cal, objective, cfg, thresholds)[0], thresholds, pilot, cfg)[0]
+    edges, curves, options = _bucket_curves(cal, len(deep_rows), unit, objective, cfg,
+                                            1.0 - model.predict(cal_feats), cal_stops, rules, pilot)
+    bucket = assign_buckets(difficulty, edges)
     n_b = len(curves)
+    for b, bc in enumerate(curves):
+        bc.n_rows = int((bucket[~deep] == b).sum())
     say(f"adaptive: pilot {pilot}, {len(deep_rows):,} calibration queries, {n_b} buckets")
-    grid_t, grid_c = _grid(len(thresholds), _caps(pilot, s, cfg))
+    grid_t, grid_c = _grid(len(rules), _caps(pilot, s, cfg))
     score_tab = table.scores(objective)
 
     drawn = p_n.copy()
@@ -229,7 +302,7 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
         drawn[chunk] = n
         remaining -= extra.sum()
         done += len(chunk)
-    remaining -= _extend_contested(drawn, rest, bucket, options, stops, signal, thresholds, cost, remaining)
+    remaining -= _extend_contested(drawn, rest, bucket, options, stops[strict], signal, cost, remaining)
 
     # Report only (after every decision): realized score per bucket on scored rows.
     hit = score_tab[rows, drawn]
@@ -246,8 +319,8 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
 
 
 
-def _extend_contested(drawn: np.ndarray, rest: np.ndarray, bucket: np.ndarray, options: list, stops: np.ndarray,
-                      signal: np.ndarray, thresholds: tuple[float, ...], cost: np.ndarray, budget: float) -> float:
+def _extend_contested(drawn: np.ndarray, rest: np.ndarray, bucket: np.ndarray, options: list, strict: np.ndarray,
+                      signal: np.ndarray, cost: np.ndarray, budget: float) -> float:
     """Spend what the allocator left (every bucket at its measured peak) instead of returning it.
 
     Calibration on few queries cannot see small late gains, so leftover budget extends queries still
@@ -255,10 +328,8 @@ def _extend_contested(drawn: np.ndarray, rest: np.ndarray, bucket: np.ndarray, o
     decreasing measured gain per unit cost (peak vs skip), most contested queries first; buckets whose
     curve never rose get nothing. Updates ``drawn`` in place; returns the cost added.
     """
-    finite = [i for i, t in enumerate(thresholds) if np.isfinite(t)]
-    if budget <= 0 or not finite or not rest.size:
+    if budget <= 0 or not rest.size:
         return 0.0
-    strict = stops[max(finite, key=lambda i: thresholds[i])]
     rate = np.zeros(len(options))
     for b, opts in enumerate(options):
         lo, hi = min(opts, key=lambda o: o.cost), max(opts, key=lambda o: o.score)
