@@ -230,8 +230,25 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
     p_n = np.minimum(pilot, n_av)
     remaining = budget - cost[rows, p_n].sum()
     extra_full = cost[rows, n_av] - cost[rows, p_n]
+    signal, thresholds = _stop_signal(table, objective, cfg)
+    stops, rules, strict = _stop_rules(table, signal, thresholds, pilot, cfg)  # [R, Q]
+    feats, names = _pilot_features(table, pilot, p_n)
+
+    def calibrate(deep_rows: np.ndarray) -> tuple:
+        cal = _reordered(table, deep_rows, cfg.calibration_orders)
+        cal_feats = _pilot_features(cal, pilot, np.minimum(pilot, cal.n_available))[0]
+        success = cal.correct.sum(axis=1) / np.maximum(cal.n_available, 1)  # calibration rows only
+        model = fit_difficulty_model(cal_feats, success, names)
+        cal_stops = _stop_rules(cal, _stop_signal(cal, objective, cfg, thresholds)[0], thresholds, pilot, cfg)[0]
+        return model, *_bucket_curves(cal, len(deep_rows), unit, objective, cfg, 1.0 - model.predict(cal_feats),
+                                      cal_stops, rules, pilot)
+
+    # Calibration in two phases: half the calibration budget on calibration queries in hash order, the
+    # rest on calibration queries predicted to fall in buckets whose curve still rises (in proportion
+    # to the rise), where the allocation is sensitive to the curve; flat buckets need no more.
+    cal_budget = min(remaining, cfg.calibration_share * budget)
     cal_order = order[calib[order]]
-    fits = np.cumsum(extra_full[cal_order]) <= min(remaining, cfg.calibration_share * budget)
+    fits = np.cumsum(extra_full[cal_order]) <= cal_budget / 2
     deep_rows = cal_order[: int(np.argmin(fits)) if not fits.all() else len(cal_order)][: cfg.max_calibration_queries]
     if pilot == 0 or len(deep_rows) < cfg.min_calibration_queries:
         say(f"adaptive: budget too small to calibrate ({len(deep_rows)} queries); falling back to uniform")
@@ -239,21 +256,23 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
 
         drawn, n = uniform_draws(table, budget, unit, order)
         return drawn, {"fallback": "uniform", "uniform_n": n}, []
+    model, edges, curves, options = calibrate(deep_rows)
+    rise = np.array([max(o.score for o in opts) - min(opts, key=lambda o: o.cost).score for opts in options])
+    cand = cal_order[len(deep_rows):]
+    cand_bucket = assign_buckets(1.0 - model.predict(feats[cand]), edges)
+    share = rise * np.bincount(cand_bucket, minlength=len(rise))
+    extra_rows = []
+    for b in np.flatnonzero(share > 0):
+        mine = cand[cand_bucket == b]
+        fits = np.cumsum(extra_full[mine]) <= (cal_budget - extra_full[deep_rows].sum()) * share[b] / share.sum()
+        extra_rows.append(mine[: int(np.argmin(fits)) if not fits.all() else len(mine)])
+    if extra_rows:
+        deep_rows = np.concatenate([deep_rows, *extra_rows])[: cfg.max_calibration_queries]
+        model, edges, curves, options = calibrate(deep_rows)
     remaining -= extra_full[deep_rows].sum()
     deep = np.zeros(q, dtype=bool)
     deep[deep_rows] = True
-
-    cal = _reordered(table, deep_rows, cfg.calibration_orders)
-    cal_p = np.minimum(pilot, cal.n_available)
-    cal_feats, names = _pilot_features(cal, pilot, cal_p)
-    success = cal.correct.sum(axis=1) / np.maximum(cal.n_available, 1)  # calibration rows only
-    model = fit_difficulty_model(cal_feats, success, names)
-    difficulty = 1.0 - model.predict(_pilot_features(table, pilot, p_n)[0])
-    signal, thresholds = _stop_signal(table, objective, cfg)
-    stops, rules, strict = _stop_rules(table, signal, thresholds, pilot, cfg)  # [R, Q]
-    cal_stops = _stop_rules(cal, _stop_signal(cal, objective, cfg, thresholds)[0], thresholds, pilot, cfg)[0]
-    edges, curves, options = _bucket_curves(cal, len(deep_rows), unit, objective, cfg,
-                                            1.0 - model.predict(cal_feats), cal_stops, rules, pilot)
+    difficulty = 1.0 - model.predict(feats)
     bucket = assign_buckets(difficulty, edges)
     n_b = len(curves)
     for b, bc in enumerate(curves):
