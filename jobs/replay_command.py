@@ -38,6 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--plot", metavar="FILE.png",
                    help="with --curve: score vs budget per policy; else (adaptive): per-bucket curves")
     p.add_argument("--curve", type=_budgets, metavar="B1,B2,...", help="replay both policies at these budgets")
+    p.add_argument("--calibration-out", metavar="FILE.json",
+                   help="adaptive: write the difficulty model and per-bucket curves and choices (calibration.json)")
     p.set_defaults(func=main)
 
 
@@ -121,6 +123,12 @@ def main(args) -> int:
             _say(f"wrote {args.plot}")
         else:
             _say("no per-bucket curves to plot for this policy (use --curve to compare policies)")
+    if args.calibration_out and result.calibration:
+        with open(args.calibration_out, "w") as fh:
+            json.dump({"objective": result.objective, "budget": result.budget, "budget_unit": result.budget_unit,
+                       "difficulty_model": result.details.get("difficulty_model"),
+                       "buckets": [b.to_dict() for b in result.calibration]}, fh, indent=1)
+        _say(f"wrote {args.calibration_out}")
     _say(f"{result.policy}: {result.objective} {result.score:.4f} on {result.queries_scored:,} queries, "
          f"spent {result.spent:,.6g} of {result.budget:,.6g} {result.budget_unit}")
     print(json.dumps(result.to_dict()))

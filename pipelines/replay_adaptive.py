@@ -2,18 +2,21 @@
 
 1. Pilot: every query draws ``pilot_samples`` samples. Their agreement, parse rate, length, mean
    log-prob and verifier score, plus ``difficulty_hint``, are its cheap difficulty signals.
-2. Calibrate: calibration-split queries (in seeded-hash order, up to ``calibration_share`` of the
-   budget) draw every recorded sample. On them, gold may be read: a logistic model maps the signals to
+2. Calibrate: calibration-split queries draw every recorded sample (up to ``calibration_share`` of
+   the budget). Gold may be read on them only. Each is replayed in several sample orders (samples are
+   i.i.d., so every order is an equally likely history), a logistic model maps the pilot signals to
    success (so the hint's unknown scale is learned), quantiles of predicted difficulty form buckets,
-   and each bucket gets a curve: mean score vs mean extra cost for every option (an early-stop
-   threshold on P(leader is the mode), and a sample cap), fitted by its least concave majorant.
-3. Allocate: the shared allocator (``pipelines.allocation``) picks options per bucket for the rest
-   of the budget; buckets with a flat curve (already certain, or hopeless) get no more samples.
-   The budget is paced: re-allocated before each chunk of queries from what was actually spent.
-4. Leftover after every bucket reaches its measured peak extends contested queries in buckets that
-   showed headroom (see ``_extend_contested``), since small calibration sets miss small late gains.
-
-Gold (``correct``) is read only on calibration rows (and by the report, after all decisions).
+   and each bucket gets a curve: mean score vs mean extra cost for every option (a stop rule and a
+   sample cap), fitted by its least concave majorant. Half the calibration budget goes to queries in
+   hash order; the other half to queries predicted to land in buckets whose curve still rises.
+3. Allocate: the shared allocator (``pipelines.allocation``) picks options per bucket for the rest of
+   the budget; buckets with a flat curve (already certain, or hopeless) get no more samples. The
+   budget is paced: re-allocated before each chunk of queries from what was actually spent, and the
+   chunk that would overrun is cut, so the total never exceeds the budget.
+4. Stop rules: Adaptive-Consistency's P(leader is the mode) >= threshold (verifier score for coverage
+   with a verifier), optionally with a give-up check for queries whose samples keep disagreeing.
+5. Leftover after every bucket reaches its measured peak extends contested queries in buckets that
+   showed headroom (see ``_extend_contested``), since calibration misses small late gains.
 """
 
 from __future__ import annotations
