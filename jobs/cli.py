@@ -27,7 +27,7 @@ def cmd_run(args) -> int:
     from jobs.spec import load_spec
 
     spec = load_spec(args.spec, _overrides(args.set))
-    report = run_job(spec, address=args.address, show_progress=not args.quiet)
+    report = run_job(spec, address=args.address, show_progress=not args.quiet, strict=args.strict)
     print(summary_line(report))
     print(json.dumps(report))
     return 0
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set budget.amount=1e5")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--strict", action="store_true", help="fail the job (exit 3) if any row ends as an error")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo-data", help="write the demo arithmetic data set")
@@ -78,13 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--row-group-size", type=int, default=10_000)
     demo.set_defaults(func=cmd_demo_data)
 
-    from jobs import sample_command
+    from jobs import replay_command, sample_command
     sample_command.register(sub)
-    try:
-        from jobs import replay_command
-        replay_command.register(sub)
-    except ImportError:  # TODO: remove once replay lands
-        pass
+    replay_command.register(sub)
     return p
 
 
@@ -96,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except TierwiseError as exc:
         print(f"tierwise: error: {exc}", file=sys.stderr)
-        return 2
+        from jobs.runner import JobInterrupted, RowErrorsInStrictMode
+        if isinstance(exc, JobInterrupted):
+            return 130
+        return 3 if isinstance(exc, RowErrorsInStrictMode) else 2
 
 
 if __name__ == "__main__":

@@ -2,24 +2,41 @@
 
 Driver-side work is cheap: read footers, check ids, plan parts, start the ledger
 and the replicas, then stream parts through the pool and merge their summaries.
-Re-running the same spec resumes: committed parts are skipped and their spend is
-charged to the budget before anything new is reserved.
+
+Resume: re-running the same spec (same output location) skips committed parts.
+The budget survives crashes: ``_tierwise/ledger.json`` records everything spent
+so far, including work of parts that never committed (it was spent); a resumed
+run starts its ledger there, so the total across attempts never passes the budget.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 
 from jobs.progress import Progress
 from jobs.spec import JobSpec
 from pipelines import io, records
 from pipelines.budget import cost_per_token
+from pipelines.errors import TierwiseError
 from pipelines.report import build_report
-from pipelines.tiers import uniform_tier
+from pipelines.tiers import Tier, uniform_tier
 from pipelines.validation import check_columns, check_unique_ids
 
 log = logging.getLogger(__name__)
+
+LEDGER_FILE = "_tierwise/ledger.json"
+LEDGER_SAVE_EVERY_S = 5.0
+
+
+class JobInterrupted(TierwiseError):
+    """SIGINT/SIGTERM stopped the job after draining; re-run the spec to resume."""
+
+
+class RowErrorsInStrictMode(TierwiseError):
+    """``--strict``: some rows ended as errors (their parts are committed)."""
 
 
 def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int]:
@@ -32,53 +49,92 @@ def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int]:
     return files, n_rows
 
 
-def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = True) -> dict:
+def replica_config(spec: JobSpec, tier: Tier):
+    from ray_cluster.engine import EngineSpec
+    from ray_cluster.replica import ReplicaConfig
+
+    s, b = spec.sampling, spec.budget
+    return ReplicaConfig(
+        engine=EngineSpec(spec.model.path, spec.model.max_model_len, spec.model.dtype, s.seed,
+                          spec.model.engine_kwargs),
+        output_uri=spec.output.path, id_column=spec.input.id_column, prompt_column=spec.input.prompt_column,
+        gold_column=spec.input.gold_column, tier=tier,
+        cost_per_token=cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour),
+        extractor=spec.answer_extractor, verifier=spec.verifier, keep_samples=spec.output.keep_samples,
+        max_rows_in_flight=spec.replicas.max_rows_in_flight, seed=s.seed,
+        input_storage=spec.input.storage_options, output_storage=spec.output.storage_options,
+    )
+
+
+class _StopOnSignal:
+    """Turns SIGINT/SIGTERM into a drain request (main thread only)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("signal %d: draining parts in flight, then stopping (send again to abort)", signum)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = True,
+            strict: bool = False) -> dict:
     """Runs ``spec`` to completion (or resumes it) and returns the run report.
 
     Raises:
         InputError: the input is unusable as a whole; nothing was spent.
         StorageError: the output location cannot be written.
+        JobInterrupted: a signal stopped the job; finished parts are committed.
+        RowErrorsInStrictMode: ``strict`` and some rows ended as errors.
     """
     t0 = time.monotonic()
     files, n_rows = _check_input(spec)
     parts = io.plan_parts(files, spec.output.part_rows)
     out, so = spec.output.path, spec.output.storage_options
     committed = io.committed_parts(out, so)
-    prior_spent = sum(s.get("cost", 0.0) for s in committed.values())
+    committed_spend = sum(s.get("cost", 0.0) for s in committed.values())
+    saved = io.read_json(out, LEDGER_FILE, so) or {}
+    prior_spent = max(committed_spend, float(saved.get("spent", 0.0)))
     todo = [p for p in parts if p.part_id not in committed]
-    log.info("%d rows in %d parts; %d already committed", n_rows, len(parts), len(committed))
+    log.info("%d rows in %d parts; %d committed, %.6g spent before", n_rows, len(parts), len(committed), prior_spent)
 
     summaries = dict(committed)
-    generate_wall_s = 0.0
+    generate_wall_s, unsent, signum = 0.0, 0, None
     ledger_snapshot = {"budget": spec.budget.amount, "spent": prior_spent}
     if todo:
         from ray_cluster.cluster import connect
-        from ray_cluster.engine import EngineSpec
         from ray_cluster.ledger import BudgetLedger
         from ray_cluster.pool import PoolConfig, ReplicaPool
-        from ray_cluster.replica import ReplicaConfig
 
         ray = connect(address)
         ledger = BudgetLedger.remote(spec.budget.amount, prior_spent)
-        s = spec.sampling
-        replica_cfg = ReplicaConfig(
-            engine=EngineSpec(spec.model.path, spec.model.max_model_len, spec.model.dtype, s.seed,
-                              spec.model.engine_kwargs),
-            output_uri=out, id_column=spec.input.id_column, prompt_column=spec.input.prompt_column,
-            gold_column=spec.input.gold_column,
-            tier=uniform_tier(spec.policy.n, s.temperature, s.top_p, s.max_tokens,
-                              weighted=spec.policy.select == "verifier"),
-            cost_per_token=cost_per_token(spec.budget.unit, spec.budget.tokens_per_gpu_hour,
-                                          spec.budget.usd_per_gpu_hour),
-            extractor=spec.answer_extractor, verifier=spec.verifier, keep_samples=spec.output.keep_samples,
-            max_rows_in_flight=spec.replicas.max_rows_in_flight, seed=s.seed,
-            input_storage=spec.input.storage_options, output_storage=so,
-        )
-        r = spec.replicas
-        pool = ReplicaPool(replica_cfg, PoolConfig(r.count, r.num_cpus, r.num_gpus, r.parts_per_replica,
-                                                   r.max_part_retries), ledger)
+        s, r = spec.sampling, spec.replicas
+        tier = uniform_tier(spec.policy.n, s.temperature, s.top_p, s.max_tokens,
+                            weighted=spec.policy.select == "verifier")
         progress = Progress(n_rows, spec.budget.amount, spec.budget.unit, done=committed.values(),
                             enabled=show_progress)
+        pool = None
+        last_save = [0.0]
+
+        def save_ledger(force: bool = False) -> dict:
+            snap = ray.get(ledger.snapshot.remote())
+            if force or time.monotonic() - last_save[0] > LEDGER_SAVE_EVERY_S:
+                io.write_json({"spent": snap["spent"], "budget": snap["budget"]}, out, LEDGER_FILE, so)
+                last_save[0] = time.monotonic()
+            return snap
 
         def on_done(summary: dict) -> None:
             summaries[summary["part_id"]] = summary
@@ -88,22 +144,33 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Tru
             on_done(_commit_failed_part(spec, part, reason))
 
         def poll() -> None:
-            progress.spent(ray.get(ledger.snapshot.remote())["spent"])
+            progress.spent(save_ledger()["spent"])
 
-        try:
-            t_gen = time.monotonic()
-            pool.run(todo, on_done, on_failed, poll)
-            generate_wall_s = time.monotonic() - t_gen
-            ledger_snapshot = ray.get(ledger.snapshot.remote())
-        finally:
-            progress.close()
-            pool.shutdown()
-            ray.kill(ledger)
+        with _StopOnSignal() as stop:
+            try:
+                pool = ReplicaPool(replica_config(spec, tier), PoolConfig(
+                    r.count, r.num_cpus, r.num_gpus, r.parts_per_replica, r.max_part_retries), ledger)
+                t_gen = time.monotonic()
+                unsent = pool.run(todo, on_done, on_failed, poll, stopping=lambda: stop.signum is not None)
+                generate_wall_s = time.monotonic() - t_gen
+                ledger_snapshot = save_ledger(force=True)
+            finally:
+                progress.close()
+                if pool is not None:
+                    pool.shutdown()
+                ray.kill(ledger)
+            signum = stop.signum
 
     report = build_report(spec, list(summaries.values()), ledger_snapshot, n_rows, len(parts),
                           resumed_parts=len(committed), wall_s=time.monotonic() - t0,
                           generate_wall_s=generate_wall_s)
+    report["complete"] = unsent == 0 and len(summaries) == len(parts)
     io.write_json(report, out, "run_report.json", so)
+    if signum is not None:
+        raise JobInterrupted(f"stopped by signal {signum} with {unsent} part(s) unsent; "
+                             f"re-run the same spec to resume")
+    if strict and report["status"].get("error", 0):
+        raise RowErrorsInStrictMode(f"{report['status']['error']} row(s) ended as errors (--strict)")
     return report
 
 

@@ -7,7 +7,7 @@ that every replica draws on the same budget. The invariant is
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 GRANTED, WAIT, DENIED = "granted", "wait", "denied"
 
@@ -16,21 +16,32 @@ GRANTED, WAIT, DENIED = "granted", "wait", "denied"
 class Ledger:
     """A hard budget in one unit (tokens, GPU-hours or dollars).
 
+    Reservations are tracked per holder (a replica), by count as well as amount,
+    so that "nothing in flight" is exact whatever float residue the amounts carry,
+    and a lost holder's reservations can be released at once.
+
     Attributes:
         budget: the total that may be spent, in the budget's unit.
         spent: settled spend (actual cost of finished work).
-        reserved: worst-case cost of work in flight.
     """
 
     budget: float
     spent: float = 0.0
-    reserved: float = 0.0
+    held: dict[str, list] = field(default_factory=dict)  # holder -> [count, amount]
     n_reservations: int = 0
     n_denied: int = 0
     by_kind: dict[str, float] = field(default_factory=dict)
 
-    def reserve(self, amount: float) -> str:
-        """Tries to reserve ``amount``.
+    @property
+    def reserved(self) -> float:
+        return sum(amount for _, amount in self.held.values())
+
+    @property
+    def in_flight(self) -> int:
+        return sum(count for count, _ in self.held.values())
+
+    def reserve(self, amount: float, holder: str = "") -> str:
+        """Tries to reserve ``amount`` for ``holder``.
 
         Returns:
             ``"granted"`` (now reserved), ``"wait"`` (it would fit once work in
@@ -40,32 +51,50 @@ class Ledger:
         if amount < 0:
             raise ValueError(f"reservation must be >= 0, got {amount}")
         if self.spent + self.reserved + amount <= self.budget:
-            self.reserved += amount
+            entry = self.held.setdefault(holder, [0, 0.0])
+            entry[0] += 1
+            entry[1] += amount
             self.n_reservations += 1
             return GRANTED
-        if self.spent + amount <= self.budget and self.reserved > 0:
+        if self.spent + amount <= self.budget and self.in_flight > 0:
             return WAIT
         self.n_denied += 1
         return DENIED
 
-    def settle(self, reserved: float, actual: float, kind: str = "generation") -> None:
+    def _drop(self, holder: str, amount: float) -> None:
+        entry = self.held.get(holder)
+        if entry is None or entry[0] == 0:
+            raise ValueError(f"holder {holder!r} has no reservation to settle or release")
+        entry[0] -= 1
+        entry[1] = entry[1] - amount if entry[0] else 0.0
+        if entry[0] == 0:
+            del self.held[holder]
+
+    def settle(self, reserved: float, actual: float, holder: str = "", kind: str = "generation") -> None:
         """Replaces a reservation by the actual cost (which must not exceed it)."""
-        if actual > reserved + 1e-9:
+        if actual > reserved * (1 + 1e-9) + 1e-12:
             raise ValueError(f"actual cost {actual} exceeds its reservation {reserved}")
-        self.reserved = max(0.0, self.reserved - reserved)
+        self._drop(holder, reserved)
         self.spent += actual
         self.by_kind[kind] = self.by_kind.get(kind, 0.0) + actual
 
-    def release(self, reserved: float) -> None:
+    def release(self, reserved: float, holder: str = "") -> None:
         """Returns a reservation whose work was never run."""
-        self.reserved = max(0.0, self.reserved - reserved)
+        self._drop(holder, reserved)
+
+    def release_holder(self, holder: str) -> float:
+        """Releases everything ``holder`` still holds (a lost replica); returns it."""
+        _, amount = self.held.pop(holder, (0, 0.0))
+        return amount
 
     @property
     def remaining(self) -> float:
         return self.budget - self.spent
 
     def snapshot(self) -> dict:
-        return asdict(self) | {"remaining": self.remaining}
+        return {"budget": self.budget, "spent": self.spent, "reserved": self.reserved,
+                "in_flight": self.in_flight, "remaining": self.remaining, "n_reservations": self.n_reservations,
+                "n_denied": self.n_denied, "by_kind": dict(self.by_kind)}
 
 
 def cost_per_token(unit: str, tokens_per_gpu_hour: float | None = None,

@@ -10,6 +10,7 @@ S3 makes visible only when complete. A committed part file is the commit record.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +24,18 @@ from pipelines.errors import InputError, StorageError
 PART_METADATA_KEY = b"tierwise.part"
 
 
+# botocore's own retries for throttling, 5xx and timeouts on every S3 call.
+S3_RETRIES = {"retries": {"max_attempts": 8, "mode": "adaptive"}}
+WRITE_ATTEMPTS = 4
+
+
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None):
     """Returns ``(fs, path)`` for a local path or ``s3://`` URI."""
+    options = dict(storage_options or {})
+    if uri.startswith(("s3://", "s3a://")):
+        options.setdefault("config_kwargs", S3_RETRIES)
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(uri, **options)
     except (ImportError, ValueError) as exc:
         raise StorageError(f"cannot open {uri!r}: {exc}") from exc
     return fs, path
@@ -154,7 +163,8 @@ def write_part(table: pa.Table, out_uri: str, part_id: int, summary: dict[str, A
     meta[PART_METADATA_KEY] = json.dumps(summary).encode()
     table = table.replace_schema_metadata(meta)
     final = f"{root.rstrip('/')}/{part_name(part_id)}"
-    try:
+
+    def commit():
         fs.makedirs(root, exist_ok=True)
         if _protocol_prefix(fs):  # object store: one PUT, visible only when complete
             with fs.open(final, "wb") as fh:
@@ -164,9 +174,29 @@ def write_part(table: pa.Table, out_uri: str, part_id: int, summary: dict[str, A
             with fs.open(tmp, "wb") as fh:
                 pq.write_table(table, fh)
             fs.mv(tmp, final)
-    except Exception as exc:
-        raise StorageError(f"cannot write output part {final}: {exc}") from exc
+
+    with_retries(commit, f"write output part {final}")
     return _protocol_prefix(fs) + final
+
+
+def _permanent(exc: BaseException) -> bool:
+    """No such bucket, access denied, bad path: retrying cannot help."""
+    return isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError))
+
+
+def with_retries(fn, what: str, attempts: int = WRITE_ATTEMPTS, backoff_s: float = 0.5):
+    """Runs ``fn`` retrying transient storage errors with exponential backoff.
+
+    Raises:
+        StorageError: a permanent error, or a transient one that outlasted the retries.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if _permanent(exc) or attempt == attempts - 1:
+                raise StorageError(f"cannot {what}: {type(exc).__name__}: {exc}") from exc
+            time.sleep(backoff_s * 2 ** attempt)
 
 
 def committed_parts(out_uri: str, storage_options: dict[str, Any] | None = None) -> dict[int, dict]:

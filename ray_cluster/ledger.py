@@ -11,7 +11,7 @@ import asyncio
 
 import ray
 
-from pipelines.budget import GRANTED, WAIT, Ledger
+from pipelines.budget import WAIT, Ledger
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -19,10 +19,9 @@ class BudgetLedger:
     def __init__(self, budget: float, already_spent: float = 0.0):
         self.ledger = Ledger(budget=budget, spent=already_spent)
         self._changed: asyncio.Condition | None = None
-        self.held: dict[str, float] = {}  # outstanding reservations per replica
 
     def _cond(self) -> asyncio.Condition:
-        if self._changed is None:
+        if self._changed is None:  # created on the actor's event loop
             self._changed = asyncio.Condition()
         return self._changed
 
@@ -30,37 +29,29 @@ class BudgetLedger:
         """Returns ``granted`` or ``denied``; waits while the answer is ``wait``."""
         cond = self._cond()
         async with cond:
-            while (answer := self.ledger.reserve(amount)) == WAIT:
+            while (answer := self.ledger.reserve(amount, holder)) == WAIT:
                 await cond.wait()
-            if answer == GRANTED:
-                self.held[holder] = self.held.get(holder, 0.0) + amount
             return answer
 
     async def settle(self, reserved: float, actual: float, holder: str = "", kind: str = "generation") -> None:
         cond = self._cond()
         async with cond:
-            self.ledger.settle(reserved, actual, kind)
-            self.held[holder] = self.held.get(holder, 0.0) - reserved
+            self.ledger.settle(reserved, actual, holder, kind)
             cond.notify_all()
 
     async def release(self, reserved: float, holder: str = "") -> None:
         cond = self._cond()
         async with cond:
-            self.ledger.release(reserved)
-            self.held[holder] = self.held.get(holder, 0.0) - reserved
+            self.ledger.release(reserved, holder)
             cond.notify_all()
 
     async def release_holder(self, holder: str) -> float:
         """Releases everything a lost replica still held; returns the amount."""
         cond = self._cond()
         async with cond:
-            amount = max(0.0, self.held.pop(holder, 0.0))
-            self.ledger.release(amount)
+            amount = self.ledger.release_holder(holder)
             cond.notify_all()
             return amount
 
     async def snapshot(self) -> dict:
         return self.ledger.snapshot()
-
-
-__all__ = ["BudgetLedger", "GRANTED"]

@@ -69,13 +69,18 @@ class ReplicaPool:
         ray.get(self.actors[new].start.remote())
 
     def run(self, parts: Iterable[Part], on_done: Callable[[dict], None],
-            on_failed: Callable[[Part, str], None], poll: Callable[[], None] | None = None) -> None:
+            on_failed: Callable[[Part, str], None], poll: Callable[[], None] | None = None,
+            stopping: Callable[[], bool] = lambda: False) -> int:
         """Processes ``parts``; calls ``on_done(summary)`` per committed part and
-        ``on_failed(part, reason)`` for a part whose retries are exhausted."""
+        ``on_failed(part, reason)`` for a part whose retries are exhausted.
+
+        Once ``stopping()`` is true no new part is sent and the parts in flight
+        drain (finish and commit). Returns the number of parts left unsent.
+        """
         queue: deque[tuple[Part, int]] = deque((p, 0) for p in parts)
         inflight: dict[ray.ObjectRef, tuple[str, Part, int]] = {}
-        while queue or inflight:
-            for name in list(self.actors):
+        while (queue and not stopping()) or inflight:
+            for name in list(self.actors) if not stopping() else []:
                 load = sum(1 for n, _, _ in inflight.values() if n == name)
                 while queue and load < self.cfg.parts_per_replica:
                     part, tries = queue.popleft()
@@ -97,6 +102,7 @@ class ReplicaPool:
                 except RayTaskError as exc:
                     log.warning("part %d failed on %s: %s", part.part_id, name, exc)
                     self._retry(queue, part, tries, str(exc.cause if hasattr(exc, "cause") else exc), on_failed)
+        return len(queue)
 
     def _retry(self, queue, part: Part, tries: int, reason: str, on_failed) -> None:
         if tries + 1 > self.cfg.max_part_retries:

@@ -1,0 +1,54 @@
+"""The ledger actor under concurrency: spend never passes the budget."""
+
+import asyncio
+import random
+
+import pytest
+
+from pipelines.budget import DENIED, GRANTED
+
+
+@pytest.mark.slow
+def test_concurrent_reservations_never_overspend(ray_cluster):
+    ray = ray_cluster
+    from ray_cluster.ledger import BudgetLedger
+
+    ledger = BudgetLedger.remote(1000.0)
+
+    @ray.remote
+    def worker(seed: int) -> float:
+        rng = random.Random(seed)
+
+        async def go():
+            spent = 0.0
+            for _ in range(30):
+                worst = rng.uniform(10, 60)
+                if await ledger.reserve.remote(worst, f"w{seed}") == GRANTED:
+                    actual = worst * rng.uniform(0.1, 1.0)
+                    await ledger.settle.remote(worst, actual, f"w{seed}")
+                    spent += actual
+            return spent
+        return asyncio.run(go())
+
+    totals = ray.get([worker.remote(i) for i in range(6)])
+    snap = ray.get(ledger.snapshot.remote())
+    assert snap["spent"] == pytest.approx(sum(totals))
+    assert snap["spent"] <= 1000.0 and snap["reserved"] == pytest.approx(0.0, abs=1e-6)
+    assert snap["spent"] >= 940  # waiting instead of refusing uses the budget
+    ray.kill(ledger)
+
+
+@pytest.mark.slow
+def test_waiting_reservation_is_freed_by_release_holder(ray_cluster):
+    ray = ray_cluster
+    from ray_cluster.ledger import BudgetLedger
+
+    ledger = BudgetLedger.remote(100.0)
+    assert ray.get(ledger.reserve.remote(80, "lost-replica")) == GRANTED
+    waiting = ledger.reserve.remote(50, "other")          # waits: 80 is in flight
+    ready, _ = ray.wait([waiting], timeout=0.5)
+    assert not ready
+    assert ray.get(ledger.release_holder.remote("lost-replica")) == 80
+    assert ray.get(waiting, timeout=10) == GRANTED
+    assert ray.get(ledger.reserve.remote(120, "other"), timeout=10) == DENIED
+    ray.kill(ledger)
