@@ -104,10 +104,12 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Tru
     files, n_rows = _check_input(spec)
     parts = io.plan_parts(files, spec.output.part_rows)
     out, so = spec.output.path, spec.output.storage_options
-    committed = io.committed_parts(out, so)
+    committed = io.with_retries(lambda: io.committed_parts(out, so), f"list output {out}")
     committed_spend = sum(s.get("cost", 0.0) for s in committed.values())
     saved = io.read_json(out, LEDGER_FILE, so) or {}
     prior_spent = max(committed_spend, float(saved.get("spent", 0.0)))
+    # Fails fast (StorageError) on an output location that cannot be written.
+    io.write_json({"spent": prior_spent, "budget": spec.budget.amount}, out, LEDGER_FILE, so)
     todo = [p for p in parts if p.part_id not in committed]
     log.info("%d rows in %d parts; %d committed, %.6g spent before", n_rows, len(parts), len(committed), prior_spent)
 

@@ -165,11 +165,11 @@ def write_part(table: pa.Table, out_uri: str, part_id: int, summary: dict[str, A
     final = f"{root.rstrip('/')}/{part_name(part_id)}"
 
     def commit():
-        fs.makedirs(root, exist_ok=True)
         if _protocol_prefix(fs):  # object store: one PUT, visible only when complete
             with fs.open(final, "wb") as fh:
                 pq.write_table(table, fh)
         else:
+            fs.makedirs(root, exist_ok=True)
             tmp = f"{root.rstrip('/')}/.tmp-{part_name(part_id)}-{uuid.uuid4().hex}"
             with fs.open(tmp, "wb") as fh:
                 pq.write_table(table, fh)
@@ -215,10 +215,15 @@ def committed_parts(out_uri: str, storage_options: dict[str, Any] | None = None)
 
 def write_json(obj: Any, out_uri: str, name: str, storage_options: dict[str, Any] | None = None) -> str:
     fs, root = filesystem(out_uri, storage_options)
-    fs.makedirs(root, exist_ok=True)
     target = f"{root.rstrip('/')}/{name}"
-    with fs.open(target, "w") as fh:
-        json.dump(obj, fh, indent=2, default=str)
+
+    def write():
+        if not _protocol_prefix(fs):
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(target, "w") as fh:
+            json.dump(obj, fh, indent=2, default=str)
+
+    with_retries(write, f"write {target}")
     return _protocol_prefix(fs) + target
 
 

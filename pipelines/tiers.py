@@ -25,6 +25,9 @@ class RowState:
     scores: list[float | None] = field(default_factory=list)
     rounds: int = 0
     stop_reason: str | None = None
+    tier: str | None = None            # set by tiers that choose per row (adaptive)
+    difficulty: float | None = None
+    bucket: int | None = None
 
     def add(self, result: GenResult, extract: Extractor, verify=None, prompt: str | None = None) -> None:
         self.rounds += 1
@@ -58,10 +61,6 @@ class Tier:
             return None
         return SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
                               max_tokens=self.max_tokens, seed=seed)
-
-    def worst_case_tokens(self, prompt_tokens: int, max_model_len: int) -> int:
-        """Upper bound on the tokens one round can cost (what the ledger reserves)."""
-        return prompt_tokens + self.n * min(self.max_tokens, max_model_len - prompt_tokens)
 
     def select(self, state: RowState) -> tuple[str | None, dict[str, float]]:
         weights = [s if s is not None else 0.0 for s in state.scores] if self.weighted else None

@@ -70,12 +70,14 @@ class ReplicaPool:
 
     def run(self, parts: Iterable[Part], on_done: Callable[[dict], None],
             on_failed: Callable[[Part, str], None], poll: Callable[[], None] | None = None,
-            stopping: Callable[[], bool] = lambda: False) -> int:
+            stopping: Callable[[], bool] = lambda: False, tier: Callable[[], object] | None = None) -> int:
         """Processes ``parts``; calls ``on_done(summary)`` per committed part and
         ``on_failed(part, reason)`` for a part whose retries are exhausted.
 
         Once ``stopping()`` is true no new part is sent and the parts in flight
-        drain (finish and commit). Returns the number of parts left unsent.
+        drain (finish and commit). ``tier()``, when given, is the row program sent
+        with each part: the runner re-plans (pacing) between parts. Returns the
+        number of parts left unsent.
         """
         queue: deque[tuple[Part, int]] = deque((p, 0) for p in parts)
         inflight: dict[ray.ObjectRef, tuple[str, Part, int]] = {}
@@ -84,7 +86,8 @@ class ReplicaPool:
                 load = sum(1 for n, _, _ in inflight.values() if n == name)
                 while queue and load < self.cfg.parts_per_replica:
                     part, tries = queue.popleft()
-                    inflight[self.actors[name].process_part.remote(part)] = (name, part, tries)
+                    ref = self.actors[name].process_part.remote(part, tier() if tier else None)
+                    inflight[ref] = (name, part, tries)
                     load += 1
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
             if poll is not None:

@@ -68,8 +68,10 @@ class ReplicaActor:
             self._sem = asyncio.Semaphore(self.cfg.max_rows_in_flight)
         return {"max_model_len": self.engine.max_model_len, "node": ray.get_runtime_context().get_node_id()}
 
-    async def process_part(self, part: io.Part) -> dict:
-        """Generates for every row of ``part``, commits the part, returns its summary."""
+    async def process_part(self, part: io.Part, tier: Tier | None = None) -> dict:
+        """Generates for every row of ``part`` with ``tier`` (default: the config's),
+        commits the part, returns its summary."""
+        tier = tier or self.cfg.tier
         t0 = time.monotonic()
         cfg = self.cfg
         cols = [cfg.id_column, cfg.prompt_column] + ([cfg.gold_column] if cfg.gold_column else [])
@@ -79,7 +81,8 @@ class ReplicaActor:
         errors = row_errors(frame[cfg.prompt_column]).to_list()
         golds = frame[cfg.gold_column].cast(pl.String).to_list() if cfg.gold_column else [None] * len(ids)
 
-        tasks = [self._run_row(part.part_id, i, rid, p, e) for i, (rid, p, e) in enumerate(zip(ids, prompts, errors))]
+        tasks = [self._run_row(tier, part.part_id, i, rid, p, e)
+                 for i, (rid, p, e) in enumerate(zip(ids, prompts, errors))]
         recs = await asyncio.gather(*tasks)
         for r, g in zip(recs, golds):
             if g is not None:  # rows without an answer (skipped, error) count as wrong
@@ -89,14 +92,15 @@ class ReplicaActor:
         io.write_part(table, cfg.output_uri, part.part_id, summary, cfg.output_storage)
         return summary
 
-    async def _run_row(self, part_id: int, index: int, row_id: str, prompt: str | None, error: str | None) -> dict:
+    async def _run_row(self, tier: Tier, part_id: int, index: int, row_id: str, prompt: str | None,
+                       error: str | None) -> dict:
         if error:
             return records.empty_record(row_id, "error", error)
         async with self._sem:
-            return await self._generate_row(part_id, index, row_id, prompt)
+            return await self._generate_row(tier, part_id, index, row_id, prompt)
 
-    async def _generate_row(self, part_id: int, index: int, row_id: str, prompt: str) -> dict:
-        cfg, tier, engine = self.cfg, self.cfg.tier, self.engine
+    async def _generate_row(self, tier: Tier, part_id: int, index: int, row_id: str, prompt: str) -> dict:
+        cfg, engine = self.cfg, self.engine
         token_ids = engine.tokenize(prompt)
         n_prompt = len(token_ids)
         if n_prompt >= engine.max_model_len:
@@ -109,7 +113,8 @@ class ReplicaActor:
         seed = cfg.seed * 1_000_003 + part_id * 100_003 + index
         while (sampling := tier.next_request(state, seed + state.rounds)) is not None:
             sampling = _clip(sampling, n_prompt, engine.max_model_len)
-            worst = tier.worst_case_tokens(n_prompt, engine.max_model_len) * cfg.cost_per_token
+            # The worst case of this round: the prompt plus n samples of max_tokens each.
+            worst = (n_prompt + sampling.n * sampling.max_tokens) * cfg.cost_per_token
             if await self.ledger.reserve.remote(worst, self.name) == DENIED:
                 state.stop_reason = "budget"
                 break
@@ -130,7 +135,8 @@ class ReplicaActor:
         answer, votes = tier.select(state)
         lps = [s.mean_logprob for s in state.samples if s.mean_logprob is not None]
         return {
-            "id": row_id, "answer": answer, "status": "ok", "error": None, "tier": tier.name,
+            "id": row_id, "answer": answer, "status": "ok", "error": None, "tier": state.tier or tier.name,
+            "difficulty": state.difficulty, "bucket": state.bucket,
             "n_samples": len(state.samples), "prompt_tokens": n_prompt * state.rounds,
             "output_tokens": sum(s.output_tokens for s in state.samples), "cost": cost,
             "votes": votes, "agreement": (votes[answer] / sum(votes.values())) if answer is not None else 0.0,
