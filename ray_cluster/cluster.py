@@ -12,6 +12,8 @@ log = logging.getLogger(__name__)
 WORKER_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
     "TOKENIZERS_PARALLELISM": "false",
+    # vLLM's INFO lines per engine start drown the progress bar; warnings still show.
+    "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
 }
 
 

@@ -91,14 +91,20 @@ class VllmEngine:
     async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingConfig) -> GenResult:
         """Generates ``sampling.n`` samples for one tokenized prompt."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
+        # FINAL_ONLY: with n > 1, vLLM aggregates the n children only in this mode; in
+        # the streaming modes each yielded output carries just the child that moved.
         params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_tokens, seed=sampling.seed, logprobs=0)
-        final = None
+                                max_tokens=sampling.max_tokens, seed=sampling.seed, logprobs=0,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        by_index = {}
         async for out in self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
-            final = out
+            by_index.update({c.index: c for c in out.outputs})
+        if len(by_index) != sampling.n:
+            raise EngineError(f"request {request_id}: expected {sampling.n} samples, got {len(by_index)}")
         samples = []
-        for c in sorted(final.outputs, key=lambda c: c.index):
+        for c in sorted(by_index.values(), key=lambda c: c.index):
             k = len(c.token_ids)
             lp = c.cumulative_logprob
             mean_lp = lp / k if (k and lp is not None and math.isfinite(lp)) else None
