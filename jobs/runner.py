@@ -2,6 +2,9 @@
 
 Driver-side work is cheap: read footers, check ids, plan parts, start the ledger
 and the replicas, then stream parts through the pool and merge their summaries.
+The policy decides which row program (tier) each part runs with: the uniform
+policy uses one tier; the adaptive policy (``jobs.adaptive_driver``) first runs a
+calibration slice, then a plan it re-fits as real costs come in.
 
 Resume: re-running the same spec (same output location) skips committed parts.
 The budget survives crashes: ``_tierwise/ledger.json`` records everything spent
@@ -15,13 +18,14 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 from jobs.progress import Progress
 from jobs.spec import JobSpec
 from pipelines import io, records
 from pipelines.budget import cost_per_token
 from pipelines.errors import TierwiseError
-from pipelines.report import build_report
+from pipelines.report import breakdown, build_report
 from pipelines.tiers import Tier, uniform_tier
 from pipelines.validation import check_columns, check_unique_ids
 
@@ -90,6 +94,77 @@ class _StopOnSignal:
             signal.signal(sig, old)
 
 
+class Session:
+    """One job's live machinery: the ledger actor, the replica pool, progress,
+    and the summaries of committed parts."""
+
+    def __init__(self, spec: JobSpec, n_rows: int, committed: dict[int, dict], prior_spent: float,
+                 default_tier: Tier, address: str | None, show_progress: bool):
+        from ray_cluster.cluster import connect
+        from ray_cluster.ledger import BudgetLedger
+
+        self.spec, self.summaries = spec, dict(committed)
+        self.ray = connect(address)
+        self.ledger = BudgetLedger.remote(spec.budget.amount, prior_spent)
+        self.progress = Progress(n_rows, spec.budget.amount, spec.budget.unit, done=committed.values(),
+                                 enabled=show_progress)
+        self.pool = None
+        self.default_tier = default_tier
+        self.stop = _StopOnSignal()
+        self.generate_wall_s = 0.0
+        self._last_save = 0.0
+        self.snapshot = {"budget": spec.budget.amount, "spent": prior_spent}
+
+    def __enter__(self):
+        from ray_cluster.pool import PoolConfig, ReplicaPool
+
+        self.stop.__enter__()
+        r = self.spec.replicas
+        self.pool = ReplicaPool(replica_config(self.spec, self.default_tier), PoolConfig(
+            r.count, r.num_cpus, r.num_gpus, r.parts_per_replica, r.max_part_retries), self.ledger)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.__exit__(*exc)
+        self.progress.close()
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.ray.kill(self.ledger)
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop.signum is not None
+
+    def save_ledger(self, force: bool = False) -> dict:
+        self.snapshot = self.ray.get(self.ledger.snapshot.remote())
+        if force or time.monotonic() - self._last_save > LEDGER_SAVE_EVERY_S:
+            io.write_json({"spent": self.snapshot["spent"], "budget": self.snapshot["budget"]},
+                          self.spec.output.path, LEDGER_FILE, self.spec.output.storage_options)
+            self._last_save = time.monotonic()
+        return self.snapshot
+
+    def run_parts(self, parts: list[io.Part], tier: Callable[[], Tier] | None = None,
+                  stop_when: Callable[[], bool] = lambda: False,
+                  on_part: Callable[[dict], None] | None = None) -> int:
+        """Streams ``parts`` through the pool; returns how many were left unsent."""
+
+        def on_done(summary: dict) -> None:
+            self.summaries[summary["part_id"]] = summary
+            self.progress.part_done(summary)
+            if on_part is not None:
+                on_part(summary)
+
+        def on_failed(part: io.Part, reason: str) -> None:
+            on_done(_commit_failed_part(self.spec, part, reason))
+
+        t0 = time.monotonic()
+        unsent = self.pool.run(parts, on_done, on_failed, lambda: self.progress.spent(self.save_ledger()["spent"]),
+                               stopping=lambda: self.stopping or stop_when(), tier=tier)
+        self.generate_wall_s += time.monotonic() - t0
+        self.save_ledger(force=True)
+        return unsent
+
+
 def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = True,
             strict: bool = False) -> dict:
     """Runs ``spec`` to completion (or resumes it) and returns the run report.
@@ -105,67 +180,44 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Tru
     parts = io.plan_parts(files, spec.output.part_rows)
     out, so = spec.output.path, spec.output.storage_options
     committed = io.with_retries(lambda: io.committed_parts(out, so), f"list output {out}")
-    committed_spend = sum(s.get("cost", 0.0) for s in committed.values())
     saved = io.read_json(out, LEDGER_FILE, so) or {}
-    prior_spent = max(committed_spend, float(saved.get("spent", 0.0)))
+    prior_spent = max(sum(s.get("cost", 0.0) for s in committed.values()), float(saved.get("spent", 0.0)))
     # Fails fast (StorageError) on an output location that cannot be written.
     io.write_json({"spent": prior_spent, "budget": spec.budget.amount}, out, LEDGER_FILE, so)
     todo = [p for p in parts if p.part_id not in committed]
     log.info("%d rows in %d parts; %d committed, %.6g spent before", n_rows, len(parts), len(committed), prior_spent)
 
-    summaries = dict(committed)
-    generate_wall_s, unsent, signum = 0.0, 0, None
-    ledger_snapshot = {"budget": spec.budget.amount, "spent": prior_spent}
+    s = spec.sampling
+    extra: dict = {}
+    summaries, snapshot, generate_wall_s, signum = dict(committed), {"spent": prior_spent}, 0.0, None
+    unsent = 0
     if todo:
-        from ray_cluster.cluster import connect
-        from ray_cluster.ledger import BudgetLedger
-        from ray_cluster.pool import PoolConfig, ReplicaPool
+        if spec.policy.kind == "adaptive":
+            from jobs.adaptive_driver import AdaptiveDriver
 
-        ray = connect(address)
-        ledger = BudgetLedger.remote(spec.budget.amount, prior_spent)
-        s, r = spec.sampling, spec.replicas
-        tier = uniform_tier(spec.policy.n, s.temperature, s.top_p, s.max_tokens,
-                            weighted=spec.policy.select == "verifier")
-        progress = Progress(n_rows, spec.budget.amount, spec.budget.unit, done=committed.values(),
-                            enabled=show_progress)
-        pool = None
-        last_save = [0.0]
+            driver = AdaptiveDriver(spec, parts, committed)
+            default = driver.calibration_tier
+        else:
+            driver = None
+            default = uniform_tier(spec.policy.n, s.temperature, s.top_p, s.max_tokens,
+                                   weighted=spec.policy.select == "verifier")
+        with Session(spec, n_rows, committed, prior_spent, default, address, show_progress) as session:
+            if driver is None:
+                unsent = session.run_parts(todo)
+            else:
+                unsent = driver.run(session)
+                extra = driver.report
+            summaries, snapshot = session.summaries, session.snapshot
+            generate_wall_s, signum = session.generate_wall_s, session.stop.signum
+    elif spec.policy.kind == "adaptive":
+        extra = io.read_json(out, "calibration.json", so) or {}
+        extra = {"adaptive": extra.get("summary", {})} if extra else {}
 
-        def save_ledger(force: bool = False) -> dict:
-            snap = ray.get(ledger.snapshot.remote())
-            if force or time.monotonic() - last_save[0] > LEDGER_SAVE_EVERY_S:
-                io.write_json({"spent": snap["spent"], "budget": snap["budget"]}, out, LEDGER_FILE, so)
-                last_save[0] = time.monotonic()
-            return snap
-
-        def on_done(summary: dict) -> None:
-            summaries[summary["part_id"]] = summary
-            progress.part_done(summary)
-
-        def on_failed(part: io.Part, reason: str) -> None:
-            on_done(_commit_failed_part(spec, part, reason))
-
-        def poll() -> None:
-            progress.spent(save_ledger()["spent"])
-
-        with _StopOnSignal() as stop:
-            try:
-                pool = ReplicaPool(replica_config(spec, tier), PoolConfig(
-                    r.count, r.num_cpus, r.num_gpus, r.parts_per_replica, r.max_part_retries), ledger)
-                t_gen = time.monotonic()
-                unsent = pool.run(todo, on_done, on_failed, poll, stopping=lambda: stop.signum is not None)
-                generate_wall_s = time.monotonic() - t_gen
-                ledger_snapshot = save_ledger(force=True)
-            finally:
-                progress.close()
-                if pool is not None:
-                    pool.shutdown()
-                ray.kill(ledger)
-            signum = stop.signum
-
-    report = build_report(spec, list(summaries.values()), ledger_snapshot, n_rows, len(parts),
+    report = build_report(spec, list(summaries.values()), snapshot, n_rows, len(parts),
                           resumed_parts=len(committed), wall_s=time.monotonic() - t0,
                           generate_wall_s=generate_wall_s)
+    report |= extra
+    report["by_tier"] = breakdown(io.read_output(out, so, ["tier", "bucket", "cost", "n_samples", "correct"]))
     report["complete"] = unsent == 0 and len(summaries) == len(parts)
     io.write_json(report, out, "run_report.json", so)
     if signum is not None:

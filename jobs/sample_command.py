@@ -33,9 +33,7 @@ def main(args) -> int:
     overrides = _overrides(args.set) | {"policy": {"kind": "uniform", "n": args.n}}
     spec = load_spec(args.spec, overrides)
     report = run_job(spec, address=args.address)
-    out_fs, out_root = io.filesystem(spec.output.path, spec.output.storage_options)
-    parts = sorted(out_fs.glob(f"{out_root.rstrip('/')}/part-*.parquet"))
-    output = pl.concat([pl.read_parquet(out_fs.open(p, "rb")) for p in parts], how="vertical_relaxed")
+    output = io.read_output(spec.output.path, spec.output.storage_options)
     gold = None
     if spec.input.gold_column:
         files = io.list_input_files(spec.input.path, spec.input.storage_options)

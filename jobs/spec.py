@@ -84,12 +84,37 @@ class UniformPolicy(_Strict):
     select: Literal["majority", "verifier"] = "majority"
 
 
+class AdaptivePolicy(_Strict):
+    """tierwise's policy: calibrate on a slice, estimate each row's difficulty from a
+    cheap pilot, and spend the rest of the budget where the calibration curves say
+    extra samples buy the objective (early-stopping rows whose samples agree)."""
+
+    kind: Literal["adaptive"] = "adaptive"
+    objective: Literal["accuracy", "coverage"] = "accuracy"
+    select: Literal["majority", "verifier"] = "majority"
+    calibration_fraction: float = Field(0.15, gt=0, lt=1, description="share of input parts run as calibration")
+    calibration_budget_share: float = Field(0.3, gt=0, le=1, description="most of the budget calibration may take")
+    calibration_samples: int = Field(16, ge=2, le=256, description="samples per calibration row (K)")
+    pilot_samples: int = Field(2, ge=1, le=16, description="first-round samples that estimate difficulty")
+    round_size: int = Field(2, ge=1, description="samples per later round")
+    n_buckets: int = Field(5, ge=1, le=20)
+    price: float | None = Field(None, gt=0, description="score per budget unit below which compute is not bought")
+    replan_every_parts: int = Field(4, ge=1, description="pacing: re-allocate after this many parts")
+
+    @model_validator(mode="after")
+    def _pilot_fits(self):
+        if self.pilot_samples > self.calibration_samples:
+            raise ValueError("policy.pilot_samples must not exceed policy.calibration_samples")
+        return self
+
+
 def _policy_kind(value) -> str:
     """A policy without ``kind`` is uniform."""
     return value.get("kind", "uniform") if isinstance(value, dict) else getattr(value, "kind", "uniform")
 
 
-Policy = Annotated[Annotated[UniformPolicy, Tag("uniform")], Discriminator(_policy_kind)]
+Policy = Annotated[Annotated[UniformPolicy, Tag("uniform")] | Annotated[AdaptivePolicy, Tag("adaptive")],
+                   Discriminator(_policy_kind)]
 
 
 class JobSpec(_Strict):

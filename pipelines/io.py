@@ -213,6 +213,23 @@ def committed_parts(out_uri: str, storage_options: dict[str, Any] | None = None)
     return done
 
 
+def read_output(out_uri: str, storage_options: dict[str, Any] | None = None, columns: list[str] | None = None,
+                part_ids: list[int] | None = None):
+    """Reads committed output parts (all, or ``part_ids``) as one polars frame."""
+    import polars as pl
+
+    fs, root = filesystem(out_uri, storage_options)
+    if part_ids is None:
+        paths = sorted(fs.glob(f"{root.rstrip('/')}/part-*.parquet"))
+    else:
+        paths = [f"{root.rstrip('/')}/{part_name(i)}" for i in part_ids]
+    frames = []
+    for p in paths:
+        with fs.open(p, "rb") as fh:
+            frames.append(pl.read_parquet(fh, columns=columns))
+    return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+
+
 def write_json(obj: Any, out_uri: str, name: str, storage_options: dict[str, Any] | None = None) -> str:
     fs, root = filesystem(out_uri, storage_options)
     target = f"{root.rstrip('/')}/{name}"

@@ -41,3 +41,16 @@ def build_report(spec, summaries: list[dict], ledger: dict, n_rows: int, n_parts
         report["accuracy"] = tot["correct"] / tot["graded"]
         report["graded_rows"] = tot["graded"]
     return report
+
+
+def breakdown(output) -> list[dict]:
+    """Spend and score per (tier, bucket) from the output rows (a polars frame)."""
+    import polars as pl
+
+    if output.is_empty():
+        return []
+    aggs = [pl.len().alias("rows"), pl.col("cost").sum().alias("cost"), pl.col("n_samples").sum().alias("samples"),
+            pl.col("n_samples").mean().alias("mean_samples")]
+    if "correct" in output.columns and output["correct"].is_not_null().any():
+        aggs.append(pl.col("correct").cast(pl.Float64).mean().alias("accuracy"))
+    return (output.group_by("tier", "bucket").agg(aggs).sort("tier", "bucket", nulls_last=True).to_dicts())

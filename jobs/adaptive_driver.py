@@ -1,0 +1,144 @@
+"""Driver side of the adaptive policy: calibrate, plan, run, re-plan.
+
+1. Calibration: a seeded-random slice of the input's parts runs with K samples per
+   row (``calibration`` tier), up to ``calibration_budget_share`` of the budget.
+   These rows are ordinary output rows too (their answer is a K-sample vote).
+2. Plan: their samples (graded by gold when present, else by the verifier or the
+   K-sample majority) go to ``pipelines.adaptive.plan_from_calibration``, the same
+   machinery ``tierwise replay`` uses; ``calibration.json`` and ``calibration.png``
+   are written beside the output.
+3. Run: the other parts run the ``AdaptiveTier`` row program with the plan.
+4. Pacing: every ``replan_every_parts`` committed parts the plan is re-allocated
+   for the rows left and the budget left (actual spend); the ledger's hard cap
+   stays the last word.
+
+A resumed run rebuilds the plan from the committed calibration parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+
+import numpy as np
+import polars as pl
+
+from jobs.spec import JobSpec
+from pipelines import io
+from pipelines.budget import cost_per_token
+from pipelines.calibration import stable_hash01
+from pipelines.tiers import Tier
+
+log = logging.getLogger(__name__)
+
+
+class AdaptiveDriver:
+    def __init__(self, spec: JobSpec, parts: list[io.Part], committed: dict[int, dict]):
+        from pipelines.replay_adaptive import AdaptiveConfig
+
+        self.spec, self.parts, self.pol = spec, parts, spec.policy
+        s, pol = spec.sampling, spec.policy
+        order = np.argsort(stable_hash01([str(p.part_id) for p in parts], s.seed), kind="stable")
+        n_cal = max(1, min(len(parts), math.ceil(pol.calibration_fraction * len(parts))))
+        self.cal_ids = {parts[i].part_id for i in order[:n_cal]}
+        weighted = pol.select == "verifier"
+        self.calibration_tier = Tier("calibration", pol.calibration_samples, s.temperature, s.top_p,
+                                     s.max_tokens, weighted)
+        self.config = AdaptiveConfig(pilot_samples=pol.pilot_samples, n_buckets=pol.n_buckets)
+        self.cpt = cost_per_token(spec.budget.unit, spec.budget.tokens_per_gpu_hour, spec.budget.usd_per_gpu_hour)
+        self.report: dict = {}
+        self.replans = 0
+        self._samples: pl.DataFrame | None = None
+
+    # -------------------------------------------------------------- phases
+    def run(self, session) -> int:
+        budget = self.spec.budget.amount
+        cal_cap = self.pol.calibration_budget_share * budget
+        todo = [p for p in self.parts if p.part_id in self.cal_ids and p.part_id not in session.summaries]
+        session.run_parts(todo, tier=lambda: self.calibration_tier,
+                          stop_when=lambda: session.snapshot["spent"] >= cal_cap)
+        main = [p for p in self.parts if p.part_id not in session.summaries]
+        if session.stopping:
+            return len(main)
+        cal_parts = [p for p in self.parts if p.part_id in self.cal_ids and p.part_id in session.summaries]
+        self._samples = self._calibration_samples(cal_parts)
+        current = [self._adaptive_tier(self._plan(session, main, write=True))]
+        done = [0]
+
+        def on_part(summary: dict) -> None:
+            done[0] += 1
+            if done[0] % self.pol.replan_every_parts == 0:
+                left = [p for p in main if p.part_id not in session.summaries]
+                if left:
+                    current[0] = self._adaptive_tier(self._plan(session, left))
+                    self.replans += 1
+
+        unsent = session.run_parts(main, tier=lambda: current[0], on_part=on_part)
+        self.report["adaptive"] |= {"replans": self.replans}
+        return unsent
+
+    def _calibration_samples(self, cal_parts: list[io.Part]) -> pl.DataFrame:
+        from pipelines.samples import output_to_samples
+
+        output = io.read_output(self.spec.output.path, self.spec.output.storage_options,
+                                part_ids=[p.part_id for p in cal_parts])
+        gold = None
+        inp = self.spec.input
+        if inp.gold_column:
+            cols = [inp.id_column, inp.gold_column]
+            gold = pl.concat([pl.from_arrow(io.read_part(p, cols, inp.storage_options)) for p in cal_parts])
+            gold = gold.select(pl.col(cols[0]).cast(pl.String).alias("id"), pl.col(cols[1]).cast(pl.String).alias("gold"))
+        return output_to_samples(output, gold)
+
+    def _plan(self, session, left: list[io.Part], write: bool = False):
+        from pipelines.adaptive import plan_from_calibration
+
+        snap = session.save_ledger()
+        rows_left = sum(p.length for p in left)
+        # The plan counts tokens; the ledger counts the budget's unit.
+        tokens_left = max(0.0, snap["budget"] - snap["spent"]) / self.cpt
+        plan, report = plan_from_calibration(
+            self._samples, rows_remaining=rows_left, budget_remaining=tokens_left, unit="tokens",
+            objective=self.pol.objective, config=self.config, price=self.pol.price,
+            round_size=self.pol.round_size, seed=self.spec.sampling.seed)
+        summary = {
+            "calibration_parts": len(self.cal_ids & set(session.summaries)),
+            "calibration_rows": int(self._samples["query_id"].n_unique()),
+            "calibration_spent": float(sum(session.summaries[i]["cost"] for i in self.cal_ids
+                                           if i in session.summaries)),
+            "labels": plan.labels,
+            "buckets": [{"bucket": i, "tier": b.tier, "share": b.share, "cap": b.rule.cap,
+                         "expected_cost": b.expected_cost, "expected_score": b.expected_score}
+                        for i, b in enumerate(plan.buckets)],
+            "expected_cost_per_row": plan.expected_cost_per_row,
+        }
+        self.report["adaptive"] = summary
+        if write:
+            out, so = self.spec.output.path, self.spec.output.storage_options
+            io.write_json({"summary": summary, "plan": plan.to_dict(), "report": report}, out,
+                          "calibration.json", so)
+            self._write_plot(report, out, so)
+        return plan
+
+    def _adaptive_tier(self, plan) -> Tier:
+        from pipelines.adaptive import AdaptiveTier
+
+        s = self.spec.sampling
+        return AdaptiveTier(plan=plan, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                            weighted=self.pol.select == "verifier")
+
+    @staticmethod
+    def _write_plot(report: dict, out: str, so: dict) -> None:
+        from pipelines.adaptive import plot_plan
+
+        fs, root = io.filesystem(out, so)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, "calibration.png")
+            try:
+                plot_plan(report, local)
+            except Exception as exc:  # a plot must never fail the job
+                log.warning("calibration plot not written: %s", exc)
+                return
+            io.with_retries(lambda: fs.put(local, f"{root.rstrip('/')}/calibration.png"), "write calibration.png")
