@@ -103,18 +103,53 @@ def _pilot_features(table: ReplayTable, pilot: int, p_n: np.ndarray) -> tuple[np
     return np.column_stack(list(cols.values())).astype(np.float64), list(cols)
 
 
-def _stop_signal(table: ReplayTable, objective: str, cfg: AdaptiveConfig,
-                 thresholds: tuple[float, ...] | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
-    """[Q, S] signal after each prefix, and the thresholds offered (given, or from ``cfg``).
-
-    Accuracy, and coverage without a verifier: P(leader is the mode). Coverage with a verifier: the
-    best verifier score so far, with thresholds at quantiles of all verifier scores (policy-visible).
-    """
+def stop_signal(table: ReplayTable, objective: str) -> np.ndarray:
+    """[Q, S] stop signal after each prefix: the best verifier score so far for coverage with a
+    verifier, else Adaptive-Consistency's P(leader is the mode) (from unweighted vote counts)."""
     if objective == "coverage" and table.verifier_score is not None:
         v = table.verifier_score
-        signal = np.maximum.accumulate(np.where(np.isnan(v), -np.inf, v), axis=1)
-        return signal, thresholds or (*np.nanquantile(v, cfg.verifier_quantiles).tolist(), float("inf"))
-    return table.votes().mode_probability(), thresholds or cfg.stop_thresholds
+        return np.maximum.accumulate(np.where(np.isnan(v), -np.inf, v), axis=1)
+    return table.votes().mode_probability()
+
+
+def _stop_signal(table: ReplayTable, objective: str, cfg: AdaptiveConfig,
+                 thresholds: tuple[float, ...] | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
+    """[Q, S] signal after each prefix (``stop_signal``), and the thresholds offered (given, or from
+    ``cfg``; for coverage with a verifier, quantiles of all verifier scores, which are policy-visible)."""
+    if objective == "coverage" and table.verifier_score is not None:
+        v = table.verifier_score
+        return stop_signal(table, objective), thresholds or (*np.nanquantile(v, cfg.verifier_quantiles).tolist(),
+                                                             float("inf"))
+    return stop_signal(table, objective), thresholds or cfg.stop_thresholds
+
+
+def rule_specs(thresholds: tuple[float, ...], pilot: int, width: int,
+               give_up_at: tuple[int, ...]) -> list[tuple[float, int | None]]:
+    """Stop rules offered: every threshold alone, then with each give-up check the table can reach."""
+    gs = [g for g in give_up_at if pilot <= g <= width]
+    return [(t, g) for t in thresholds for g in (None, *gs)]
+
+
+def rule_label(threshold: float, give_up: int | None) -> str:
+    return f"stop>={threshold:.3g}" + ("" if give_up is None else f",give_up@{give_up}")
+
+
+def give_up_cut(table: ReplayTable, give_up: int) -> np.ndarray:
+    """[Q] where the give-up check stops each query: ``give_up`` if, after that many samples, the
+    leading answer has at most ``give_up // 4`` votes (samples keep disagreeing), else ``n_available``.
+    Queries that have not reached ``give_up`` samples (or have fewer available) are not cut."""
+    n_av = table.n_available
+    if give_up > table.shape[1] or give_up < 1:
+        return n_av.astype(np.int64)
+    return np.where((n_av >= give_up) & (table.votes().top[:, give_up - 1] <= give_up // 4), give_up, n_av)
+
+
+def rule_stops(table: ReplayTable, by_threshold: np.ndarray, give_up: int | None, pilot: int) -> np.ndarray:
+    """[Q] samples drawn under a stop rule, from ``first_stop`` of its threshold and its give-up check."""
+    if give_up is None:
+        return by_threshold
+    n_av = table.n_available
+    return np.maximum(np.minimum(by_threshold, give_up_cut(table, give_up)), np.minimum(pilot, n_av))
 
 
 def _stop_rules(table: ReplayTable, signal: np.ndarray, thresholds: tuple[float, ...], pilot: int,
@@ -125,19 +160,12 @@ def _stop_rules(table: ReplayTable, signal: np.ndarray, thresholds: tuple[float,
         ([R, Q] samples drawn per rule, R labels, index of the strictest finite threshold without give-up).
     """
     n_av = table.n_available
-    by_threshold = [first_stop(signal, t, pilot, n_av).astype(np.int64) for t in thresholds]
-    top = table.votes().top
-    give_up = [(g, np.where((n_av >= g) & (top[:, min(g, table.shape[1]) - 1] <= g // 4), g, n_av))
-               for g in cfg.give_up_at if pilot <= g <= table.shape[1]]
-    stops, labels = [], []
-    for t, n in zip(thresholds, by_threshold):
-        stops.append(n)
-        labels.append(f"stop>={t:.3g}")
-        for g, cut in give_up:
-            stops.append(np.maximum(np.minimum(n, cut), np.minimum(pilot, n_av)))
-            labels.append(f"stop>={t:.3g},give_up@{g}")
+    by_threshold = {t: first_stop(signal, t, pilot, n_av).astype(np.int64) for t in thresholds}
+    specs = rule_specs(thresholds, pilot, table.shape[1], cfg.give_up_at)
+    stops = [rule_stops(table, by_threshold[t], g, pilot) for t, g in specs]
+    labels = [rule_label(t, g) for t, g in specs]
     finite = [i for i, t in enumerate(thresholds) if np.isfinite(t)]
-    strict = labels.index(f"stop>={max(thresholds[i] for i in finite):.3g}") if finite else 0
+    strict = labels.index(rule_label(max(thresholds[i] for i in finite), None)) if finite else 0
     return np.stack(stops), labels, strict
 
 
@@ -174,7 +202,7 @@ def _grid(n_rules: int, caps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _bucket_curves(cal: ReplayTable, n_queries: int, unit: str, objective: str, cfg: AdaptiveConfig,
                    difficulty: np.ndarray, stops: np.ndarray, rules: list[str],
-                   pilot: int) -> tuple[np.ndarray, list, list]:
+                   pilot: int, cost: np.ndarray | None = None) -> tuple[np.ndarray, list, list]:
     """Bucket edges by difficulty quantiles of calibration queries, and each bucket's fitted curve.
 
     Args:
@@ -182,6 +210,7 @@ def _bucket_curves(cal: ReplayTable, n_queries: int, unit: str, objective: str, 
         n_queries: Distinct calibration queries in ``cal``.
         difficulty, stops: Per row of ``cal``: predicted difficulty; [R, rows] samples drawn per stop rule.
         rules: R stop-rule labels.
+        cost: [rows, S + 1] cost of drawing the first k samples; default ``cal.cumcost(unit)``.
 
     A bucket's curve is measured on the ``min_bucket_queries`` (or more) calibration queries nearest
     its difficulty, so buckets can be finer than disjoint bins of the calibration set would allow.
@@ -192,7 +221,8 @@ def _bucket_curves(cal: ReplayTable, n_queries: int, unit: str, objective: str, 
     rows, width = cal.shape
     copies = max(rows // max(n_queries, 1), 1)
     n_av, p_n = cal.n_available, np.minimum(pilot, cal.n_available)
-    cost, score_tab = cal.cumcost(unit), cal.scores(objective)
+    cost = cal.cumcost(unit) if cost is None else cost
+    score_tab = cal.scores(objective)
     window = max(cfg.min_bucket_queries, n_queries // max(cfg.n_buckets, 1))
     edges = quantile_edges(difficulty, min(cfg.n_buckets, max(1, 2 * n_queries // window)))
     by_difficulty = np.argsort(difficulty, kind="stable")
@@ -213,6 +243,63 @@ def _bucket_curves(cal: ReplayTable, n_queries: int, unit: str, objective: str, 
         curves.append(BucketCalibration(b, len(r) // copies, 0, curve))
         options.append(tuple(Option(str(i), x[i], y[i]) for i in curve.hull))
     return edges, curves, options
+
+
+def round_draws(n: np.ndarray, pilot_n: np.ndarray, round_size: int, n_available: np.ndarray) -> np.ndarray:
+    """Samples a live row draws when its stop point is ``n`` and it samples in rounds of ``round_size``
+    after the pilot: the stop point rounded up to the end of its round (a row sees a round's samples
+    only when the whole round returns), never past what exists. Apply the cap after this."""
+    if round_size <= 1:
+        return n
+    extra = np.maximum(n - pilot_n, 0)
+    return np.minimum(pilot_n + -(-extra // round_size) * round_size, n_available)
+
+
+def round_cumcost(table: ReplayTable, unit: str, pilot: int, round_size: int) -> np.ndarray:
+    """[Q, S + 1] cost of the first k samples as a live row pays it: in tokens, every round (the pilot,
+    then one per ``round_size`` samples) sends the prompt again, so it pays ``prompt_tokens`` per round;
+    in samples, 1 per sample as ``cumcost``."""
+    base = table.cumcost(unit)
+    if unit != "tokens" or table.prompt_tokens is None:
+        return base
+    k = np.arange(base.shape[1])
+    later_rounds = -(-np.maximum(k - pilot, 0) // max(round_size, 1))  # rounds after the pilot
+    return base + np.where(table.n_available > 0, table.prompt_tokens, 0.0)[:, None] * later_rounds[None, :]
+
+
+def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, unit: str, objective: str,
+                      cfg: AdaptiveConfig, thresholds: tuple[float, ...], names: list[str],
+                      round_size: int | None = None) -> tuple:
+    """Difficulty model, bucket edges and per-bucket curves from fully sampled calibration queries.
+
+    Each of ``deep_rows`` is replayed in ``cfg.calibration_orders`` sample orders; the model maps pilot
+    features to the share of correct samples; buckets are quantiles of predicted difficulty; each
+    bucket's curve is measured over the (stop rule x cap) grid (see ``_bucket_curves``).
+
+    Args:
+        round_size: None for replay (a query stops at the exact sample its rule fires, the prompt is
+            paid once). A live run samples in rounds: stop points are rounded up to the round's end
+            (``round_draws``) and token costs pay the prompt once per round (``round_cumcost``).
+
+    Returns:
+        (model, bucket edges, per-bucket ``BucketCalibration``, per-bucket allocator options,
+        [rows] predicted difficulty of the reordered calibration rows, the reordered table).
+    """
+    cal = _reordered(table, deep_rows, cfg.calibration_orders)
+    p_n = np.minimum(pilot, cal.n_available)
+    cal_feats = _pilot_features(cal, pilot, p_n)[0]
+    success = cal.correct.sum(axis=1) / np.maximum(cal.n_available, 1)  # calibration rows only
+    model = fit_difficulty_model(cal_feats, success, names)
+    cal_stops = _stop_rules(cal, _stop_signal(cal, objective, cfg, thresholds)[0], thresholds, pilot, cfg)[0]
+    cost = None
+    if round_size is not None:
+        cal_stops = round_draws(cal_stops, p_n[None, :], round_size, cal.n_available[None, :])
+        cost = round_cumcost(cal, unit, pilot, round_size)
+    difficulty = 1.0 - model.predict(cal_feats)
+    labels = [rule_label(t, g) for t, g in rule_specs(thresholds, pilot, cal.shape[1], cfg.give_up_at)]
+    edges, curves, options = _bucket_curves(cal, len(deep_rows), unit, objective, cfg, difficulty, cal_stops,
+                                            labels, pilot, cost)
+    return model, edges, curves, options, difficulty, cal
 
 
 def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str, calib: np.ndarray,
@@ -238,13 +325,7 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
     feats, names = _pilot_features(table, pilot, p_n)
 
     def calibrate(deep_rows: np.ndarray) -> tuple:
-        cal = _reordered(table, deep_rows, cfg.calibration_orders)
-        cal_feats = _pilot_features(cal, pilot, np.minimum(pilot, cal.n_available))[0]
-        success = cal.correct.sum(axis=1) / np.maximum(cal.n_available, 1)  # calibration rows only
-        model = fit_difficulty_model(cal_feats, success, names)
-        cal_stops = _stop_rules(cal, _stop_signal(cal, objective, cfg, thresholds)[0], thresholds, pilot, cfg)[0]
-        return model, *_bucket_curves(cal, len(deep_rows), unit, objective, cfg, 1.0 - model.predict(cal_feats),
-                                      cal_stops, rules, pilot)
+        return calibrate_buckets(table, deep_rows, pilot, unit, objective, cfg, thresholds, names)[:4]
 
     # Calibration in two phases: half the calibration budget on calibration queries in hash order, the
     # rest on calibration queries predicted to fall in buckets whose curve still rises (in proportion
