@@ -1,0 +1,500 @@
+"""The live adaptive tier: a plan learned from a calibration slice, run row by row on replicas.
+
+``plan_from_calibration`` learns an ``AdaptivePlan`` from a calibration slice (rows run at K samples) with
+replay's adaptive machinery (``pipelines.replay_adaptive``: pilot features, difficulty model, buckets,
+per-bucket curves over stop rule x cap, samples replayed in several orders), then ``allocate``s the
+remaining budget over the remaining rows, assumed to fall in buckets as the (random) slice does.
+
+``AdaptiveTier`` runs a plan as a row program (``pipelines.tiers``): a pilot round, the row's bucket,
+then rounds until the bucket's stop rule fires, evaluated by replay's own vectorized functions on a
+one-row table. ``plan_draws`` drives the same plan columnar over a recorded table; tests check both agree.
+
+Two ways a live row differs from a replayed query, both priced into the plan's curves: it samples in
+rounds of ``round_size`` after the pilot, so it draws up to the end of the round in which its rule fires
+(``round_draws``); and in tokens, each round re-sends the prompt (``round_cumcost``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import polars as pl
+
+from pipelines.allocation import BucketOptions, allocate
+from pipelines.calibration import (
+    BucketCalibration,
+    CurveFit,
+    DifficultyModel,
+    assign_buckets,
+    plot_curves,
+    stable_hash01,
+)
+from pipelines.generation import SamplingConfig
+from pipelines.replay import BUDGET_UNITS, OBJECTIVES, ReplayTable, build_table
+from pipelines.replay_adaptive import (
+    AdaptiveConfig,
+    _caps,
+    _grid,
+    _pilot_features,
+    _stop_signal,
+    calibrate_buckets,
+    round_draws,
+    rule_label,
+    rule_specs,
+    rule_stops,
+    stop_signal,
+)
+from pipelines.stopping import first_stop
+from pipelines.tiers import RowState, Tier
+
+STOP_REASONS = ("agreed", "verified", "gave_up", "cap", "no_headroom", "no_samples")
+_ALLOC_RESOLUTION = 100_000  # rows the allocator splits bucket shares into (finer split probabilities)
+
+
+def tier_name(cap: int, pilot: int, weighted: bool) -> str:
+    """``skip`` when the cap is the pilot (no samples beyond it), else ``best_of_n`` (verifier-weighted
+    vote) or ``vote``. Never ``single``: the pilot samples at temperature, it is not a greedy pass."""
+    return "skip" if cap <= pilot else ("best_of_n" if weighted else "vote")
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """One row's sampling rule after the pilot.
+
+    Attributes:
+        threshold: Stop once the signal (P(leader is the mode), or the best verifier score for coverage
+            with a verifier) reaches this; ``inf`` never stops early.
+        give_up: After this many samples, stop if the leader has at most ``give_up // 4`` votes; None: never.
+        cap: Most samples in all, the pilot included.
+        tier: What the row's ``tier`` column says (see ``tier_name``).
+    """
+
+    threshold: float
+    give_up: int | None
+    cap: int
+    tier: str
+
+    @property
+    def label(self) -> str:
+        return f"{rule_label(self.threshold, self.give_up)},cap={self.cap}"
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold if math.isfinite(self.threshold) else None, "give_up": self.give_up,
+                "cap": self.cap, "tier": self.tier}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StopRule:
+        return cls(math.inf if d["threshold"] is None else float(d["threshold"]), d["give_up"], int(d["cap"]), d["tier"])
+
+
+@dataclass(frozen=True)
+class BucketPlan:
+    """A difficulty bucket's rule. When the allocator splits the bucket between two options, the rows
+    whose ``stable_hash01(row_id, plan.seed)`` is below ``alt_share`` take ``alt_rule`` (the richer one):
+    deterministic per row, so a resumed run decides alike, and the expected spend matches the LP split.
+
+    Attributes:
+        calibration_rows: Calibration rows predicted into the bucket (averaged over sample orders).
+        share: Their share of all calibration rows: the expected share of remaining rows.
+        expected_cost: Per row beyond the pilot, in plan units, both rules mixed by ``alt_share``.
+        expected_score: Per row (the objective after the row's draws), mixed alike.
+    """
+
+    bucket: int
+    calibration_rows: float
+    share: float
+    rule: StopRule
+    expected_cost: float
+    expected_score: float
+    alt_rule: StopRule | None = None
+    alt_share: float = 0.0
+
+    @property
+    def tier(self) -> str:
+        """The tier most of the bucket's rows run."""
+        return self.alt_rule.tier if self.alt_rule is not None and self.alt_share > 0.5 else self.rule.tier
+
+    def to_dict(self) -> dict:
+        return {"bucket": self.bucket, "calibration_rows": self.calibration_rows, "share": self.share,
+                "rule": self.rule.to_dict(), "alt_rule": self.alt_rule and self.alt_rule.to_dict(),
+                "alt_share": self.alt_share, "expected_cost": self.expected_cost,
+                "expected_score": self.expected_score, "tier": self.tier}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BucketPlan:
+        return cls(int(d["bucket"]), float(d["calibration_rows"]), float(d["share"]), StopRule.from_dict(d["rule"]),
+                   float(d["expected_cost"]), float(d["expected_score"]),
+                   StopRule.from_dict(d["alt_rule"]) if d.get("alt_rule") else None, float(d.get("alt_share", 0.0)))
+
+
+# eq=False: the difficulty model holds numpy arrays; compare plans by ``to_dict()``.
+@dataclass(frozen=True, eq=False)
+class AdaptivePlan:
+    """Everything a replica needs to run the adaptive tier; small, picklable, JSON via ``to_dict``.
+
+    Attributes:
+        pilot: Samples of round 0, whose features place the row in a bucket.
+        round_size: Samples per later round.
+        objective / unit: What the curves score (accuracy, coverage) and count (tokens, samples).
+        feature_names: Pilot features the model reads, in order (``replay_adaptive._pilot_features``).
+        model: Maps pilot features to expected success; difficulty = 1 - success.
+        edges: Inner bucket edges on difficulty (``calibration.assign_buckets``).
+        buckets: Per bucket, its rule(s) and expectations.
+        weighted: Calibration had verifier scores: the leader is verifier-weighted (``best_of_n``).
+        pilot_cost: Expected cost of a row's pilot, in ``unit``.
+        labels: Where calibration's ``correct`` came from: gold, verifier, majority (see ``label_calibration``).
+        seed: Seeds the per-row hash that splits a bucket between its two rules.
+    """
+
+    pilot: int
+    round_size: int
+    objective: str
+    unit: str
+    feature_names: tuple[str, ...]
+    model: DifficultyModel
+    edges: tuple[float, ...]
+    buckets: tuple[BucketPlan, ...]
+    weighted: bool
+    pilot_cost: float
+    labels: str = "gold"
+    seed: int = 0
+
+    @property
+    def signal(self) -> str:
+        """The stop signal: ``verifier`` (best score so far) or ``mode_probability``."""
+        return "verifier" if self.objective == "coverage" and "verifier_score" in self.feature_names \
+            else "mode_probability"
+
+    @property
+    def expected_cost_per_row(self) -> float:
+        """Pilot plus the bucket-share-weighted extra, in ``unit``."""
+        return self.pilot_cost + sum(b.share * b.expected_cost for b in self.buckets)
+
+    def classify(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """([rows] difficulty, [rows] bucket) from [rows, len(feature_names)] pilot features."""
+        difficulty = 1.0 - self.model.predict(features)
+        return difficulty, assign_buckets(difficulty, np.asarray(self.edges, dtype=np.float64))
+
+    def takes_alt(self, row_ids: pl.Series | list[str], bucket: np.ndarray) -> np.ndarray:
+        """[rows] bool: the row runs its bucket's ``alt_rule``."""
+        share = np.array([b.alt_share if b.alt_rule is not None else 0.0 for b in self.buckets])
+        return stable_hash01(row_ids, self.seed) < share[np.asarray(bucket)]
+
+    def to_dict(self) -> dict:
+        return {"pilot": self.pilot, "round_size": self.round_size, "objective": self.objective, "unit": self.unit,
+                "feature_names": list(self.feature_names), "model": self.model.to_dict(), "edges": list(self.edges),
+                "buckets": [b.to_dict() for b in self.buckets], "weighted": self.weighted,
+                "pilot_cost": self.pilot_cost, "labels": self.labels, "seed": self.seed,
+                "expected_cost_per_row": self.expected_cost_per_row}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AdaptivePlan:
+        m = d["model"]
+        model = DifficultyModel(list(m["names"]), np.asarray(m["mean"], dtype=np.float64),
+                                np.asarray(m["scale"], dtype=np.float64), np.asarray(m["coef"], dtype=np.float64),
+                                float(m["intercept"]))
+        return cls(int(d["pilot"]), int(d["round_size"]), d["objective"], d["unit"], tuple(d["feature_names"]),
+                   model, tuple(float(e) for e in d["edges"]), tuple(BucketPlan.from_dict(b) for b in d["buckets"]),
+                   bool(d["weighted"]), float(d["pilot_cost"]), d.get("labels", "gold"), int(d.get("seed", 0)))
+
+
+def label_calibration(samples: pl.DataFrame, verifier_pass: float = 0.5) -> tuple[pl.DataFrame, str]:
+    """Fill ``correct`` of calibration samples from the best evidence available.
+
+    Gold where ``correct`` is known (``output_to_samples`` with a gold column); else a verifier pass
+    (``verifier_score >= verifier_pass``) when scores exist; else agreement with the row's K-sample
+    majority answer (the high-budget answer; ties go to the answer seen first, as ``answers.vote``).
+    With majority labels, curves measure how fast a policy reaches the answer K samples would give.
+
+    Returns:
+        (samples with a non-null ``correct``, source: gold, verifier, majority, or gold+<fallback>).
+    """
+    has_gold = "correct" in samples.columns and samples["correct"].null_count() < len(samples)
+    if has_gold and samples["correct"].null_count() == 0:
+        return samples.with_columns(pl.col("correct").cast(pl.Boolean)), "gold"
+    if "verifier_score" in samples.columns and samples["verifier_score"].null_count() < len(samples):
+        fallback, source = (pl.col("verifier_score") >= verifier_pass).fill_null(False), "verifier"
+    else:
+        majority = (samples.filter(pl.col("answer").is_not_null())
+                    .group_by("query_id", "answer").agg(_n=pl.len(), _first=pl.col("sample_idx").min())
+                    .sort("query_id", "_n", "_first", descending=[False, True, False])
+                    .group_by("query_id", maintain_order=True).first()
+                    .select("query_id", pl.col("answer").alias("_majority")))
+        samples = samples.join(majority, on="query_id", how="left")
+        fallback, source = (pl.col("answer") == pl.col("_majority")).fill_null(False), "majority"
+    correct = pl.coalesce(pl.col("correct").cast(pl.Boolean), fallback) if has_gold else fallback
+    out = samples.with_columns(correct=correct)
+    return out.drop("_majority") if "_majority" in out.columns else out, f"gold+{source}" if has_gold else source
+
+
+def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_remaining: float, unit: str,
+                          objective: str, config: AdaptiveConfig | None = None, price: float | None = None,
+                          round_size: int = 2, seed: int = 0, verifier_pass: float = 0.5) -> tuple[AdaptivePlan, dict]:
+    """Learn an ``AdaptivePlan`` from calibration samples and fit it to the remaining budget.
+
+    Args:
+        samples: The calibration slice in the replay schema (``samples.output_to_samples``); ``correct``
+            may be null (see ``label_calibration``). ``difficulty_hint`` is ignored: live rows carry none.
+        rows_remaining: Rows the plan will run on.
+        budget_remaining: Budget for them, pilots included, in ``unit`` (calibration already paid).
+        unit: ``tokens`` or ``samples``; ``tokens`` charges the prompt once per round, as replicas pay.
+        objective: ``accuracy`` or ``coverage``.
+        config: Pilot size, buckets, stop thresholds, caps, orders, give-up points (``AdaptiveConfig``).
+        price: Score per unit of cost below which extra compute is not bought even if the budget allows
+            (each bucket stops at its ``CurveFit.knee(price)``). None: the budget alone decides.
+        round_size: Samples per round after the pilot.
+        seed: Seeds the per-row split of a bucket between two rules.
+        verifier_pass: Verifier score that counts as correct when labelling without gold.
+
+    Returns:
+        (plan, report): the report is JSON-ready (per bucket: calibration rows, curve points per option,
+        knee, chosen operating point; the budget math; warnings) and feeds ``plot_plan``.
+
+    Raises:
+        ValueError: Unknown unit/objective, negative rows or budget, round_size < 1, no samples.
+        SamplesSchemaError: Samples not in the replay schema.
+    """
+    if unit not in BUDGET_UNITS or objective not in OBJECTIVES:
+        raise ValueError(f"need unit in {BUDGET_UNITS} and objective in {OBJECTIVES}, got {unit!r}, {objective!r}")
+    if rows_remaining < 0 or not budget_remaining >= 0 or round_size < 1:
+        raise ValueError("need rows_remaining >= 0, budget_remaining >= 0 and round_size >= 1")
+    cfg = config or AdaptiveConfig()
+    labelled, labels = label_calibration(samples, verifier_pass)
+    table = build_table(labelled.drop("difficulty_hint", strict=False))
+    q, width = table.shape
+    if q == 0 or width == 0:
+        raise ValueError("plan_from_calibration: no calibration samples")
+    warnings = []
+    if q < cfg.min_calibration_queries:
+        warnings.append(f"only {q} calibration rows (< {cfg.min_calibration_queries}): curves are noisy")
+    rows, n_av = np.arange(q), table.n_available
+
+    def pilot_cost(p: int) -> float:
+        return float(table.cumcost(unit)[rows, np.minimum(p, n_av)].mean())
+
+    pilot = min(cfg.pilot_samples, width)
+    while pilot > 1 and rows_remaining * pilot_cost(pilot) > budget_remaining:
+        pilot -= 1  # as replay: a smaller pilot before rows go without one
+    pilot_row = pilot_cost(pilot)
+    extra_budget = budget_remaining - rows_remaining * pilot_row
+    if extra_budget < 0:
+        warnings.append("the budget cannot pay a pilot sample for every remaining row; the ledger will refuse some")
+    names = _pilot_features(table, pilot, np.minimum(pilot, n_av))[1]
+    thresholds = _stop_signal(table, objective, cfg)[1]
+    model, edges, curves, options, difficulty, _ = calibrate_buckets(
+        table, rows, pilot, unit, objective, cfg, thresholds, names, round_size)
+    counts = np.bincount(assign_buckets(difficulty, edges), minlength=len(curves)).astype(np.float64)
+    copies = max(len(difficulty) // q, 1)
+    if price is not None:  # never buy past a bucket's knee at this price
+        options = [tuple(o for o in opts if o.cost <= c.curve.compute[c.curve.knee(price)]) or opts
+                   for opts, c in zip(options, curves)]
+    scale = max(1, math.ceil(_ALLOC_RESOLUTION / counts.sum()))
+    units = (counts * scale).astype(np.int64)
+    per_row = max(extra_budget, 0.0) / rows_remaining if rows_remaining else 0.0
+    alloc = allocate([BucketOptions(b, int(units[b]), options[b]) for b in range(len(curves))],
+                     per_row * float(units.sum()))
+    specs = rule_specs(thresholds, pilot, width, cfg.give_up_at)
+    grid_t, grid_c = _grid(len(specs), _caps(pilot, width, cfg))
+    weighted = table.verifier_score is not None
+
+    def rule(i: int) -> StopRule:
+        (t, g), cap = specs[grid_t[i]], int(grid_c[i])
+        return StopRule(float(t), g, cap, tier_name(cap, pilot, weighted))
+
+    plans, report_buckets = [], []
+    for b, (bc, opts, ba) in enumerate(zip(curves, options, alloc.buckets)):
+        by_name = {o.name: o for o in opts}  # every bucket has rows, so the cheaper option keeps some
+        used = sorted(((by_name[k], v / units[b]) for k, v in ba.counts.items() if v), key=lambda ow: ow[0].cost)
+        alt = rule(int(used[1][0].name)) if len(used) > 1 else None
+        bp = BucketPlan(b, float(counts[b] / copies), float(counts[b] / counts.sum()), rule(int(used[0][0].name)),
+                        float(sum(o.cost * w for o, w in used)), float(sum(o.score * w for o, w in used)),
+                        alt, float(used[1][1]) if alt else 0.0)
+        plans.append(bp)
+        report_buckets.append(_bucket_report(bp, bc.curve, price, rows_remaining, edges, bc.n_calibration_rows))
+    plan = AdaptivePlan(pilot, round_size, objective, unit, tuple(names), model, tuple(float(e) for e in edges),
+                        tuple(plans), weighted, pilot_row, labels, seed)
+    extra_spend = rows_remaining * sum(b.share * b.expected_cost for b in plans)
+    money = {"budget_remaining": budget_remaining, "rows_remaining": rows_remaining, "pilot_cost_per_row": pilot_row,
+             "pilot_total": rows_remaining * pilot_row, "extra_budget": max(extra_budget, 0.0),
+             "expected_extra_total": extra_spend, "expected_total": rows_remaining * pilot_row + extra_spend,
+             "expected_cost_per_row": plan.expected_cost_per_row, "price": alloc.price, "knee_price": price,
+             "expected_score_per_row": sum(b.share * b.expected_score for b in plans)}
+    return plan, {"unit": unit, "objective": objective, "labels": labels, "pilot": pilot, "round_size": round_size,
+                  "calibration_rows": q, "calibration_samples_per_row": width, "calibration_orders": copies,
+                  "signal": plan.signal, "weighted": weighted, "feature_names": list(names), "budget": money,
+                  "buckets": report_buckets, "warnings": warnings}
+
+
+def _bucket_report(bp: BucketPlan, curve: CurveFit, price: float | None, rows_remaining: int, edges: np.ndarray,
+                   curve_rows: int) -> dict:
+    labels = curve.labels or [str(i) for i in range(len(curve.compute))]
+
+    def point(i: int) -> dict:
+        return {"label": labels[i], "cost": float(curve.compute[i]), "score": float(curve.score[i])}
+
+    chosen = {bp.rule.label: 1.0 - bp.alt_share} | ({bp.alt_rule.label: bp.alt_share} if bp.alt_rule else {})
+    span = [float(edges[bp.bucket - 1]) if bp.bucket else None, float(edges[bp.bucket]) if bp.bucket < len(edges) else None]
+    return {"bucket": bp.bucket, "difficulty_range": span, "calibration_rows": bp.calibration_rows,
+            "curve_rows": curve_rows, "share": bp.share, "expected_rows": bp.share * rows_remaining,
+            "points": [point(i) for i in range(len(curve.compute))], "hull": curve.hull.tolist(),
+            "knee": point(curve.knee(price)), "peak": point(curve.peak), "chosen": chosen,
+            "operating_point": {"cost": bp.expected_cost, "score": bp.expected_score, "tier": bp.tier}}
+
+
+def plot_plan(report: dict, path: str) -> None:
+    """Write a PNG of score vs extra compute per bucket, with the chosen operating points starred."""
+    buckets = []
+    for b in report["buckets"]:
+        pts = b["points"]
+        curve = CurveFit(np.array([p["cost"] for p in pts]), np.array([p["score"] for p in pts]),
+                         np.array(b["hull"], dtype=np.int64), [p["label"] for p in pts])
+        chosen = {k: max(1, round(v * b["expected_rows"])) for k, v in b["chosen"].items() if v > 0}
+        buckets.append(BucketCalibration(b["bucket"], round(b["calibration_rows"]), round(b["expected_rows"]),
+                                         curve, chosen))
+    plot_curves(buckets, path, x_label=f"extra {report['unit']} per row beyond the pilot",
+                title=f"adaptive plan: {report['objective']} vs compute per bucket")
+
+
+def row_table(state: RowState, plan: AdaptivePlan, n_available: int | None = None) -> ReplayTable:
+    """One live row as a one-row ``ReplayTable`` with the columns the plan was fit on (same dtypes as
+    ``replay.build_table``), so replay's feature and stop-rule functions run on it unchanged.
+
+    Args:
+        n_available: Defaults to the samples so far; pass more to say later samples may still come
+            (``first_stop`` then reports "no stop yet" as that count).
+    """
+    k, index = len(state.samples), {}
+
+    def row(values: list, dtype) -> np.ndarray:
+        return np.array(values, dtype=dtype).reshape(1, k)
+
+    floats = {"mean_logprob": [s.mean_logprob for s in state.samples], "verifier_score": list(state.scores)}
+    return ReplayTable(
+        query_ids=pl.Series([state.row_id], dtype=pl.String), correct=row([False] * k, bool),
+        codes=row([index.setdefault(a, len(index)) if a is not None else -1 for a in state.answers], np.int64),
+        valid=row([a is not None for a in state.answers], bool),
+        n_available=np.array([k if n_available is None else n_available], dtype=np.int64),
+        output_tokens=row([s.output_tokens for s in state.samples], np.float64),
+        prompt_tokens=np.array([float(state.prompt_tokens)]),
+        **{name: row([np.nan if x is None else x for x in vals], np.float32) if name in plan.feature_names else None
+           for name, vals in floats.items()})
+
+
+def row_features(state: RowState, plan: AdaptivePlan) -> np.ndarray:
+    """[1, k] pilot features of a live row: ``replay_adaptive._pilot_features`` on its pilot samples."""
+    table = row_table(state, plan)
+    feats, names = _pilot_features(table, plan.pilot, np.minimum(plan.pilot, table.n_available))
+    if tuple(names) != plan.feature_names:  # cannot happen unless row_table and the plan disagree
+        raise ValueError(f"live features {names} differ from the plan's {list(plan.feature_names)}")
+    return feats
+
+
+@dataclass(frozen=True)
+class AdaptiveTier(Tier):
+    """The adaptive policy as a row program: ``AdaptiveTier(plan=..., temperature=..., top_p=...,
+    max_tokens=..., weighted=...)``; ``n`` is set to the plan's pilot.
+
+    Round 0 draws ``plan.pilot`` samples, whose features set ``state.difficulty``, ``state.bucket`` and
+    ``state.tier``; later rounds draw ``plan.round_size`` (never past the cap) until ``state.stop_reason``
+    is ``agreed`` / ``verified`` (signal reached the threshold), ``gave_up``, ``cap``, ``no_headroom``
+    (the bucket's cap is the pilot) or ``no_samples``. ``select`` is ``Tier.select``.
+
+    Seeds: the replica passes ``seed + state.rounds``, but vLLM seeds sample i of a request ``seed + i``,
+    so per-round seeds would repeat samples; the tier asks for ``base + samples drawn so far`` instead.
+    """
+
+    name: str = "adaptive"
+    temperature: float = 0.7
+    plan: AdaptivePlan | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.plan is None:
+            raise ValueError("AdaptiveTier needs a plan (see plan_from_calibration)")
+        object.__setattr__(self, "n", self.plan.pilot)
+
+    def rule_for(self, state: RowState) -> StopRule:
+        bp = self.plan.buckets[state.bucket]
+        alt = bp.alt_rule is not None and bool(self.plan.takes_alt([state.row_id], np.array([state.bucket]))[0])
+        rule = bp.alt_rule if alt else bp.rule
+        return replace(rule, tier=tier_name(rule.cap, self.plan.pilot, self.weighted))
+
+    def next_request(self, state: RowState, seed: int | None) -> SamplingConfig | None:
+        plan, k = self.plan, len(state.samples)
+        if state.stop_reason is not None:
+            return None
+        if state.rounds == 0:
+            return replace(self._round, n=plan.pilot, seed=seed)
+        if k == 0:
+            state.stop_reason = "no_samples"
+            return None
+        if state.bucket is None:
+            difficulty, bucket = plan.classify(row_features(state, plan))
+            state.difficulty, state.bucket = float(difficulty[0]), int(bucket[0])
+        rule = self.rule_for(state)
+        state.tier = rule.tier
+        if rule.cap <= plan.pilot:
+            state.stop_reason = "no_headroom"
+            return None
+        reason = self._fired(state, rule) or ("cap" if k >= rule.cap else None)
+        if reason is not None:
+            state.stop_reason = reason
+            return None
+        return replace(self._round, n=min(plan.round_size, rule.cap - k),
+                       seed=None if seed is None else seed - state.rounds + k)
+
+    @property
+    def _round(self) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
+
+    def _fired(self, state: RowState, rule: StopRule) -> str | None:
+        """Whether the rule stops the row at some prefix of its samples: replay's ``first_stop`` and
+        ``rule_stops`` on the one-row table, with one more sample "available" so "not yet" is k + 1."""
+        k, pilot = len(state.samples), self.plan.pilot
+        table = row_table(state, self.plan, n_available=k + 1)
+        by_threshold = first_stop(stop_signal(table, self.plan.objective), rule.threshold, pilot,
+                                  table.n_available).astype(np.int64)
+        if rule_stops(table, by_threshold, rule.give_up, pilot)[0] > k:
+            return None
+        if by_threshold[0] <= k:
+            return "verified" if self.plan.signal == "verifier" else "agreed"
+        return "gave_up"
+
+
+def plan_draws(plan: AdaptivePlan, samples: pl.DataFrame | ReplayTable) -> pl.DataFrame:
+    """Replay a plan over recorded samples, columnar: what each row would draw live.
+
+    Rows whose recorded samples run out stop there. ``correct`` is never read (null is fine).
+
+    Returns:
+        query_id, difficulty, bucket, tier, n_drawn.
+    """
+    if isinstance(samples, ReplayTable):
+        table = samples
+    else:  # only the columns the plan was fit on: they decide features, the signal and the vote
+        unused = [c for c in ("mean_logprob", "verifier_score") if c not in plan.feature_names]
+        df = samples.drop("difficulty_hint", *unused, strict=False)
+        table = build_table(df.with_columns(
+            correct=pl.col("correct").fill_null(False) if "correct" in df.columns else pl.lit(False)))
+    pilot, n_av = plan.pilot, table.n_available
+    p_n = np.minimum(pilot, n_av)
+    feats, names = _pilot_features(table, pilot, p_n)
+    if tuple(names) != plan.feature_names:
+        raise ValueError(f"samples give features {names}; the plan needs {list(plan.feature_names)}")
+    difficulty, bucket = plan.classify(feats)
+    alt = plan.takes_alt(table.query_ids, bucket)
+    signal = stop_signal(table, plan.objective)
+    drawn = p_n.astype(np.int64)
+    tiers = np.empty(len(drawn), dtype=object)
+    for b, bp in enumerate(plan.buckets):
+        for rule, mask in ((bp.rule, (bucket == b) & ~alt), (bp.alt_rule, (bucket == b) & alt)):
+            if rule is None or not mask.any():
+                continue
+            n = rule_stops(table, first_stop(signal, rule.threshold, pilot, n_av).astype(np.int64), rule.give_up, pilot)
+            n = np.minimum(round_draws(n, p_n, plan.round_size, n_av), rule.cap)
+            drawn[mask] = np.clip(n, p_n, n_av)[mask]
+            tiers[mask] = rule.tier
+    return pl.DataFrame({"query_id": table.query_ids, "difficulty": difficulty, "bucket": bucket,
+                         "tier": pl.Series(tiers.tolist(), dtype=pl.String), "n_drawn": drawn})
+

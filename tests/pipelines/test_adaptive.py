@@ -1,0 +1,274 @@
+"""Live adaptive tier: plan from calibration samples, budget math, the row program, and one policy
+driven two ways (``AdaptiveTier`` row by row, ``plan_draws`` columnar) drawing alike."""
+
+import json
+import pickle
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipelines.adaptive import (
+    AdaptivePlan,
+    AdaptiveTier,
+    BucketPlan,
+    StopRule,
+    label_calibration,
+    plan_draws,
+    plan_from_calibration,
+    plot_plan,
+    row_features,
+)
+from pipelines.calibration import DifficultyModel
+from pipelines.generation import GenResult, Sample
+from pipelines.replay import build_table
+from pipelines.replay_adaptive import AdaptiveConfig, _pilot_features, _stop_rules, stop_signal
+from pipelines.replay_synthetic import synthetic_samples
+from pipelines.tiers import RowState
+
+ROWS = 3000
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return synthetic_samples(600, 16, seed=0).drop("population")
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    """Rows the plan has not seen, with their population for diagnostics."""
+    return synthetic_samples(400, 16, seed=1)
+
+
+def _plan(samples, per_row, unit="samples", objective="accuracy", **kw):
+    pilot = samples.filter(pl.col("sample_idx") < 2)
+    row = 2.0 if unit == "samples" else float((pilot["output_tokens"].sum() + pilot.filter(
+        pl.col("sample_idx") == 0)["prompt_tokens"].sum()) / pilot["query_id"].n_unique())
+    return plan_from_calibration(samples, rows_remaining=ROWS, budget_remaining=per_row * row * ROWS / 2,
+                                 unit=unit, objective=objective, **kw)
+
+
+def test_plan_round_trips_through_json_and_pickle(calibration, tmp_path):
+    plan, report = _plan(calibration, 4.0, "tokens")
+    d = json.loads(json.dumps(plan.to_dict()))
+    back = AdaptivePlan.from_dict(d)
+    assert back.to_dict() == plan.to_dict()
+    assert pickle.loads(pickle.dumps(plan)).to_dict() == plan.to_dict()
+    feats = np.random.default_rng(0).normal(size=(50, len(plan.feature_names)))
+    assert np.array_equal(back.classify(feats)[1], plan.classify(feats)[1])
+    json.dumps(report)
+    plot_plan(report, str(tmp_path / "plan.png"))
+    assert (tmp_path / "plan.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("unit", ["samples", "tokens"])
+@pytest.mark.parametrize("per_row", [2.0, 3.0, 5.0, 9.0])
+def test_expected_spend_within_budget(calibration, unit, per_row):
+    plan, report = _plan(calibration, per_row, unit)
+    money = report["budget"]
+    assert money["expected_total"] <= money["budget_remaining"] * (1 + 1e-9)
+    assert money["expected_total"] == pytest.approx(ROWS * plan.expected_cost_per_row)
+    assert sum(b.share for b in plan.buckets) == pytest.approx(1.0)
+    assert all(0 <= b.alt_share < 1 for b in plan.buckets)
+    if per_row >= 5:  # money beyond the pilot is spent on some bucket, nearly all of it
+        assert money["expected_extra_total"] >= 0.9 * money["extra_budget"]
+
+
+def test_zero_budget_skips_every_bucket(calibration):
+    plan, report = plan_from_calibration(calibration, rows_remaining=ROWS, budget_remaining=0.0, unit="tokens",
+                                         objective="accuracy")
+    assert plan.pilot == 1 and report["warnings"]
+    assert {b.tier for b in plan.buckets} == {"skip"} and all(b.rule.cap == plan.pilot for b in plan.buckets)
+    assert plan.expected_cost_per_row == plan.pilot_cost
+    none_left, _ = plan_from_calibration(calibration, rows_remaining=0, budget_remaining=1e6, unit="samples",
+                                         objective="accuracy")
+    assert {b.tier for b in none_left.buckets} == {"skip"}
+
+
+def test_huge_budget_takes_each_buckets_peak(calibration):
+    plan, report = _plan(calibration, 1e6)
+    for b, rb in zip(plan.buckets, report["buckets"]):
+        assert b.alt_rule is None and b.rule.label == rb["peak"]["label"]
+        assert b.expected_score == pytest.approx(max(p["score"] for p in rb["points"]))
+    # A price stops each bucket at its knee instead, spending less for most of the score.
+    priced, rep = _plan(calibration, 1e6, price=0.01)
+    assert priced.expected_cost_per_row < plan.expected_cost_per_row
+    assert [b.rule.label for b in priced.buckets] == [rb["knee"]["label"] for rb in rep["buckets"]]
+
+
+def test_hopeless_and_easy_get_no_headroom_headroom_gets_more(calibration, fresh):
+    plan, _ = _plan(calibration, 4.0)
+    easiest, hardest = plan.buckets[0], plan.buckets[-1]
+    assert easiest.rule.cap == plan.pilot and easiest.tier == "skip"
+    assert hardest.rule.cap == plan.pilot and hardest.tier == "skip"
+    assert any(b.rule.cap > plan.pilot for b in plan.buckets[1:-1])
+    d = plan_draws(plan, fresh).join(fresh.filter(pl.col("sample_idx") == 0).select("query_id", "population"),
+                                     on="query_id")
+    mean = dict(d.group_by("population").agg(pl.col("n_drawn").mean()).iter_rows())
+    assert mean["headroom"] > 2 * mean["easy"] and mean["headroom"] > 2 * mean["hopeless"]
+    assert mean["easy"] < plan.pilot + 0.5 and mean["hopeless"] < plan.pilot + 1.0
+
+
+def test_label_calibration_sources():
+    df = pl.DataFrame({"query_id": ["a"] * 4 + ["b"] * 3, "sample_idx": [0, 1, 2, 3, 0, 1, 2],
+                       "answer": ["1", "2", "2", "1", None, "5", None], "output_tokens": [1] * 7,
+                       "correct": pl.Series([None] * 7, dtype=pl.Boolean)})
+    out, source = label_calibration(df)  # majority; tie in "a" goes to "1" (seen first); None never counts
+    assert source == "majority" and out["correct"].to_list() == [True, False, False, True, False, True, False]
+    scored = df.with_columns(verifier_score=pl.Series([0.9, 0.1, None, 0.5, 0.2, 0.7, 0.0]))
+    out, source = label_calibration(scored)
+    assert source == "verifier" and out["correct"].to_list() == [True, False, False, True, False, True, False]
+    gold = df.with_columns(correct=pl.Series([False, True, True, False, False, None, False]))
+    out, source = label_calibration(gold)
+    assert source == "gold+majority" and out["correct"].to_list() == [False, True, True, False, False, True, False]
+    assert label_calibration(gold.with_columns(pl.col("correct").fill_null(False)))[1] == "gold"
+
+
+def test_plan_without_gold_uses_majority_labels(calibration):
+    plan, report = _plan(calibration.with_columns(correct=pl.lit(None, pl.Boolean)), 4.0)
+    assert plan.labels == report["labels"] == "majority" and len(plan.buckets) >= 3
+
+
+# ---- the row program on hand-made rows ---------------------------------------------------------------
+
+def _hand_plan(easy: StopRule, hard: StopRule, round_size: int = 2, alt: StopRule | None = None,
+               alt_share: float = 0.0) -> AdaptivePlan:
+    """Two buckets by pilot agreement: both pilot samples agree -> easy (bucket 0), else hard."""
+    names = ("agreement", "parsed", "log_tokens")
+    model = DifficultyModel(list(names), np.array([0.75, 1.0, 5.0]), np.array([0.25, 1.0, 1.0]),
+                            np.array([4.0, 0, 0, 0, 0, 0]), 0.0)
+    return AdaptivePlan(2, round_size, "accuracy", "samples", names, model, (0.5,),
+                        (BucketPlan(0, 10, 0.5, easy, 0.0, 0.9), BucketPlan(1, 10, 0.5, hard, 1.0, 0.5, alt, alt_share)),
+                        False, 2.0)
+
+
+def _run(tier: AdaptiveTier, answers: list[str | None], seed: int = 100) -> tuple[RowState, list]:
+    """Drive the row program as a replica does, feeding ``answers`` in order as if generated."""
+    state, requests, fed = RowState("row-1", 10), [], iter(answers)
+    while (req := tier.next_request(state, seed + state.rounds)) is not None:
+        requests.append(req)
+        got = [next(fed) for _ in range(req.n)]
+        state.add(GenResult("r", 10, [Sample(a or "", 5, -0.1) for a in got]), lambda t: t or None)
+    return state, requests
+
+
+def test_row_stops_at_agreement_and_records_bucket():
+    tier = AdaptiveTier(plan=_hand_plan(StopRule(0.8, None, 8, "vote"), StopRule(0.8, None, 8, "vote")))
+    state, reqs = _run(tier, ["7", "7"] + ["9"] * 10)
+    assert (len(state.samples), state.stop_reason, state.bucket, state.tier) == (2, "agreed", 0, "vote")
+    assert state.difficulty == pytest.approx(1 / (1 + np.exp(4)))
+    # 7 8 | 7 7: P(leader is mode) is 0.6875 after 3 samples and 0.8125 after 4.
+    state, reqs = _run(tier, ["7", "8", "7", "7", "7", "7"])
+    assert (len(state.samples), state.stop_reason, state.bucket) == (4, "agreed", 1)
+    assert [r.n for r in reqs] == [2, 2] and reqs[0].temperature == 0.7
+    # The rule fires mid-round (after sample 5 of 5-6): the row still stops at the round's end.
+    state, _ = _run(tier, ["7", "8", "7", "9", "7", "1", "7", "7"])
+    assert (len(state.samples), state.stop_reason) == (6, "agreed")
+    assert tier.select(state)[0] == "7"
+
+
+def test_row_respects_cap_with_a_short_last_round_and_fresh_seeds():
+    tier = AdaptiveTier(plan=_hand_plan(StopRule(0.8, None, 4, "vote"), StopRule(float("inf"), None, 7, "vote"),
+                                        round_size=3))
+    state, reqs = _run(tier, [str(i % 2) for i in range(20)], seed=100)
+    assert (len(state.samples), state.stop_reason) == (7, "cap")
+    assert [r.n for r in reqs] == [2, 3, 2]
+    assert [r.seed for r in reqs] == [100, 102, 105]  # base + samples drawn: no sample seed repeats
+
+
+def test_row_gives_up_and_no_headroom():
+    give_up = StopRule(0.95, 4, 16, "vote")
+    tier = AdaptiveTier(plan=_hand_plan(StopRule(0.8, None, 2, "skip"), give_up))
+    state, _ = _run(tier, ["1", "2", "3", "4", "5", "6"])
+    assert (len(state.samples), state.stop_reason) == (4, "gave_up")
+    state, _ = _run(tier, ["1", "2", "3", "3", "3", "3", "3", "3"])  # 3 has 2 of 4 votes: keeps going
+    assert state.stop_reason == "agreed" and len(state.samples) > 4
+    state, reqs = _run(tier, ["5", "5", "5"])
+    assert (len(state.samples), state.stop_reason, state.tier, len(reqs)) == (2, "no_headroom", "skip", 1)
+
+
+def test_row_split_between_two_rules_by_row_hash_and_budget_stop_is_kept():
+    rich = StopRule(float("inf"), None, 6, "vote")
+    for share, cap in ((0.0, 4), (1.0, 6)):
+        tier = AdaptiveTier(plan=_hand_plan(StopRule(0.8, None, 2, "skip"), StopRule(float("inf"), None, 4, "vote"),
+                                            alt=rich, alt_share=share))
+        assert len(_run(tier, [str(i) for i in range(10)])[0].samples) == cap
+    state = RowState("r", 3, stop_reason="budget")
+    assert tier.next_request(state, 1) is None and state.stop_reason == "budget"
+    with pytest.raises(ValueError, match="needs a plan"):
+        AdaptiveTier()
+
+
+# ---- one policy, two drivers -------------------------------------------------------------------------
+
+def _feed_rows(samples: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    return {k[0]: g.sort("sample_idx") for k, g in samples.group_by("query_id")}
+
+
+def _add(state: RowState, part: pl.DataFrame) -> None:
+    """Append recorded samples as one generated round (verifier scores returned as recorded)."""
+    scores = iter(part["verifier_score"].to_list()) if "verifier_score" in part.columns else None
+    state.add(GenResult("x", state.prompt_tokens, [
+        Sample(a or "", t, lp) for a, t, lp in zip(part["answer"], part["output_tokens"], part["mean_logprob"])]),
+        lambda t: t or None, (lambda _prompt, _text: next(scores)) if scores else None)
+
+
+def _live_row(tier: AdaptiveTier, row: pl.DataFrame) -> RowState:
+    """Run the row program over one recorded row, its samples returned in recorded order."""
+    state = RowState(row["query_id"][0], int(row["prompt_tokens"][0]))
+    while (req := tier.next_request(state, 7 + state.rounds)) is not None:
+        _add(state, row.slice(len(state.samples), req.n))
+    return state
+
+
+def test_live_features_equal_replay_features():
+    samples = synthetic_samples(60, 6, seed=4, verifier=True, null_rate=0.2)
+    plan, _ = plan_from_calibration(samples, rows_remaining=100, budget_remaining=1e7, unit="tokens",
+                                    objective="accuracy", config=AdaptiveConfig(pilot_samples=3))
+    assert plan.pilot == 3 and plan.feature_names == ("agreement", "parsed", "log_tokens", "mean_logprob",
+                                                      "verifier_score")
+    table = build_table(samples.drop("difficulty_hint"))
+    replayed = _pilot_features(table, 3, np.minimum(3, table.n_available))[0]
+    rows = _feed_rows(samples)
+    for i, qid in enumerate(table.query_ids):
+        state = RowState(qid, 1)
+        _add(state, rows[qid].head(3))
+        assert np.array_equal(row_features(state, plan)[0], replayed[i], equal_nan=True)
+
+
+@pytest.mark.parametrize("objective,verifier,round_size,unit", [
+    ("accuracy", False, 1, "samples"), ("accuracy", False, 2, "tokens"), ("accuracy", True, 3, "tokens"),
+    ("coverage", False, 2, "samples"), ("coverage", True, 1, "tokens"), ("coverage", True, 2, "samples"),
+])
+def test_live_tier_draws_what_replay_draws(objective, verifier, round_size, unit):
+    cal = synthetic_samples(400, 12, seed=0, verifier=verifier)
+    rows = synthetic_samples(250, 12, seed=1, verifier=verifier)
+    plan = None
+    for per_row in (5.0, 3.0, 4.0):  # pick a budget whose plan mixes rules and has headroom buckets
+        plan, _ = _plan(cal, per_row, unit, objective, round_size=round_size)
+        if any(b.alt_rule is not None for b in plan.buckets):
+            break
+    assert any(b.rule.cap > plan.pilot for b in plan.buckets)
+    replayed = plan_draws(plan, rows)
+    tier = AdaptiveTier(plan=plan, weighted=plan.weighted)
+    live = {qid: _live_row(tier, r) for qid, r in _feed_rows(rows).items()}
+    got = replayed.with_columns(
+        live_n=pl.Series([len(live[q].samples) for q in replayed["query_id"]]),
+        live_bucket=pl.Series([live[q].bucket for q in replayed["query_id"]], dtype=pl.Int32),
+        live_tier=pl.Series([live[q].tier for q in replayed["query_id"]]),
+        reason=pl.Series([live[q].stop_reason for q in replayed["query_id"]]))
+    assert (got["n_drawn"] == got["live_n"]).all()
+    assert (got["bucket"] == got["live_bucket"]).all() and (got["tier"] == got["live_tier"]).all()
+    assert got["n_drawn"].n_unique() > 2 and set(got["reason"]) <= {"agreed", "verified", "gave_up", "cap",
+                                                                     "no_headroom"}
+    if round_size == 1:  # and plan_draws is replay's own decision rule: stop point of the rule, then the cap
+        table = build_table(rows.drop("difficulty_hint", *([] if verifier else ["verifier_score"]), strict=False))
+        cfg = AdaptiveConfig()
+        thresholds = tuple(sorted({r.threshold for b in plan.buckets for r in (b.rule, b.alt_rule) if r}))
+        stops, labels, _ = _stop_rules(table, stop_signal(table, objective), thresholds, plan.pilot, cfg)
+        drawn = dict(zip(replayed["query_id"], replayed["n_drawn"]))
+        alt = plan.takes_alt(table.query_ids, replayed["bucket"].to_numpy())
+        for i, (qid, b) in enumerate(zip(table.query_ids, replayed["bucket"])):
+            r = plan.buckets[b].alt_rule if alt[i] else plan.buckets[b].rule
+            want = min(int(stops[labels.index(r.label.rsplit(",cap=", 1)[0]), i]), r.cap)
+            assert drawn[qid] == (want if r.cap > plan.pilot else plan.pilot)
