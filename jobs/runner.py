@@ -53,21 +53,31 @@ def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int]:
     return files, n_rows
 
 
-def replica_config(spec: JobSpec, tier: Tier):
-    from ray_cluster.engine import EngineSpec
-    from ray_cluster.replica import ReplicaConfig
+def job_context(spec: JobSpec):
+    from ray_cluster.replica import JobContext
 
-    s, b = spec.sampling, spec.budget
-    return ReplicaConfig(
-        engine=EngineSpec(spec.model.path, spec.model.max_model_len, spec.model.dtype, s.seed,
-                          spec.model.engine_kwargs),
+    b = spec.budget
+    return JobContext(
         output_uri=spec.output.path, id_column=spec.input.id_column, prompt_column=spec.input.prompt_column,
-        gold_column=spec.input.gold_column, tier=tier,
+        gold_column=spec.input.gold_column,
         cost_per_token=cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour),
         extractor=spec.answer_extractor, verifier=spec.verifier, keep_samples=spec.output.keep_samples,
-        max_rows_in_flight=spec.replicas.max_rows_in_flight, seed=s.seed,
-        input_storage=spec.input.storage_options, output_storage=spec.output.storage_options,
+        seed=spec.sampling.seed, input_storage=spec.input.storage_options, output_storage=spec.output.storage_options,
     )
+
+
+def start_pool(spec: JobSpec, address: str | None = None):
+    """Starts the spec's replicas (engines built inside the workers). Pass the pool
+    to several ``run_job`` calls with the same model to start engines once."""
+    from ray_cluster.cluster import connect
+    from ray_cluster.engine import EngineSpec
+    from ray_cluster.pool import PoolConfig, ReplicaPool
+
+    connect(address)
+    m, r = spec.model, spec.replicas
+    return ReplicaPool(EngineSpec(m.path, m.max_model_len, m.dtype, spec.sampling.seed, m.engine_kwargs),
+                       PoolConfig(r.count, r.num_cpus, r.num_gpus, r.parts_per_replica, r.max_part_retries,
+                                  max_rows_in_flight=r.max_rows_in_flight))
 
 
 class _StopOnSignal:
@@ -99,7 +109,7 @@ class Session:
     and the summaries of committed parts."""
 
     def __init__(self, spec: JobSpec, n_rows: int, committed: dict[int, dict], prior_spent: float,
-                 default_tier: Tier, address: str | None, show_progress: bool):
+                 address: str | None, show_progress: bool, pool=None):
         from ray_cluster.cluster import connect
         from ray_cluster.ledger import BudgetLedger
 
@@ -108,26 +118,23 @@ class Session:
         self.ledger = BudgetLedger.remote(spec.budget.amount, prior_spent)
         self.progress = Progress(n_rows, spec.budget.amount, spec.budget.unit, done=committed.values(),
                                  enabled=show_progress)
-        self.pool = None
-        self.default_tier = default_tier
+        self.pool, self._own_pool = pool, pool is None
+        self.job = job_context(spec)
         self.stop = _StopOnSignal()
         self.generate_wall_s = 0.0
         self._last_save = 0.0
         self.snapshot = {"budget": spec.budget.amount, "spent": prior_spent}
 
     def __enter__(self):
-        from ray_cluster.pool import PoolConfig, ReplicaPool
-
         self.stop.__enter__()
-        r = self.spec.replicas
-        self.pool = ReplicaPool(replica_config(self.spec, self.default_tier), PoolConfig(
-            r.count, r.num_cpus, r.num_gpus, r.parts_per_replica, r.max_part_retries), self.ledger)
+        if self.pool is None:
+            self.pool = start_pool(self.spec)
         return self
 
     def __exit__(self, *exc):
         self.stop.__exit__(*exc)
         self.progress.close()
-        if self.pool is not None:
+        if self.pool is not None and self._own_pool:
             self.pool.shutdown()
         self.ray.kill(self.ledger)
 
@@ -143,7 +150,7 @@ class Session:
             self._last_save = time.monotonic()
         return self.snapshot
 
-    def run_parts(self, parts: list[io.Part], tier: Callable[[], Tier] | None = None,
+    def run_parts(self, parts: list[io.Part], tier: Callable[[], Tier],
                   stop_when: Callable[[], bool] = lambda: False,
                   on_part: Callable[[dict], None] | None = None) -> int:
         """Streams ``parts`` through the pool; returns how many were left unsent."""
@@ -158,16 +165,20 @@ class Session:
             on_done(_commit_failed_part(self.spec, part, reason))
 
         t0 = time.monotonic()
-        unsent = self.pool.run(parts, on_done, on_failed, lambda: self.progress.spent(self.save_ledger()["spent"]),
-                               stopping=lambda: self.stopping or stop_when(), tier=tier)
+        unsent = self.pool.run(self.job, self.ledger, parts, tier, on_done, on_failed,
+                               poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
+                               stopping=lambda: self.stopping or stop_when())
         self.generate_wall_s += time.monotonic() - t0
         self.save_ledger(force=True)
         return unsent
 
 
 def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = True,
-            strict: bool = False) -> dict:
+            strict: bool = False, pool=None) -> dict:
     """Runs ``spec`` to completion (or resumes it) and returns the run report.
+
+    ``pool``: replicas from ``start_pool`` to reuse (same model); by default the
+    job starts its own and stops them at the end.
 
     Raises:
         InputError: the input is unusable as a whole; nothing was spent.
@@ -196,14 +207,13 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Tru
             from jobs.adaptive_driver import AdaptiveDriver
 
             driver = AdaptiveDriver(spec, parts, committed)
-            default = driver.calibration_tier
         else:
             driver = None
-            default = uniform_tier(spec.policy.n, s.temperature, s.top_p, s.max_tokens,
-                                   weighted=spec.policy.select == "verifier")
-        with Session(spec, n_rows, committed, prior_spent, default, address, show_progress) as session:
+            tier = uniform_tier(spec.policy.n, s.temperature, s.top_p, s.max_tokens,
+                                weighted=spec.policy.select == "verifier")
+        with Session(spec, n_rows, committed, prior_spent, address, show_progress, pool) as session:
             if driver is None:
-                unsent = session.run_parts(todo)
+                unsent = session.run_parts(todo, lambda: tier)
             else:
                 unsent = driver.run(session)
                 extra = driver.report

@@ -401,8 +401,8 @@ class AdaptiveTier(Tier):
     is ``agreed`` / ``verified`` (signal reached the threshold), ``gave_up``, ``cap``, ``no_headroom``
     (the bucket's cap is the pilot) or ``no_samples``. ``select`` is ``Tier.select``.
 
-    Seeds: the replica passes ``seed + state.rounds``, but vLLM seeds sample i of a request ``seed + i``,
-    so per-round seeds would repeat samples; the tier asks for ``base + samples drawn so far`` instead.
+    Seeds: the replica passes ``base + samples drawn so far`` and vLLM seeds sample i of a request
+    ``seed + i``, so every sample of the row gets its own seed across rounds.
     """
 
     name: str = "adaptive"
@@ -442,7 +442,7 @@ class AdaptiveTier(Tier):
             state.stop_reason = reason
             return None
         return replace(self._round, n=min(plan.round_size, rule.cap - k),
-                       seed=None if seed is None else seed - state.rounds + k)
+                       seed=seed)
 
     @property
     def _round(self) -> SamplingConfig:

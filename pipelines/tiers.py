@@ -56,6 +56,11 @@ class Tier:
     weighted: bool = False
 
     def next_request(self, state: RowState, seed: int | None) -> SamplingConfig | None:
+        """The next request of this row, or None when it is done.
+
+        ``seed`` is the row's seed for its next sample (vLLM gives sample i of a
+        request ``seed + i``); None lets the engine choose.
+        """
         if state.rounds:
             state.stop_reason = state.stop_reason or "done"
             return None

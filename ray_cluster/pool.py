@@ -7,6 +7,9 @@ between parts. A replica that dies is replaced and its parts retried (bounded,
 with backoff); its budget reservations are released. A part that keeps failing is
 committed as row-level ``error`` records, never dropped.
 
+The pool knows engines, not jobs: the job's context, row program and ledger go
+with each part, so one pool (engines started once) can run several jobs in turn.
+
 Why not Ray Data's ``map_batches``: tierwise commits output per deterministic part
 together with that part's settled spend, which is what makes resume exact and the
 budget crash-safe; Ray Data's blocks are not stable across runs, and its
@@ -25,7 +28,8 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from pipelines.io import Part
-from ray_cluster.replica import ReplicaActor, ReplicaConfig
+from ray_cluster.engine import EngineSpec
+from ray_cluster.replica import JobContext, ReplicaActor
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +42,14 @@ class PoolConfig:
     parts_per_replica: int = 2
     max_part_retries: int = 3
     retry_backoff_s: float = 1.0
+    max_rows_in_flight: int = 256
 
 
 class ReplicaPool:
-    def __init__(self, replica: ReplicaConfig, config: PoolConfig, ledger):
-        self.replica_cfg, self.cfg, self.ledger = replica, config, ledger
+    """Starts ``config.replicas`` engines (in parallel) and streams parts through them."""
+
+    def __init__(self, engine: EngineSpec, config: PoolConfig):
+        self.engine, self.cfg = engine, config
         self._serial = 0
         self.actors: dict[str, object] = {}
         self.replaced = 0
@@ -56,28 +63,28 @@ class ReplicaPool:
         self._serial += 1
         self.actors[name] = ReplicaActor.options(
             num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus, max_concurrency=1000,
-        ).remote(self.replica_cfg, self.ledger, name)
+        ).remote(self.engine, name, self.cfg.max_rows_in_flight)
         return name
 
-    def _replace(self, name: str) -> None:
+    def _replace(self, name: str, ledger) -> None:
         dead = self.actors.pop(name, None)
         if dead is not None:
-            ray.get(self.ledger.release_holder.remote(name))
+            released = ray.get(ledger.release_holder.remote(name))
+            log.warning("replaced %s; released %.6g of its reservations", name, released)
             ray.kill(dead, no_restart=True)
         self.replaced += 1
         new = self._spawn()
         ray.get(self.actors[new].start.remote())
 
-    def run(self, parts: Iterable[Part], on_done: Callable[[dict], None],
-            on_failed: Callable[[Part, str], None], poll: Callable[[], None] | None = None,
-            stopping: Callable[[], bool] = lambda: False, tier: Callable[[], object] | None = None) -> int:
-        """Processes ``parts``; calls ``on_done(summary)`` per committed part and
-        ``on_failed(part, reason)`` for a part whose retries are exhausted.
+    def run(self, job: JobContext, ledger, parts: Iterable[Part], tier: Callable[[], object],
+            on_done: Callable[[dict], None], on_failed: Callable[[Part, str], None],
+            poll: Callable[[], None] | None = None, stopping: Callable[[], bool] = lambda: False) -> int:
+        """Processes ``parts`` of ``job``; calls ``on_done(summary)`` per committed part
+        and ``on_failed(part, reason)`` for a part whose retries are exhausted.
 
-        Once ``stopping()`` is true no new part is sent and the parts in flight
-        drain (finish and commit). ``tier()``, when given, is the row program sent
-        with each part: the runner re-plans (pacing) between parts. Returns the
-        number of parts left unsent.
+        ``tier()`` is the row program sent with each part (the runner may re-plan
+        between parts). Once ``stopping()`` is true no new part is sent and the
+        parts in flight drain (finish and commit). Returns the parts left unsent.
         """
         queue: deque[tuple[Part, int]] = deque((p, 0) for p in parts)
         inflight: dict[ray.ObjectRef, tuple[str, Part, int]] = {}
@@ -86,7 +93,7 @@ class ReplicaPool:
                 load = sum(1 for n, _, _ in inflight.values() if n == name)
                 while queue and load < self.cfg.parts_per_replica:
                     part, tries = queue.popleft()
-                    ref = self.actors[name].process_part.remote(part, tier() if tier else None)
+                    ref = self.actors[name].process_part.remote(part, job, tier(), ledger)
                     inflight[ref] = (name, part, tries)
                     load += 1
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
@@ -100,11 +107,11 @@ class ReplicaPool:
                     log.warning("replica %s lost while on part %d: %s", name, part.part_id, exc)
                     if name in self.actors:
                         # Its other parts fail too and are requeued as they surface.
-                        self._replace(name)
+                        self._replace(name, ledger)
                     self._retry(queue, part, tries, f"replica lost: {exc}", on_failed)
                 except RayTaskError as exc:
                     log.warning("part %d failed on %s: %s", part.part_id, name, exc)
-                    self._retry(queue, part, tries, str(exc.cause if hasattr(exc, "cause") else exc), on_failed)
+                    self._retry(queue, part, tries, str(getattr(exc, "cause", exc)), on_failed)
         return len(queue)
 
     def _retry(self, queue, part: Part, tries: int, reason: str, on_failed) -> None:

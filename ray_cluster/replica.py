@@ -28,20 +28,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ReplicaConfig:
-    """Everything a replica needs, cheap to pickle and ship."""
+class JobContext:
+    """What a part needs to know about its job; cheap to pickle, sent with each
+    part, so one pool of engines can serve several jobs in turn."""
 
-    engine: EngineSpec
     output_uri: str
     id_column: str
     prompt_column: str
     gold_column: str | None
-    tier: Tier
     cost_per_token: float
     extractor: str = "full"
     verifier: str | None = None
     keep_samples: bool = False
-    max_rows_in_flight: int = 256
     seed: int = 0
     input_storage: dict[str, Any] = field(default_factory=dict)
     output_storage: dict[str, Any] = field(default_factory=dict)
@@ -49,31 +47,38 @@ class ReplicaConfig:
 
 @ray.remote
 class ReplicaActor:
-    def __init__(self, config: ReplicaConfig, ledger, name: str):
-        self.cfg = config
+    """Hosts one engine; built cheaply, the engine itself starts in ``start``."""
+
+    def __init__(self, engine: EngineSpec, name: str, max_rows_in_flight: int = 256):
         self.name = name
-        self.ledger = ledger
-        self.engine = VllmEngine(config.engine)
-        self.extract = make_extractor(config.extractor)
-        self.verify = None
-        if config.verifier:
-            from pipelines.verifiers import make_verifier
-            self.verify = make_verifier(config.verifier)
+        self.engine = VllmEngine(engine)
+        self.max_rows_in_flight = max_rows_in_flight
         self._sem = None
+        self._scorers: dict = {}
 
     async def start(self) -> dict:
         """Builds the engine inside this worker; returns what the driver needs."""
         if self.engine.max_model_len == 0:
             self.engine.start()
-            self._sem = asyncio.Semaphore(self.cfg.max_rows_in_flight)
+            self._sem = asyncio.Semaphore(self.max_rows_in_flight)
         return {"max_model_len": self.engine.max_model_len, "node": ray.get_runtime_context().get_node_id()}
 
-    async def process_part(self, part: io.Part, tier: Tier | None = None) -> dict:
-        """Generates for every row of ``part`` with ``tier`` (default: the config's),
-        commits the part, returns its summary."""
-        tier = tier or self.cfg.tier
+    def _scoring(self, job: JobContext):
+        """(extractor, verifier) for a job, built once per replica."""
+        key = (job.extractor, job.verifier)
+        if key not in self._scorers:
+            verify = None
+            if job.verifier:
+                from pipelines.verifiers import make_verifier
+                verify = make_verifier(job.verifier)
+            self._scorers[key] = (make_extractor(job.extractor), verify)
+        return self._scorers[key]
+
+    async def process_part(self, part: io.Part, job: JobContext, tier: Tier, ledger) -> dict:
+        """Generates for every row of ``part`` with the row program ``tier``, drawing
+        on ``ledger``; commits the part and returns its summary."""
         t0 = time.monotonic()
-        cfg = self.cfg
+        cfg = job
         cols = [cfg.id_column, cfg.prompt_column] + ([cfg.gold_column] if cfg.gold_column else [])
         frame = pl.from_arrow(io.read_part(part, cols, cfg.input_storage))
         ids = frame[cfg.id_column].cast(pl.String).to_list()
@@ -81,7 +86,7 @@ class ReplicaActor:
         errors = row_errors(frame[cfg.prompt_column]).to_list()
         golds = frame[cfg.gold_column].cast(pl.String).to_list() if cfg.gold_column else [None] * len(ids)
 
-        tasks = [self._run_row(tier, part.part_id, i, rid, p, e)
+        tasks = [self._run_row(job, tier, ledger, part.part_id, i, rid, p, e)
                  for i, (rid, p, e) in enumerate(zip(ids, prompts, errors))]
         recs = await asyncio.gather(*tasks)
         for r, g in zip(recs, golds):
@@ -92,15 +97,17 @@ class ReplicaActor:
         io.write_part(table, cfg.output_uri, part.part_id, summary, cfg.output_storage)
         return summary
 
-    async def _run_row(self, tier: Tier, part_id: int, index: int, row_id: str, prompt: str | None,
-                       error: str | None) -> dict:
+    async def _run_row(self, job: JobContext, tier: Tier, ledger, part_id: int, index: int, row_id: str,
+                       prompt: str | None, error: str | None) -> dict:
         if error:
             return records.empty_record(row_id, "error", error)
         async with self._sem:
-            return await self._generate_row(tier, part_id, index, row_id, prompt)
+            return await self._generate_row(job, tier, ledger, part_id, index, row_id, prompt)
 
-    async def _generate_row(self, tier: Tier, part_id: int, index: int, row_id: str, prompt: str) -> dict:
-        cfg, engine = self.cfg, self.engine
+    async def _generate_row(self, cfg: JobContext, tier: Tier, ledger, part_id: int, index: int, row_id: str,
+                            prompt: str) -> dict:
+        engine = self.engine
+        extract, verify = self._scoring(cfg)
         token_ids = engine.tokenize(prompt)
         n_prompt = len(token_ids)
         if n_prompt >= engine.max_model_len:
@@ -109,27 +116,29 @@ class ReplicaActor:
                 n_prompt)
         state = RowState(row_id, n_prompt)
         cost = 0.0
-        # A per-row seed makes reruns reproducible whatever replica serves the row.
-        seed = cfg.seed * 1_000_003 + part_id * 100_003 + index
-        while (sampling := tier.next_request(state, seed + state.rounds)) is not None:
+        # A per-row seed makes reruns reproducible whatever replica serves the row. vLLM
+        # seeds sample i of a request with seed + i, so each round starts past the
+        # samples already drawn: every sample of the row has its own seed.
+        seed = cfg.seed * 1_000_003 + part_id * 100_003 + index * 1_009
+        while (sampling := tier.next_request(state, seed + len(state.samples))) is not None:
             sampling = _clip(sampling, n_prompt, engine.max_model_len)
             # The worst case of this round: the prompt plus n samples of max_tokens each.
             worst = (n_prompt + sampling.n * sampling.max_tokens) * cfg.cost_per_token
-            if await self.ledger.reserve.remote(worst, self.name) == DENIED:
+            if await ledger.reserve.remote(worst, self.name) == DENIED:
                 state.stop_reason = "budget"
                 break
             try:
                 result = await engine.generate(f"{row_id}#{state.rounds}", token_ids, sampling)
             except Exception as exc:
-                await self.ledger.release.remote(worst, self.name)
+                await ledger.release.remote(worst, self.name)
                 if engine.dead:
                     raise  # the replica is lost: the pool retries the part elsewhere
                 rec = records.empty_record(row_id, "error", f"generation failed: {exc}", n_prompt)
                 return rec | {"n_samples": len(state.samples), "cost": cost}
             actual = (result.prompt_tokens + result.output_tokens) * cfg.cost_per_token
-            await self.ledger.settle.remote(worst, actual, self.name)
+            await ledger.settle.remote(worst, actual, self.name)
             cost += actual
-            state.add(result, self.extract, self.verify, prompt)
+            state.add(result, extract, verify, prompt)
         if not state.samples:
             return records.empty_record(row_id, "skipped_budget", None, n_prompt)
         answer, votes = tier.select(state)
@@ -140,7 +149,7 @@ class ReplicaActor:
             "n_samples": len(state.samples), "prompt_tokens": n_prompt * state.rounds,
             "output_tokens": sum(s.output_tokens for s in state.samples), "cost": cost,
             "votes": votes, "agreement": (votes[answer] / sum(votes.values())) if answer is not None else 0.0,
-            "verifier_scores": state.scores if self.verify else None,
+            "verifier_scores": state.scores if verify else None,
             "mean_logprob": sum(lps) / len(lps) if lps else None,
             "stop_reason": state.stop_reason,
             "sample_answers": state.answers,

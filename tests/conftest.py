@@ -52,3 +52,17 @@ def ray_cluster():
     ray = connect(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_pool(ray_cluster):
+    """One vLLM-CPU replica on the shipped model, started once for every job test
+    (engine start is ~30-40 s here); jobs send their context with each part."""
+    from jobs.runner import start_pool
+    from jobs.spec import parse_spec
+
+    spec = parse_spec({"input": {"path": "unused"}, "output": {"path": "unused"}, "budget": {"amount": 0},
+                       "model": {"path": "embedded:tiny-adder", "max_model_len": 256}})
+    pool = start_pool(spec)
+    yield pool
+    pool.shutdown()

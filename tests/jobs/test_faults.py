@@ -76,7 +76,7 @@ def _wait_for_parts(out: Path, n: int, timeout: float = 300) -> None:
 
 
 @pytest.mark.slow
-def test_killed_replica_is_replaced_and_output_is_exactly_once(data, tmp_path, ray_cluster):
+def test_killed_replica_is_replaced_and_output_is_exactly_once(data, tmp_path, ray_cluster, shared_pool):
     out = tmp_path / "out"
     killed = []
 
@@ -88,7 +88,7 @@ def test_killed_replica_is_replaced_and_output_is_exactly_once(data, tmp_path, r
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    report = run_job(parse_spec(spec_dict(data, out)), show_progress=False)
+    report = run_job(parse_spec(spec_dict(data, out)), show_progress=False, pool=shared_pool)
     t.join(timeout=5)
     assert killed, "the replica was never killed"
     df = pl.read_parquet(f"{out}/part-*.parquet")
@@ -98,7 +98,7 @@ def test_killed_replica_is_replaced_and_output_is_exactly_once(data, tmp_path, r
 
 
 @pytest.mark.slow
-def test_kill_9_driver_then_resume(data, tmp_path, ray_cluster):
+def test_kill_9_driver_then_resume(data, tmp_path, ray_cluster, shared_pool):
     """A driver killed with SIGKILL mid-run, then the same spec again: exactly-once,
     spend never above the budget, and at most one part's worth above a clean run."""
     out = tmp_path / "out"
@@ -119,7 +119,8 @@ def test_kill_9_driver_then_resume(data, tmp_path, ray_cluster):
     before = io.committed_parts(str(out))
     assert 0 < len(before) < ROWS // 10, "the kill should land mid-run"
     time.sleep(3)  # the dead driver's actors are reaped by Ray
-    report = run_job(parse_spec(spec_dict(data, out, budget={"amount": budget})), show_progress=False)
+    report = run_job(parse_spec(spec_dict(data, out, budget={"amount": budget})), show_progress=False,
+                     pool=shared_pool)
     df = pl.read_parquet(f"{out}/part-*.parquet")
     assert_exactly_once(df, data)
     assert report["resumed_parts"] == len(before)
@@ -131,13 +132,13 @@ def test_kill_9_driver_then_resume(data, tmp_path, ray_cluster):
 
 
 @pytest.mark.slow
-def test_flaky_s3_writes_are_retried(data, s3_bucket, s3_endpoint, ray_cluster):
+def test_flaky_s3_writes_are_retried(data, s3_bucket, s3_endpoint, shared_pool):
     bucket, so = s3_bucket
     with FlakyProxy(s3_endpoint, fail_every=3) as proxy:
         flaky = {**so, "client_kwargs": {**so["client_kwargs"], "endpoint_url": proxy.url}}
         out = f"s3://{bucket}/out"
         spec = spec_dict(data, out, output={"path": out, "storage_options": flaky, "part_rows": 30})
-        report = run_job(parse_spec(spec), show_progress=False)
+        report = run_job(parse_spec(spec), show_progress=False, pool=shared_pool)
         assert proxy.failed > 0, "the proxy never failed a request"
     fs, _ = io.filesystem(out, so)
     df = pl.concat([pl.read_parquet(fs.open(p, "rb")) for p in fs.glob(f"{bucket}/out/part-*.parquet")])

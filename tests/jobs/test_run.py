@@ -40,9 +40,9 @@ def demo_input(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def full_run(demo_input, tmp_path_factory, ray_cluster):
+def full_run(demo_input, tmp_path_factory, shared_pool):
     out = tmp_path_factory.mktemp("full")
-    report = run_job(parse_spec(make_spec(demo_input, out)), show_progress=False)
+    report = run_job(parse_spec(make_spec(demo_input, out)), show_progress=False, pool=shared_pool)
     return out, report
 
 
@@ -66,10 +66,11 @@ def test_every_row_once_with_accounting(full_run, demo_input):
 
 
 @pytest.mark.slow
-def test_budget_cap_covers_about_half(full_run, demo_input, tmp_path):
+def test_budget_cap_covers_about_half(full_run, demo_input, tmp_path, shared_pool):
     _, full = full_run
     budget = full["spent"] / 2
-    report = run_job(parse_spec(make_spec(demo_input, tmp_path, budget={"amount": budget})), show_progress=False)
+    report = run_job(parse_spec(make_spec(demo_input, tmp_path, budget={"amount": budget})), show_progress=False,
+                     pool=shared_pool)
     df = read_output(tmp_path)
     assert report["spent"] <= budget
     assert df["cost"].sum() <= budget
@@ -83,12 +84,13 @@ def test_budget_cap_covers_about_half(full_run, demo_input, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_rows_become_error_records(tmp_path, ray_cluster):
+def test_bad_rows_become_error_records(tmp_path, shared_pool):
     df = pl.DataFrame({"id": ["a", "b", "c", "d"],
                        "prompt": ["12+34=\n", None, "   ", "1" * 400 + "+1=\n"],
                        "gold": ["46", "0", "0", "0"]})
     df.write_parquet(tmp_path / "in.parquet")
-    report = run_job(parse_spec(make_spec(tmp_path / "in.parquet", tmp_path / "out")), show_progress=False)
+    report = run_job(parse_spec(make_spec(tmp_path / "in.parquet", tmp_path / "out")), show_progress=False,
+                     pool=shared_pool)
     out = read_output(tmp_path / "out").sort("id")
     assert out["status"].to_list() == ["ok", "error", "error", "error"]
     errs = out["error"].to_list()

@@ -10,7 +10,7 @@ from pipelines.tasks.arithmetic import generate_dataset
 
 
 @pytest.mark.slow
-def test_s3_input_and_output(s3_bucket, ray_cluster):
+def test_s3_input_and_output(s3_bucket, shared_pool):
     bucket, so = s3_bucket
     df = generate_dataset(24, [1, 2, 3], seed=3)
     fs, _ = io.filesystem(f"s3://{bucket}", so)
@@ -24,7 +24,7 @@ def test_s3_input_and_output(s3_bucket, ray_cluster):
         "budget": {"amount": 1e7},
         "answer_extractor": "arithmetic",
     })
-    report = run_job(spec, show_progress=False)
+    report = run_job(spec, show_progress=False, pool=shared_pool)
     out = pl.concat([pl.read_parquet(fs.open(p, "rb")) for p in sorted(fs.glob(f"{bucket}/output/part-*.parquet"))])
     assert sorted(out["id"].to_list()) == sorted(df["id"].to_list())
     assert (out["status"] == "ok").all() and (out["tier"] == "single").all()

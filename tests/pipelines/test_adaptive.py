@@ -143,9 +143,9 @@ def _hand_plan(easy: StopRule, hard: StopRule, round_size: int = 2, alt: StopRul
 
 
 def _run(tier: AdaptiveTier, answers: list[str | None], seed: int = 100) -> tuple[RowState, list]:
-    """Drive the row program as a replica does, feeding ``answers`` in order as if generated."""
+    """Drive the row program as a replica does (seed + samples drawn so far), feeding ``answers`` in order as if generated."""
     state, requests, fed = RowState("row-1", 10), [], iter(answers)
-    while (req := tier.next_request(state, seed + state.rounds)) is not None:
+    while (req := tier.next_request(state, seed + len(state.samples))) is not None:
         requests.append(req)
         got = [next(fed) for _ in range(req.n)]
         state.add(GenResult("r", 10, [Sample(a or "", 5, -0.1) for a in got]), lambda t: t or None)

@@ -1,0 +1,87 @@
+"""Adaptive vs uniform at equal compute, all through the ``tierwise run`` path.
+
+On a held-out demo set (>= 40% easy, 30% headroom, 10% hopeless rows), runs the
+uniform policy with majority vote and with verifier best-of-n (the same step
+checker the adaptive policy uses) at n = 1, 2, 4, 8, then the adaptive policy at
+30% of uniform n=8's tokens and at uniform n=4's tokens. Calibration and pilot
+samples count in adaptive's spend. One JSON line per run, then a summary line
+with the two goals: adaptive within 0.5 points of the better uniform n=8 with at
+most 30% of its tokens; at uniform n=4's budget, at least 3 points above it.
+
+    python bench/adaptive_vs_uniform.py --rows 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--ns", default="1,2,4,8")
+    args = ap.parse_args()
+
+    from jobs.runner import run_job, start_pool
+    from jobs.spec import parse_spec
+    from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+
+    tmp = Path(tempfile.mkdtemp(prefix="tw-bench-"))
+    data = tmp / "heldout.parquet"
+    generate_dataset(args.rows, DEMO_MIX, seed=args.seed).write_parquet(data)
+
+    def spec(name: str, policy: dict, budget: float) -> dict:
+        return {"name": name, "input": {"path": str(data), "gold_column": "gold"},
+                "output": {"path": str(tmp / name), "part_rows": 50},
+                "model": {"path": "embedded:tiny-adder", "max_model_len": 256},
+                "sampling": {"temperature": 0.7, "max_tokens": 200, "seed": 1},
+                "budget": {"amount": budget}, "policy": policy,
+                "answer_extractor": "arithmetic", "verifier": "arithmetic_steps"}
+
+    pool = start_pool(parse_spec(spec("pool", {"kind": "uniform"}, 0)))
+    results = []
+
+    def run(name: str, policy: dict, budget: float, n: int | None) -> dict:
+        rep = run_job(parse_spec(spec(name, policy, budget)), show_progress=False, pool=pool)
+        line = {"bench": "adaptive_vs_uniform", "policy": name.rsplit("-", 1)[0], "n": n, "rows": rep["rows"],
+                "budget": budget, "spent": rep["spent"], "accuracy": rep.get("accuracy"),
+                "mean_samples": rep["samples"] / max(1, rep["rows"])}
+        if "adaptive" in rep:
+            line["calibration_spent"] = rep["adaptive"].get("calibration_spent")
+        print(json.dumps(line), flush=True)
+        results.append(line)
+        return line
+
+    big = 1e12
+    ns = [int(x) for x in args.ns.split(",")]
+    best = {}
+    for n in ns:
+        maj = run(f"uniform_majority-{n}", {"kind": "uniform", "n": n}, big, n)
+        cands = [maj]
+        if n > 1:
+            cands.append(run(f"uniform_verifier-{n}", {"kind": "uniform", "n": n, "select": "verifier"}, big, n))
+        best[n] = max(cands, key=lambda r: r["accuracy"])
+    adaptive = {"kind": "adaptive", "select": "verifier"}
+    n_hi, n_mid = max(ns), 4 if 4 in ns else max(ns)
+    a30 = run("adaptive-30pct_of_n%d" % n_hi, adaptive, 0.3 * best[n_hi]["spent"], None)
+    a4 = run("adaptive-at_n%d_budget" % n_mid, adaptive, best[n_mid]["spent"], None)
+    pool.shutdown()
+    print(json.dumps({
+        "bench": "adaptive_vs_uniform_summary",
+        "uniform_best_n8_accuracy": best[n_hi]["accuracy"], "uniform_best_n8_spent": best[n_hi]["spent"],
+        "adaptive_30pct_accuracy": a30["accuracy"], "adaptive_30pct_spent": a30["spent"],
+        "goal_match_n8_within_0.5pt": a30["accuracy"] >= best[n_hi]["accuracy"] - 0.005,
+        "uniform_best_n4_accuracy": best[n_mid]["accuracy"], "adaptive_at_n4_budget_accuracy": a4["accuracy"],
+        "goal_beat_n4_by_3pt": a4["accuracy"] >= best[n_mid]["accuracy"] + 0.03,
+    }))
+
+
+if __name__ == "__main__":
+    main()
