@@ -70,8 +70,8 @@ def main() -> None:
         best[n] = max(cands, key=lambda r: r["accuracy"])
     adaptive = {"kind": "adaptive", "select": "verifier"}
     n_hi, n_mid = max(ns), 4 if 4 in ns else max(ns)
-    a30 = run("adaptive-30pct_of_n%d" % n_hi, adaptive, 0.3 * best[n_hi]["spent"], None)
-    a4 = run("adaptive-at_n%d_budget" % n_mid, adaptive, best[n_mid]["spent"], None)
+    a30 = run(f"adaptive-30pct_of_n{n_hi}", adaptive, 0.3 * best[n_hi]["spent"], None)
+    a4 = run(f"adaptive-at_n{n_mid}_budget", adaptive, best[n_mid]["spent"], None)
     pool.shutdown()
     print(json.dumps({
         "bench": "adaptive_vs_uniform_summary",
