@@ -115,7 +115,11 @@ class Session:
 
         self.spec, self.summaries = spec, dict(committed)
         self.ray = connect(address)
-        self.ledger = BudgetLedger.remote(spec.budget.amount, prior_spent)
+        # The ledger lives beside the driver: losing a worker node never loses the budget.
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        here = self.ray.get_runtime_context().get_node_id()
+        self.ledger = BudgetLedger.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(spec.budget.amount, prior_spent)
         self.progress = Progress(n_rows, spec.budget.amount, spec.budget.unit, done=committed.values(),
                                  enabled=show_progress)
         self.pool, self._own_pool = pool, pool is None

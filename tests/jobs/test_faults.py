@@ -151,3 +151,45 @@ def test_missing_bucket_is_a_clear_job_error(data, s3_endpoint):
                                                                   "region_name": "us-east-1"}}
     with pytest.raises(StorageError, match="no-such-bucket"):
         io.write_part(pl.DataFrame({"id": ["a"]}).to_arrow(), "s3://no-such-bucket/out", 0, {}, so)
+
+
+@pytest.mark.slow
+def test_worker_node_lost_mid_run(data, tmp_path):
+    """A 3-node ray.cluster_utils.Cluster (own process): the node hosting the
+    replica is removed mid-run; the replica comes back on the other node."""
+    script = Path(__file__).resolve().parents[1] / "support" / "multinode_job.py"
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, str(script), str(data), str(out)], capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["removed"], "the replica's node was never removed"
+    assert result["complete"]
+    assert_exactly_once(pl.read_parquet(f"{out}/part-*.parquet"), data)
+
+
+@pytest.mark.slow
+def test_sigint_drains_commits_and_resumes(data, tmp_path, ray_cluster, shared_pool):
+    out = tmp_path / "out"
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_dict(data, out)))
+    address = ray_cluster.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--quiet", "--address", address],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_parts(out, 2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "re-run the same spec to resume" in err
+    report = json.loads((out / "run_report.json").read_text())
+    assert not report["complete"]
+    committed = len(io.committed_parts(str(out)))
+    assert report["rows_written"] == committed * 10
+    again = run_job(parse_spec(spec_dict(data, out)), show_progress=False, pool=shared_pool)
+    assert again["complete"] and again["resumed_parts"] == committed
+    assert_exactly_once(pl.read_parquet(f"{out}/part-*.parquet"), data)
