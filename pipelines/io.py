@@ -164,16 +164,22 @@ def write_part(table: pa.Table, out_uri: str, part_id: int, summary: dict[str, A
     table = table.replace_schema_metadata(meta)
     final = f"{root.rstrip('/')}/{part_name(part_id)}"
 
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
+
     def commit():
         if _protocol_prefix(fs):  # object store: one PUT, visible only when complete
-            with fs.open(final, "wb") as fh:
-                pq.write_table(table, fh)
+            fs.pipe_file(final, data)
         else:
             fs.makedirs(root, exist_ok=True)
             tmp = f"{root.rstrip('/')}/.tmp-{part_name(part_id)}-{uuid.uuid4().hex}"
-            with fs.open(tmp, "wb") as fh:
-                pq.write_table(table, fh)
+            fs.pipe_file(tmp, data)
             fs.mv(tmp, final)
+        # Read the size back: a commit is only a commit if the whole part landed.
+        fs.invalidate_cache(final)
+        if fs.size(final) != len(data):
+            raise OSError(f"{final} holds {fs.size(final)} bytes after writing {len(data)}")
 
     with_retries(commit, f"write output part {final}")
     return _protocol_prefix(fs) + final

@@ -66,6 +66,10 @@ class ReplicaPool:
         ).remote(self.engine, name, self.cfg.max_rows_in_flight)
         return name
 
+    def info(self) -> dict[str, dict]:
+        """Each replica's node, pid and engine context length."""
+        return dict(zip(self.actors, ray.get([a.start.remote() for a in self.actors.values()])))
+
     def _replace(self, name: str, ledger) -> None:
         dead = self.actors.pop(name, None)
         if dead is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +62,8 @@ class ReplicaActor:
         if self.engine.max_model_len == 0:
             self.engine.start()
             self._sem = asyncio.Semaphore(self.max_rows_in_flight)
-        return {"max_model_len": self.engine.max_model_len, "node": ray.get_runtime_context().get_node_id()}
+        return {"max_model_len": self.engine.max_model_len, "node": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid()}
 
     def _scoring(self, job: JobContext):
         """(extractor, verifier) for a job, built once per replica."""

@@ -13,9 +13,7 @@ from pathlib import Path
 if __name__ == "__main__":
     import ray
     from ray.cluster_utils import Cluster
-    from ray.util.state import list_actors
-
-    from jobs.runner import run_job
+    from jobs.runner import run_job, start_pool
     from jobs.spec import parse_spec
     from ray_cluster.cluster import WORKER_ENV
 
@@ -33,13 +31,11 @@ if __name__ == "__main__":
             if time.monotonic() - t0 > 400:
                 return
             time.sleep(0.2)
-        node_id = [a.node_id for a in list_actors(filters=[("class_name", "=", "ReplicaActor"),
-                                                           ("state", "=", "ALIVE")])][0]
+        node_id = next(iter(pool.info().values()))["node"]
         victim = next(w for w in workers if w.node_id == node_id)
         cluster.remove_node(victim, allow_graceful=False)
         removed.append(node_id)
 
-    threading.Thread(target=remove_replica_node, daemon=True).start()
     spec = parse_spec({
         "input": {"path": inp, "gold_column": "gold"},
         "output": {"path": str(out), "part_rows": 10},
@@ -47,8 +43,11 @@ if __name__ == "__main__":
         "replicas": {"count": 1, "num_cpus": 1, "parts_per_replica": 1},
         "budget": {"amount": 1e7}, "policy": {"n": 2}, "answer_extractor": "arithmetic",
     })
-    report = run_job(spec, show_progress=False)
-    print(json.dumps({"removed": removed, "complete": report["complete"], "status": report["status"],
+    pool = start_pool(spec)
+    threading.Thread(target=remove_replica_node, daemon=True).start()
+    report = run_job(spec, show_progress=False, pool=pool)
+    pool.shutdown()
+    print("RESULT " + json.dumps({"removed": removed, "complete": report["complete"], "status": report["status"],
                       "spent": report["spent"]}))
     ray.shutdown()
     cluster.shutdown()
