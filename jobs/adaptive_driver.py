@@ -54,11 +54,17 @@ class AdaptiveDriver:
 
     # -------------------------------------------------------------- phases
     def run(self, session) -> int:
-        budget = self.spec.budget.amount
-        cal_cap = self.pol.calibration_budget_share * budget
+        cal_cap = self.pol.calibration_budget_share * self.spec.budget.amount
         todo = [p for p in self.parts if p.part_id in self.cal_ids and p.part_id not in session.summaries]
-        session.run_parts(todo, tier=lambda: self.calibration_tier,
-                          stop_when=lambda: session.snapshot["spent"] >= cal_cap)
+
+        def calibration_full() -> bool:
+            # One part at a time; the next is sent only if a part of average cost still fits.
+            done = [session.summaries[i] for i in self.cal_ids if i in session.summaries]
+            spent = sum(d["cost"] for d in done)
+            per_part = spent / len(done) if done else 0.0
+            return spent + per_part > cal_cap
+
+        session.run_parts(todo, tier=lambda: self.calibration_tier, stop_when=calibration_full, max_inflight=1)
         main = [p for p in self.parts if p.part_id not in session.summaries]
         if session.stopping:
             return len(main)

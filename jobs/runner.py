@@ -156,7 +156,7 @@ class Session:
 
     def run_parts(self, parts: list[io.Part], tier: Callable[[], Tier],
                   stop_when: Callable[[], bool] = lambda: False,
-                  on_part: Callable[[dict], None] | None = None) -> int:
+                  on_part: Callable[[dict], None] | None = None, max_inflight: int | None = None) -> int:
         """Streams ``parts`` through the pool; returns how many were left unsent."""
 
         def on_done(summary: dict) -> None:
@@ -171,7 +171,7 @@ class Session:
         t0 = time.monotonic()
         unsent = self.pool.run(self.job, self.ledger, parts, tier, on_done, on_failed,
                                poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
-                               stopping=lambda: self.stopping or stop_when())
+                               stopping=lambda: self.stopping or stop_when(), max_inflight=max_inflight)
         self.generate_wall_s += time.monotonic() - t0
         self.save_ledger(force=True)
         return unsent

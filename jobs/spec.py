@@ -92,14 +92,14 @@ class AdaptivePolicy(_Strict):
     kind: Literal["adaptive"] = "adaptive"
     objective: Literal["accuracy", "coverage"] = "accuracy"
     select: Literal["majority", "verifier"] = "majority"
-    calibration_fraction: float = Field(0.15, gt=0, lt=1, description="share of input parts run as calibration")
+    calibration_fraction: float = Field(0.15, gt=0, lt=1, description="most of the input's parts run as calibration")
     calibration_budget_share: float = Field(0.3, gt=0, le=1, description="most of the budget calibration may take")
     calibration_samples: int = Field(16, ge=2, le=256, description="samples per calibration row (K)")
     pilot_samples: int = Field(2, ge=1, le=16, description="first-round samples that estimate difficulty")
     round_size: int = Field(2, ge=1, description="samples per later round")
     n_buckets: int = Field(5, ge=1, le=20)
     price: float | None = Field(None, gt=0, description="score per budget unit below which compute is not bought")
-    replan_every_parts: int = Field(4, ge=1, description="pacing: re-allocate after this many parts")
+    replan_every_parts: int = Field(1, ge=1, description="pacing: re-allocate after this many parts")
 
     @model_validator(mode="after")
     def _pilot_fits(self):

@@ -82,20 +82,24 @@ class ReplicaPool:
 
     def run(self, job: JobContext, ledger, parts: Iterable[Part], tier: Callable[[], object],
             on_done: Callable[[dict], None], on_failed: Callable[[Part, str], None],
-            poll: Callable[[], None] | None = None, stopping: Callable[[], bool] = lambda: False) -> int:
+            poll: Callable[[], None] | None = None, stopping: Callable[[], bool] = lambda: False,
+            max_inflight: int | None = None) -> int:
         """Processes ``parts`` of ``job``; calls ``on_done(summary)`` per committed part
         and ``on_failed(part, reason)`` for a part whose retries are exhausted.
 
         ``tier()`` is the row program sent with each part (the runner may re-plan
         between parts). Once ``stopping()`` is true no new part is sent and the
-        parts in flight drain (finish and commit). Returns the parts left unsent.
+        parts in flight drain (finish and commit). ``max_inflight`` caps the parts in
+        flight across the pool (calibration sends one at a time to keep to its budget
+        share). Returns the parts left unsent.
         """
         queue: deque[tuple[Part, int]] = deque((p, 0) for p in parts)
         inflight: dict[ray.ObjectRef, tuple[str, Part, int]] = {}
         while (queue and not stopping()) or inflight:
             for name in list(self.actors) if not stopping() else []:
                 load = sum(1 for n, _, _ in inflight.values() if n == name)
-                while queue and load < self.cfg.parts_per_replica:
+                while queue and load < self.cfg.parts_per_replica and (
+                        max_inflight is None or len(inflight) < max_inflight) and not stopping():
                     part, tries = queue.popleft()
                     ref = self.actors[name].process_part.remote(part, job, tier(), ledger)
                     inflight[ref] = (name, part, tries)

@@ -104,7 +104,13 @@ class ReplicaActor:
         if error:
             return records.empty_record(row_id, "error", error)
         async with self._sem:
-            return await self._generate_row(job, tier, ledger, part_id, index, row_id, prompt)
+            try:
+                return await self._generate_row(job, tier, ledger, part_id, index, row_id, prompt)
+            except Exception as exc:
+                if self.engine.dead:
+                    raise  # the replica is lost: the pool retries the part elsewhere
+                log.exception("row %s failed", row_id)
+                return records.empty_record(row_id, "error", f"{type(exc).__name__}: {exc}")
 
     async def _generate_row(self, cfg: JobContext, tier: Tier, ledger, part_id: int, index: int, row_id: str,
                             prompt: str) -> dict:
@@ -150,7 +156,7 @@ class ReplicaActor:
             "difficulty": state.difficulty, "bucket": state.bucket,
             "n_samples": len(state.samples), "prompt_tokens": n_prompt * state.rounds,
             "output_tokens": sum(s.output_tokens for s in state.samples), "cost": cost,
-            "votes": votes, "agreement": (votes[answer] / sum(votes.values())) if answer is not None else 0.0,
+            "votes": votes, "agreement": _share(votes, answer),
             "verifier_scores": state.scores if verify else None,
             "mean_logprob": sum(lps) / len(lps) if lps else None,
             "stop_reason": state.stop_reason,
@@ -162,6 +168,12 @@ class ReplicaActor:
 
     async def shutdown(self) -> None:
         self.engine.shutdown()
+
+
+def _share(votes: dict[str, float], answer: str | None) -> float:
+    """The winner's share of the votes (0 when nothing voted or all weights are 0)."""
+    total = sum(votes.values())
+    return votes[answer] / total if answer is not None and total > 0 else 0.0
 
 
 def _clip(sampling, n_prompt: int, max_model_len: int):

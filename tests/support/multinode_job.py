@@ -13,6 +13,7 @@ from pathlib import Path
 if __name__ == "__main__":
     import ray
     from ray.cluster_utils import Cluster
+
     from jobs.runner import run_job, start_pool
     from jobs.spec import parse_spec
     from ray_cluster.cluster import WORKER_ENV
