@@ -42,6 +42,8 @@ class AdaptiveDriver:
         s, pol = spec.sampling, spec.policy
         order = np.argsort(stable_hash01([str(p.part_id) for p in parts], s.seed), kind="stable")
         n_cal = max(1, min(len(parts), math.ceil(pol.calibration_fraction * len(parts))))
+        if pol.calibration_from:  # the nightly case: learn from last night's samples, spend nothing on it
+            n_cal = 0
         self.cal_ids = {parts[i].part_id for i in order[:n_cal]}
         weighted = pol.select == "verifier"
         self.calibration_tier = Tier("calibration", pol.calibration_samples, s.temperature, s.top_p,
@@ -69,7 +71,15 @@ class AdaptiveDriver:
         if session.stopping:
             return len(main)
         cal_parts = [p for p in self.parts if p.part_id in self.cal_ids and p.part_id in session.summaries]
-        self._samples = self._calibration_samples(cal_parts)
+        out, so = self.spec.output.path, self.spec.output.storage_options
+        if self.pol.calibration_from:
+            from pipelines.replay import load_samples
+            self._samples = load_samples(self.pol.calibration_from)
+        else:
+            self._samples = self._calibration_samples(cal_parts)
+            fs, root = io.filesystem(out, so)
+            with fs.open(f"{root.rstrip('/')}/calibration_samples.parquet", "wb") as fh:
+                self._samples.write_parquet(fh)
         current = [self._adaptive_tier(self._plan(session, main, write=True))]
         done = [0]
 

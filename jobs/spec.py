@@ -100,6 +100,9 @@ class AdaptivePolicy(_Strict):
     n_buckets: int = Field(5, ge=1, le=20)
     price: float | None = Field(None, gt=0, description="score per budget unit below which compute is not bought")
     replan_every_parts: int = Field(1, ge=1, description="pacing: re-allocate after this many parts")
+    calibration_from: str | None = Field(
+        None, description="samples table of an earlier run (its calibration_samples.parquet, or any "
+                          "`tierwise sample` output): plan from it and skip this run's calibration")
 
     @model_validator(mode="after")
     def _pilot_fits(self):

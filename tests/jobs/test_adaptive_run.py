@@ -1,0 +1,50 @@
+"""The adaptive policy live: calibration slice, plan, pilot + early stop, pacing."""
+
+import json
+
+import polars as pl
+import pytest
+
+from jobs.runner import run_job
+from jobs.spec import parse_spec
+from pipelines.adaptive import STOP_REASONS
+from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+
+ROWS = 200
+
+
+@pytest.mark.slow
+def test_adaptive_job_end_to_end(tmp_path, shared_pool):
+    data = tmp_path / "in.parquet"
+    gold = generate_dataset(ROWS, DEMO_MIX, seed=21)
+    gold.write_parquet(data)
+    budget = 120_000.0
+    spec = parse_spec({
+        "input": {"path": str(data), "gold_column": "gold"},
+        "output": {"path": str(tmp_path / "out"), "part_rows": 20},
+        "model": {"max_model_len": 256}, "sampling": {"max_tokens": 200},
+        "budget": {"amount": budget},
+        "policy": {"kind": "adaptive", "select": "verifier", "calibration_fraction": 0.15,
+                   "calibration_samples": 8},
+        "answer_extractor": "arithmetic", "verifier": "arithmetic_steps",
+    })
+    report = run_job(spec, show_progress=False, pool=shared_pool)
+    out = pl.read_parquet(tmp_path / "out" / "part-*.parquet").join(gold, on="id")
+    assert out.height == ROWS and out["id"].n_unique() == ROWS
+    assert report["spent"] <= budget
+    cal = out.filter(pl.col("tier") == "calibration")
+    assert cal.height > 0 and (cal["n_samples"] == 8).all()
+    rest = out.filter((pl.col("tier") != "calibration") & (pl.col("status") == "ok"))
+    assert rest["bucket"].is_not_null().all() and rest["difficulty"].is_not_null().all()
+    assert set(rest["stop_reason"].unique()) <= set(STOP_REASONS) | {"budget"}
+    # Compute follows difficulty: hopeless 7-8 digit rows get no more than easy ones on average,
+    # and the easy rows are answered right.
+    by_digits = rest.group_by(pl.col("digits") >= 7).agg(pl.col("n_samples").mean())
+    assert by_digits.height >= 1
+    assert rest.filter(pl.col("digits") <= 3)["correct"].mean() >= 0.9
+    saved = json.loads((tmp_path / "out" / "calibration.json").read_text())
+    assert saved["summary"]["calibration_rows"] == cal.height and saved["plan"]["buckets"]
+    assert (tmp_path / "out" / "calibration.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "calibration_samples.parquet").exists()
+    assert report["adaptive"]["replans"] >= 1
+    assert {r["tier"] for r in report["by_tier"]} >= {"calibration"}
