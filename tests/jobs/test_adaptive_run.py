@@ -37,10 +37,6 @@ def test_adaptive_job_end_to_end(tmp_path, shared_pool):
     rest = out.filter((pl.col("tier") != "calibration") & (pl.col("status") == "ok"))
     assert rest["bucket"].is_not_null().all() and rest["difficulty"].is_not_null().all()
     assert set(rest["stop_reason"].unique()) <= set(STOP_REASONS) | {"budget"}
-    # Compute follows difficulty: hopeless 7-8 digit rows get no more than easy ones on average,
-    # and the easy rows are answered right.
-    by_digits = rest.group_by(pl.col("digits") >= 7).agg(pl.col("n_samples").mean())
-    assert by_digits.height >= 1
     assert rest.filter(pl.col("digits") <= 3)["correct"].mean() >= 0.9
     saved = json.loads((tmp_path / "out" / "calibration.json").read_text())
     assert saved["summary"]["calibration_rows"] == cal.height and saved["plan"]["buckets"]
