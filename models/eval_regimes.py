@@ -22,13 +22,13 @@ import json
 import os
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from pipelines.answers import vote  # noqa: E402
 from pipelines.tasks.arithmetic import (  # noqa: E402
     DEFAULT_MODEL_DIR,
     EASY_DIGITS,
@@ -40,13 +40,6 @@ from pipelines.tasks.arithmetic import (  # noqa: E402
 )
 
 EVAL_SEED = 987_654  # training uses random.Random(--seed), default 1234
-
-
-def majority(answers: list[str | None]) -> str | None:
-    votes = Counter(a for a in answers if a is not None)
-    if not votes:
-        return None
-    return votes.most_common(1)[0][0]
 
 
 def check_tokenizer(model_dir: Path) -> None:
@@ -143,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         greedy_ok = [extract_answer(t) == g for t, g in zip(g_texts, golds)]
         s_answers = [[extract_answer(t) for t in ts] for ts in s_texts]
         pass_ok = [any(a == g for a in ans) for ans, g in zip(s_answers, golds)]
-        maj_ok = [majority(ans) == g for ans, g in zip(s_answers, golds)]
+        maj_ok = [vote(ans)[0] == g for ans, g in zip(s_answers, golds)]
         sample_ok = [a == g for ans, g in zip(s_answers, golds) for a in ans]
         steps = [check_steps(p, t) for p, t in zip(prompts, g_texts)]
         # The step checker never needs the gold answer, yet a fully valid trace
