@@ -40,6 +40,8 @@ from pipelines.replay_adaptive import (
     _pilot_features,
     _stop_signal,
     calibrate_buckets,
+    give_up_levels,
+    pilot_size,
     round_draws,
     rule_label,
     rule_specs,
@@ -66,27 +68,33 @@ class StopRule:
     Attributes:
         threshold: Stop once the signal (P(leader is the mode), or the best verifier score for coverage
             with a verifier) reaches this; ``inf`` never stops early.
-        give_up: After this many samples, stop if the leader has at most ``give_up // 4`` votes; None: never.
+        give_up: After this many samples, stop if the leader has at most ``give_up // 4`` votes (or, with
+            ``give_up_below``, if the best verifier score so far is below it); None: never.
         cap: Most samples in all, the pilot included.
         tier: What the row's ``tier`` column says (see ``tier_name``).
+        give_up_below: The give-up level on the best verifier score (coverage with a verifier); None:
+            the vote check (``replay_adaptive.give_up_cut``).
     """
 
     threshold: float
     give_up: int | None
     cap: int
     tier: str
+    give_up_below: float | None = None
 
     @property
     def label(self) -> str:
-        return f"{rule_label(self.threshold, self.give_up)},cap={self.cap}"
+        return f"{rule_label(self.threshold, self.give_up, self.give_up_below)},cap={self.cap}"
 
     def to_dict(self) -> dict:
         return {"threshold": self.threshold if math.isfinite(self.threshold) else None, "give_up": self.give_up,
-                "cap": self.cap, "tier": self.tier}
+                "cap": self.cap, "tier": self.tier, "give_up_below": self.give_up_below}
 
     @classmethod
     def from_dict(cls, d: dict) -> StopRule:
-        return cls(math.inf if d["threshold"] is None else float(d["threshold"]), d["give_up"], int(d["cap"]), d["tier"])
+        below = d.get("give_up_below")
+        return cls(math.inf if d["threshold"] is None else float(d["threshold"]), d["give_up"], int(d["cap"]), d["tier"],
+                   None if below is None else float(below))
 
 
 @dataclass(frozen=True)
@@ -274,7 +282,7 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
     def pilot_cost(p: int) -> float:
         return float(table.cumcost(unit)[rows, np.minimum(p, n_av)].mean())
 
-    pilot = min(cfg.pilot_samples, width)
+    pilot = min(pilot_size(cfg, objective, table.verifier_score is not None), width)
     while pilot > 1 and rows_remaining * pilot_cost(pilot) > budget_remaining:
         pilot -= 1  # as replay: a smaller pilot before rows go without one
     pilot_row = pilot_cost(pilot)
@@ -283,8 +291,9 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
         warnings.append("the budget cannot pay a pilot sample for every remaining row; the ledger will refuse some")
     names = _pilot_features(table, pilot, np.minimum(pilot, n_av))[1]
     thresholds = _stop_signal(table, objective, cfg)[1]
+    levels = give_up_levels(table, objective, cfg, thresholds)
     model, edges, curves, options, difficulty, _ = calibrate_buckets(
-        table, rows, pilot, unit, objective, cfg, thresholds, names, round_size)
+        table, rows, pilot, unit, objective, cfg, thresholds, names, round_size, levels)
     counts = np.bincount(assign_buckets(difficulty, edges), minlength=len(curves)).astype(np.float64)
     copies = max(len(difficulty) // q, 1)
     if price is not None:  # never buy past a bucket's knee at this price
@@ -295,13 +304,13 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
     per_row = max(extra_budget, 0.0) / rows_remaining if rows_remaining else 0.0
     alloc = allocate([BucketOptions(b, int(units[b]), options[b]) for b in range(len(curves))],
                      per_row * float(units.sum()))
-    specs = rule_specs(thresholds, pilot, width, cfg.give_up_at)
+    specs = rule_specs(thresholds, pilot, width, cfg.give_up_at, levels)
     grid_t, grid_c = _grid(len(specs), _caps(pilot, width, cfg))
     weighted = table.verifier_score is not None
 
     def rule(i: int) -> StopRule:
-        (t, g), cap = specs[grid_t[i]], int(grid_c[i])
-        return StopRule(float(t), g, cap, tier_name(cap, pilot, weighted))
+        (t, g, below), cap = specs[grid_t[i]], int(grid_c[i])
+        return StopRule(float(t), g, cap, tier_name(cap, pilot, weighted), below)
 
     plans, report_buckets = [], []
     for b, (bc, opts, ba) in enumerate(zip(curves, options, alloc.buckets)):
@@ -453,9 +462,9 @@ class AdaptiveTier(Tier):
         ``rule_stops`` on the one-row table, with one more sample "available" so "not yet" is k + 1."""
         k, pilot = len(state.samples), self.plan.pilot
         table = row_table(state, self.plan, n_available=k + 1)
-        by_threshold = first_stop(stop_signal(table, self.plan.objective), rule.threshold, pilot,
-                                  table.n_available).astype(np.int64)
-        if rule_stops(table, by_threshold, rule.give_up, pilot)[0] > k:
+        signal = stop_signal(table, self.plan.objective)
+        by_threshold = first_stop(signal, rule.threshold, pilot, table.n_available).astype(np.int64)
+        if rule_stops(table, by_threshold, rule.give_up, pilot, rule.give_up_below)[0] > k:
             return None
         if by_threshold[0] <= k:
             return "verified" if self.plan.signal == "verifier" else "agreed"
@@ -491,7 +500,8 @@ def plan_draws(plan: AdaptivePlan, samples: pl.DataFrame | ReplayTable) -> pl.Da
         for rule, mask in ((bp.rule, (bucket == b) & ~alt), (bp.alt_rule, (bucket == b) & alt)):
             if rule is None or not mask.any():
                 continue
-            n = rule_stops(table, first_stop(signal, rule.threshold, pilot, n_av).astype(np.int64), rule.give_up, pilot)
+            n = rule_stops(table, first_stop(signal, rule.threshold, pilot, n_av).astype(np.int64), rule.give_up, pilot,
+                           rule.give_up_below)
             n = np.minimum(round_draws(n, p_n, plan.round_size, n_av), rule.cap)
             drawn[mask] = np.clip(n, p_n, n_av)[mask]
             tiers[mask] = rule.tier

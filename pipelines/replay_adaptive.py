@@ -1,6 +1,6 @@
 """The adaptive (tierwise) replay policy: pilot, calibrate, bucket, allocate, stop early.
 
-1. Pilot: every query draws ``pilot_samples`` samples. Their agreement, parse rate, length, mean
+1. Pilot: every query draws ``pilot_samples`` samples (``pilot_size``). Their agreement, parse rate, length, mean
    log-prob and verifier score, plus ``difficulty_hint``, are its cheap difficulty signals.
 2. Calibrate: calibration-split queries draw every recorded sample (up to ``calibration_share`` of
    the budget). Gold may be read on them only. Each is replayed in several sample orders (samples are
@@ -14,9 +14,11 @@
    budget is paced: re-allocated before each chunk of queries from what was actually spent, and the
    chunk that would overrun is cut, so the total never exceeds the budget.
 4. Stop rules: Adaptive-Consistency's P(leader is the mode) >= threshold (verifier score for coverage
-   with a verifier), optionally with a give-up check for queries whose samples keep disagreeing.
+   with a verifier), optionally with a give-up check for queries whose samples keep disagreeing, or
+   (coverage with a verifier) whose best verifier score stays below a give-up level (``give_up_levels``).
 5. Leftover after every bucket reaches its measured peak extends contested queries in buckets that
-   showed headroom (see ``_extend_contested``), since calibration misses small late gains.
+   showed headroom (see ``_extend_contested``), since calibration misses small late gains; for coverage
+   with a verifier, the queries closest to verifying first.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class AdaptiveConfig:
 
     Attributes:
         pilot_samples: Samples every query gets first; their agreement, log-probs, verifier scores and
-            lengths (plus ``difficulty_hint``) estimate its difficulty.
+            lengths (plus ``difficulty_hint``) estimate its difficulty. None: ``pilot_size`` decides.
         n_buckets: Most difficulty buckets (quantiles of predicted success on calibration queries).
         min_bucket_queries: Fewest calibration queries per bucket (fewer buckets when short): curves
             from fewer queries are too noisy to allocate by.
@@ -59,14 +61,18 @@ class AdaptiveConfig:
             history; averaging over orders removes most of one history's noise from the curves, and
             costs no samples (a live calibration run holds all of them too).
         give_up_at: Per-query "hopeless" checks offered to the allocator: after g samples, stop if the
-            leading answer has at most g/4 votes (samples keep disagreeing). Each combines with every
-            stop threshold; "never give up" is always offered.
+            leading answer has at most g/4 votes (samples keep disagreeing), or (coverage with a verifier)
+            if the best verifier score so far is below a give-up level. Each combines with every stop
+            threshold; "never give up" is always offered.
         verifier_quantiles: For coverage with a verifier: stop thresholds at these quantiles of scores.
+        give_up_quantiles: For coverage with a verifier: give-up levels at these quantiles of the scores
+            below the strictest finite stop threshold (samples that do not verify). A query whose best
+            step score stays low after g samples rarely verifies later.
         pacing_rounds: The remaining budget is re-allocated before each of this many query chunks,
             from the costs actually spent so far.
     """
 
-    pilot_samples: int = 2
+    pilot_samples: int | None = None
     n_buckets: int = 5
     min_bucket_queries: int = 30
     calibration_share: float = 0.15
@@ -77,7 +83,17 @@ class AdaptiveConfig:
     calibration_orders: int = 8
     give_up_at: tuple[int, ...] = (4, 8)
     verifier_quantiles: tuple[float, ...] = (0.5, 0.75, 0.9, 0.97)
+    give_up_quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)
     pacing_rounds: int = 8
+
+
+def pilot_size(cfg: AdaptiveConfig, objective: str, verifier: bool) -> int:
+    """Pilot samples per query: ``cfg.pilot_samples`` if set; else 1 for coverage with a verifier (a
+    sample that verifies settles its query, so a second pilot sample would be paid by every query the
+    first one settled, and one verifier score already says much), else 2 (agreement needs two)."""
+    if cfg.pilot_samples is not None:
+        return cfg.pilot_samples
+    return 1 if objective == "coverage" and verifier else 2
 
 
 def _pilot_features(table: ReplayTable, pilot: int, p_n: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -118,52 +134,81 @@ def _stop_signal(table: ReplayTable, objective: str, cfg: AdaptiveConfig,
     ``cfg``; for coverage with a verifier, quantiles of all verifier scores, which are policy-visible)."""
     if objective == "coverage" and table.verifier_score is not None:
         v = table.verifier_score
-        return stop_signal(table, objective), thresholds or (*np.nanquantile(v, cfg.verifier_quantiles).tolist(),
-                                                             float("inf"))
+        return stop_signal(table, objective), thresholds or tuple(dict.fromkeys(
+            (*np.nanquantile(v, cfg.verifier_quantiles).tolist(), float("inf"))))  # distinct, in order
     return stop_signal(table, objective), thresholds or cfg.stop_thresholds
 
 
-def rule_specs(thresholds: tuple[float, ...], pilot: int, width: int,
-               give_up_at: tuple[int, ...]) -> list[tuple[float, int | None]]:
-    """Stop rules offered: every threshold alone, then with each give-up check the table can reach."""
+def give_up_levels(table: ReplayTable, objective: str, cfg: AdaptiveConfig,
+                   thresholds: tuple[float, ...]) -> tuple[float | None, ...]:
+    """Give-up checks offered at each give-up point: ``None`` is the vote check (the leader has at most
+    g/4 votes); for coverage with a verifier, also levels on the best verifier score so far, at
+    ``cfg.give_up_quantiles`` of the scores below the strictest finite threshold (policy-visible)."""
+    finite = [t for t in thresholds if np.isfinite(t)]
+    if objective != "coverage" or table.verifier_score is None or not finite or not cfg.give_up_quantiles:
+        return (None,)
+    v = table.verifier_score[table.verifier_score < max(finite)]  # NaN compares False: unknown scores drop out
+    if not v.size:
+        return (None,)
+    return (None, *dict.fromkeys(np.quantile(v, cfg.give_up_quantiles).tolist()))
+
+
+def rule_specs(thresholds: tuple[float, ...], pilot: int, width: int, give_up_at: tuple[int, ...],
+               levels: tuple[float | None, ...] = (None,)) -> list[tuple[float, int | None, float | None]]:
+    """Stop rules offered as (threshold, give-up point, give-up level): every threshold alone, then with
+    each give-up check (``levels``, see ``give_up_levels``) at each give-up point the table can reach."""
     gs = [g for g in give_up_at if pilot <= g <= width]
-    return [(t, g) for t in thresholds for g in (None, *gs)]
+    checks = [(None, None), *((g, lv) for g in gs for lv in levels)]
+    return [(t, g, lv) for t in thresholds for g, lv in checks]
 
 
-def rule_label(threshold: float, give_up: int | None) -> str:
-    return f"stop>={threshold:.3g}" + ("" if give_up is None else f",give_up@{give_up}")
+def rule_label(threshold: float, give_up: int | None, give_up_below: float | None = None) -> str:
+    gu = "" if give_up is None else f",give_up@{give_up}" + ("" if give_up_below is None else f"<{give_up_below:.3g}")
+    return f"stop>={threshold:.3g}" + gu
 
 
-def give_up_cut(table: ReplayTable, give_up: int) -> np.ndarray:
+def give_up_cut(table: ReplayTable, give_up: int, below: float | None = None,
+                signal: np.ndarray | None = None) -> np.ndarray:
     """[Q] where the give-up check stops each query: ``give_up`` if, after that many samples, the
-    leading answer has at most ``give_up // 4`` votes (samples keep disagreeing), else ``n_available``.
-    Queries that have not reached ``give_up`` samples (or have fewer available) are not cut."""
+    leading answer has at most ``give_up // 4`` votes (samples keep disagreeing), or, with ``below``,
+    the best verifier score so far (``signal``, the coverage ``stop_signal``; computed when None) is
+    below it; else ``n_available``. Queries that have not reached ``give_up`` samples (or have fewer
+    available) are not cut."""
     n_av = table.n_available
     if give_up > table.shape[1] or give_up < 1:
         return n_av.astype(np.int64)
-    return np.where((n_av >= give_up) & (table.votes().top[:, give_up - 1] <= give_up // 4), give_up, n_av)
+    if below is None:
+        hopeless = table.votes().top[:, give_up - 1] <= give_up // 4
+    else:
+        signal = stop_signal(table, "coverage") if signal is None else signal
+        hopeless = signal[:, give_up - 1] < below
+    return np.where((n_av >= give_up) & hopeless, give_up, n_av)
 
 
-def rule_stops(table: ReplayTable, by_threshold: np.ndarray, give_up: int | None, pilot: int) -> np.ndarray:
-    """[Q] samples drawn under a stop rule, from ``first_stop`` of its threshold and its give-up check."""
+def rule_stops(table: ReplayTable, by_threshold: np.ndarray, give_up: int | None, pilot: int,
+               below: float | None = None, signal: np.ndarray | None = None) -> np.ndarray:
+    """[Q] samples drawn under a stop rule, from ``first_stop`` of its threshold and its give-up check
+    (``give_up_cut``; ``below`` and ``signal`` as there)."""
     if give_up is None:
         return by_threshold
     n_av = table.n_available
-    return np.maximum(np.minimum(by_threshold, give_up_cut(table, give_up)), np.minimum(pilot, n_av))
+    return np.maximum(np.minimum(by_threshold, give_up_cut(table, give_up, below, signal)), np.minimum(pilot, n_av))
 
 
 def _stop_rules(table: ReplayTable, signal: np.ndarray, thresholds: tuple[float, ...], pilot: int,
-                cfg: AdaptiveConfig) -> tuple[np.ndarray, list[str], int]:
-    """Samples drawn per query under each stop rule (a threshold, optionally a give-up check).
+                cfg: AdaptiveConfig, levels: tuple[float | None, ...] = (None,)) -> tuple[np.ndarray, list[str], int]:
+    """Samples drawn per query under each stop rule (a threshold, optionally a give-up check, ``levels``
+    as ``rule_specs``).
 
     Returns:
         ([R, Q] samples drawn per rule, R labels, index of the strictest finite threshold without give-up).
     """
     n_av = table.n_available
     by_threshold = {t: first_stop(signal, t, pilot, n_av).astype(np.int64) for t in thresholds}
-    specs = rule_specs(thresholds, pilot, table.shape[1], cfg.give_up_at)
-    stops = [rule_stops(table, by_threshold[t], g, pilot) for t, g in specs]
-    labels = [rule_label(t, g) for t, g in specs]
+    specs = rule_specs(thresholds, pilot, table.shape[1], cfg.give_up_at, levels)
+    best = stop_signal(table, "coverage") if any(lv is not None for lv in levels) else None
+    stops = [rule_stops(table, by_threshold[t], g, pilot, lv, best) for t, g, lv in specs]
+    labels = [rule_label(t, g, lv) for t, g, lv in specs]
     finite = [i for i, t in enumerate(thresholds) if np.isfinite(t)]
     strict = labels.index(rule_label(max(thresholds[i] for i in finite), None)) if finite else 0
     return np.stack(stops), labels, strict
@@ -269,7 +314,7 @@ def round_cumcost(table: ReplayTable, unit: str, pilot: int, round_size: int) ->
 
 def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, unit: str, objective: str,
                       cfg: AdaptiveConfig, thresholds: tuple[float, ...], names: list[str],
-                      round_size: int | None = None) -> tuple:
+                      round_size: int | None = None, levels: tuple[float | None, ...] = (None,)) -> tuple:
     """Difficulty model, bucket edges and per-bucket curves from fully sampled calibration queries.
 
     Each of ``deep_rows`` is replayed in ``cfg.calibration_orders`` sample orders; the model maps pilot
@@ -277,6 +322,7 @@ def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, uni
     bucket's curve is measured over the (stop rule x cap) grid (see ``_bucket_curves``).
 
     Args:
+        levels: Give-up checks offered (``give_up_levels``, from the whole table as ``thresholds``).
         round_size: None for replay (a query stops at the exact sample its rule fires, the prompt is
             paid once). A live run samples in rounds: stop points are rounded up to the round's end
             (``round_draws``) and token costs pay the prompt once per round (``round_cumcost``).
@@ -290,13 +336,13 @@ def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, uni
     cal_feats = _pilot_features(cal, pilot, p_n)[0]
     success = cal.correct.sum(axis=1) / np.maximum(cal.n_available, 1)  # calibration rows only
     model = fit_difficulty_model(cal_feats, success, names)
-    cal_stops = _stop_rules(cal, _stop_signal(cal, objective, cfg, thresholds)[0], thresholds, pilot, cfg)[0]
+    cal_stops = _stop_rules(cal, _stop_signal(cal, objective, cfg, thresholds)[0], thresholds, pilot, cfg, levels)[0]
     cost = None
     if round_size is not None:
         cal_stops = round_draws(cal_stops, p_n[None, :], round_size, cal.n_available[None, :])
         cost = round_cumcost(cal, unit, pilot, round_size)
     difficulty = 1.0 - model.predict(cal_feats)
-    labels = [rule_label(t, g) for t, g in rule_specs(thresholds, pilot, cal.shape[1], cfg.give_up_at)]
+    labels = [rule_label(*spec) for spec in rule_specs(thresholds, pilot, cal.shape[1], cfg.give_up_at, levels)]
     edges, curves, options = _bucket_curves(cal, len(deep_rows), unit, objective, cfg, difficulty, cal_stops,
                                             labels, pilot, cost)
     return model, edges, curves, options, difficulty, cal
@@ -314,26 +360,34 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
     """
     q, s = table.shape
     rows, n_av, cost = np.arange(q), table.n_available, table.cumcost(unit)
-    pilot = min(cfg.pilot_samples, s)
+    pilot = min(pilot_size(cfg, objective, table.verifier_score is not None), s)
     while pilot > 0 and cost[rows, np.minimum(pilot, n_av)].sum() > budget:
         pilot -= 1
     p_n = np.minimum(pilot, n_av)
     remaining = budget - cost[rows, p_n].sum()
     extra_full = cost[rows, n_av] - cost[rows, p_n]
     signal, thresholds = _stop_signal(table, objective, cfg)
-    stops, rules, strict = _stop_rules(table, signal, thresholds, pilot, cfg)  # [R, Q]
+    levels = give_up_levels(table, objective, cfg, thresholds)
+    stops, rules, strict = _stop_rules(table, signal, thresholds, pilot, cfg, levels)  # [R, Q]
     feats, names = _pilot_features(table, pilot, p_n)
 
     def calibrate(deep_rows: np.ndarray) -> tuple:
-        return calibrate_buckets(table, deep_rows, pilot, unit, objective, cfg, thresholds, names)[:4]
+        return calibrate_buckets(table, deep_rows, pilot, unit, objective, cfg, thresholds, names, levels=levels)[:4]
 
     # Calibration in two phases: half the calibration budget on calibration queries in hash order, the
     # rest on calibration queries predicted to fall in buckets whose curve still rises (in proportion
     # to the rise), where the allocation is sensitive to the curve; flat buckets need no more.
+    # For coverage with a verifier, phase 1 may take up to the whole share when half cannot pay for
+    # ``min_calibration_queries``, rather than fall back to uniform: a verified sample settles its query,
+    # so the plan's gain over uniform is large (on the recorded set, ~5 points at 5 samples per query).
+    # For accuracy, a calibration that takes the whole share there costs more than it gains.
     cal_budget = min(remaining, cfg.calibration_share * budget)
     cal_order = order[calib[order]]
-    fits = np.cumsum(extra_full[cal_order]) <= cal_budget / 2
-    deep_rows = cal_order[: int(np.argmin(fits)) if not fits.all() else len(cal_order)][: cfg.max_calibration_queries]
+    spend = np.cumsum(extra_full[cal_order])
+    first = int(np.searchsorted(spend, cal_budget / 2, side="right"))
+    if objective == "coverage" and table.verifier_score is not None:
+        first = max(first, min(cfg.min_calibration_queries, int(np.searchsorted(spend, cal_budget, side="right"))))
+    deep_rows = cal_order[:first][: cfg.max_calibration_queries]
     if pilot == 0 or len(deep_rows) < cfg.min_calibration_queries:
         say(f"adaptive: budget too small to calibrate ({len(deep_rows)} queries); falling back to uniform")
         from pipelines.replay import uniform_draws
@@ -405,7 +459,9 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
         drawn[chunk] = n
         remaining -= extra.sum()
         done += len(chunk)
-    remaining -= _extend_contested(drawn, rest, bucket, options, stops[strict], signal, cost, remaining)
+    verifier_signal = objective == "coverage" and table.verifier_score is not None
+    remaining -= _extend_contested(drawn, rest, bucket, options, stops[strict],
+                                   -signal if verifier_signal else signal, cost, remaining)
 
     # Report only (after every decision): realized score per bucket on scored rows.
     hit = score_tab[rows, drawn]
@@ -423,13 +479,15 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
 
 
 def _extend_contested(drawn: np.ndarray, rest: np.ndarray, bucket: np.ndarray, options: list, strict: np.ndarray,
-                      signal: np.ndarray, cost: np.ndarray, budget: float) -> float:
+                      contest: np.ndarray, cost: np.ndarray, budget: float) -> float:
     """Spend what the allocator left (every bucket at its measured peak) instead of returning it.
 
     Calibration on few queries cannot see small late gains, so leftover budget extends queries still
     contested (stop signal below the strictest finite threshold) up to that threshold: buckets by
-    decreasing measured gain per unit cost (peak vs skip), most contested queries first; buckets whose
-    curve never rose get nothing. Updates ``drawn`` in place; returns the cost added.
+    decreasing measured gain per unit cost (peak vs skip), most contested queries first (lowest
+    ``contest``: P(leader is the mode); for coverage with a verifier, the caller passes minus the best
+    score, so the queries closest to verifying go first); buckets whose curve never rose get nothing.
+    Updates ``drawn`` in place; returns the cost added.
     """
     if budget <= 0 or not rest.size:
         return 0.0
@@ -442,7 +500,7 @@ def _extend_contested(drawn: np.ndarray, rest: np.ndarray, bucket: np.ndarray, o
     add = cost[cand, target] - cost[cand, drawn[cand]]
     keep = add > 0
     cand, target, add = cand[keep], target[keep], add[keep]
-    by = np.lexsort((signal[cand, np.maximum(drawn[cand] - 1, 0)], -rate[bucket[cand]]))
+    by = np.lexsort((contest[cand, np.maximum(drawn[cand] - 1, 0)], -rate[bucket[cand]]))
     fits = np.cumsum(add[by]) <= budget
     take = by[: int(np.argmin(fits)) if not fits.all() else len(by)]
     drawn[cand[take]] = target[take]

@@ -265,10 +265,35 @@ def test_live_tier_draws_what_replay_draws(objective, verifier, round_size, unit
         table = build_table(rows.drop("difficulty_hint", *([] if verifier else ["verifier_score"]), strict=False))
         cfg = AdaptiveConfig()
         thresholds = tuple(sorted({r.threshold for b in plan.buckets for r in (b.rule, b.alt_rule) if r}))
-        stops, labels, _ = _stop_rules(table, stop_signal(table, objective), thresholds, plan.pilot, cfg)
+        levels = (None, *sorted({r.give_up_below for b in plan.buckets for r in (b.rule, b.alt_rule)
+                                 if r and r.give_up_below is not None}))
+        stops, labels, _ = _stop_rules(table, stop_signal(table, objective), thresholds, plan.pilot, cfg, levels)
         drawn = dict(zip(replayed["query_id"], replayed["n_drawn"]))
         alt = plan.takes_alt(table.query_ids, replayed["bucket"].to_numpy())
         for i, (qid, b) in enumerate(zip(table.query_ids, replayed["bucket"])):
             r = plan.buckets[b].alt_rule if alt[i] else plan.buckets[b].rule
             want = min(int(stops[labels.index(r.label.rsplit(",cap=", 1)[0]), i]), r.cap)
             assert drawn[qid] == (want if r.cap > plan.pilot else plan.pilot)
+
+
+def test_verifier_give_up_live_equals_replay():
+    """Coverage with a verifier: a one-sample pilot, and a give-up on the best verifier score so far,
+    decided alike row by row and columnar."""
+    cal = synthetic_samples(400, 12, seed=0, verifier=True)
+    rows = synthetic_samples(250, 12, seed=1, verifier=True)
+    plan, report = _plan(cal, 4.0, "samples", "coverage", round_size=1)
+    assert plan.pilot == 1 and plan.signal == "verifier"
+    assert any("<" in p["label"] for b in report["buckets"] for p in b["points"])
+    best = np.maximum.accumulate(np.nan_to_num(build_table(rows.drop("difficulty_hint")).verifier_score, nan=-1), axis=1)
+    level = float(np.median(best[:, 3]))
+    rule = StopRule(plan.buckets[0].rule.threshold if np.isfinite(plan.buckets[0].rule.threshold) else 0.9, 4, 12,
+                    "best_of_n", level)
+    assert StopRule.from_dict(json.loads(json.dumps(rule.to_dict()))) == rule
+    plan = AdaptivePlan.from_dict({**plan.to_dict(), "buckets": [
+        {**b.to_dict(), "rule": rule.to_dict(), "alt_rule": None, "alt_share": 0.0} for b in plan.buckets]})
+    replayed = plan_draws(plan, rows)
+    tier = AdaptiveTier(plan=plan, weighted=plan.weighted)
+    live = {qid: _live_row(tier, r) for qid, r in _feed_rows(rows).items()}
+    assert replayed["n_drawn"].to_list() == [len(live[q].samples) for q in replayed["query_id"]]
+    gave_up = [q for q in replayed["query_id"] if live[q].stop_reason == "gave_up"]
+    assert gave_up and all(len(live[q].samples) == 4 and max(live[q].scores) < level for q in gave_up)
