@@ -95,7 +95,8 @@ class AdaptivePolicy(_Strict):
     calibration_fraction: float = Field(0.15, gt=0, lt=1, description="most of the input's parts run as calibration")
     calibration_budget_share: float = Field(0.3, gt=0, le=1, description="most of the budget calibration may take")
     calibration_samples: int = Field(16, ge=2, le=256, description="samples per calibration row (K)")
-    pilot_samples: int = Field(2, ge=1, le=16, description="first-round samples that estimate difficulty")
+    pilot_samples: int | None = Field(None, ge=1, le=16, description="first-round samples that estimate "
+                                      "difficulty (default: 1 for coverage with a verifier, else 2)")
     round_size: int = Field(2, ge=1, description="samples per later round")
     n_buckets: int = Field(5, ge=1, le=20)
     price: float | None = Field(None, gt=0, description="score per budget unit below which compute is not bought")
@@ -106,7 +107,7 @@ class AdaptivePolicy(_Strict):
 
     @model_validator(mode="after")
     def _pilot_fits(self):
-        if self.pilot_samples > self.calibration_samples:
+        if self.pilot_samples is not None and self.pilot_samples > self.calibration_samples:
             raise ValueError("policy.pilot_samples must not exceed policy.calibration_samples")
         return self
 
