@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from jobs.runner import run_job
+from jobs.runner import RowErrorsInStrictMode, run_job
 from jobs.spec import parse_spec
 from pipelines.errors import InputError
 from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
@@ -97,6 +97,10 @@ def test_bad_rows_become_error_records(tmp_path, shared_pool):
     assert errs[1] == "prompt is null" and errs[2] == "prompt is empty"
     assert "tokens; the model's context is 256" in errs[3]
     assert report["status"]["error"] == 3
+    # --strict: the same (committed) job now fails, naming the count; nothing is redone.
+    with pytest.raises(RowErrorsInStrictMode, match="3 row"):
+        run_job(parse_spec(make_spec(tmp_path / "in.parquet", tmp_path / "out")), show_progress=False,
+                strict=True, pool=shared_pool)
 
 
 def test_job_level_input_errors_before_any_work(tmp_path):
@@ -104,7 +108,9 @@ def test_job_level_input_errors_before_any_work(tmp_path):
     good.write_parquet(tmp_path / "ok.parquet")
     pl.DataFrame({"id": ["a"], "text": ["x"]}).write_parquet(tmp_path / "nocol.parquet")
     pl.DataFrame({"id": ["a", "a", "b", "b"], "prompt": ["x"] * 4}).write_parquet(tmp_path / "dup.parquet")
+    pl.DataFrame({"id": ["a"], "prompt": [b"\xff\xfe not utf-8"]}).write_parquet(tmp_path / "binary.parquet")
     cases = [
+        ("binary.parquet", r"'prompt' \(input.prompt_column\) must be a string column"),
         ("nocol.parquet", r"lacks column\(s\) 'prompt' \(input.prompt_column\)"),
         ("dup.parquet", r"2 duplicated id\(s\), e.g. 'a', 'b'"),
         ("missing.parquet", "does not exist"),
