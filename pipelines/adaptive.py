@@ -47,6 +47,7 @@ from pipelines.replay_adaptive import (
     rule_specs,
     rule_stops,
     stop_signal,
+    verifier_driven,
 )
 from pipelines.stopping import first_stop
 from pipelines.tiers import RowState, Tier
@@ -172,7 +173,7 @@ class AdaptivePlan:
     @property
     def signal(self) -> str:
         """The stop signal: ``verifier`` (best score so far) or ``mode_probability``."""
-        return "verifier" if self.objective == "coverage" and "verifier_score" in self.feature_names \
+        return "verifier" if verifier_driven(self.objective, "verifier_score" in self.feature_names) \
             else "mode_probability"
 
     @property

@@ -30,6 +30,7 @@ from typing import IO
 import numpy as np
 import polars as pl
 
+from pipelines.answers import verifier_weights
 from pipelines.errors import InputError
 from pipelines.replay_adaptive import AdaptiveConfig, adaptive_draws
 from pipelines.stopping import PrefixVotes, prefix_votes
@@ -153,9 +154,9 @@ class ReplayTable:
 
     def votes(self) -> PrefixVotes:
         """Vote state after each prefix; the leader is verifier-weighted when verifier scores exist
-        (raw scores as weights, unknown = 0, as ``pipelines.answers.vote`` does live)."""
+        (sharpened scores as weights, ``pipelines.answers.verifier_weights``, as live selection does)."""
         if "votes" not in self._cache:
-            w = None if self.verifier_score is None else np.nan_to_num(self.verifier_score, nan=0.0)
+            w = None if self.verifier_score is None else verifier_weights(self.verifier_score)
             self._cache["votes"] = prefix_votes(self.codes, self.valid, w)
         return self._cache["votes"]
 

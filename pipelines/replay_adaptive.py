@@ -93,7 +93,7 @@ def pilot_size(cfg: AdaptiveConfig, objective: str, verifier: bool) -> int:
     first one settled, and one verifier score already says much), else 2 (agreement needs two)."""
     if cfg.pilot_samples is not None:
         return cfg.pilot_samples
-    return 1 if objective == "coverage" and verifier else 2
+    return 1 if verifier_driven(objective, verifier) else 2
 
 
 def _pilot_features(table: ReplayTable, pilot: int, p_n: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -119,10 +119,20 @@ def _pilot_features(table: ReplayTable, pilot: int, p_n: np.ndarray) -> tuple[np
     return np.column_stack(list(cols.values())).astype(np.float64), list(cols)
 
 
+def verifier_driven(objective: str, has_verifier: bool) -> bool:
+    """Whether rows stop on the verifier (best score so far) rather than on agreement.
+
+    Coverage with a verifier is rejection sampling. Accuracy with a verifier selects by a
+    sharpened verifier-weighted vote (``pipelines.answers.verifier_weights``), so a verified
+    sample decides the answer: there, too, the verifier says when to stop.
+    """
+    return has_verifier and objective in ("coverage", "accuracy")
+
+
 def stop_signal(table: ReplayTable, objective: str) -> np.ndarray:
     """[Q, S] stop signal after each prefix: the best verifier score so far for coverage with a
     verifier, else Adaptive-Consistency's P(leader is the mode) (from unweighted vote counts)."""
-    if objective == "coverage" and table.verifier_score is not None:
+    if verifier_driven(objective, table.verifier_score is not None):
         v = table.verifier_score
         return np.maximum.accumulate(np.where(np.isnan(v), -np.inf, v), axis=1)
     return table.votes().mode_probability()
@@ -132,7 +142,7 @@ def _stop_signal(table: ReplayTable, objective: str, cfg: AdaptiveConfig,
                  thresholds: tuple[float, ...] | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
     """[Q, S] signal after each prefix (``stop_signal``), and the thresholds offered (given, or from
     ``cfg``; for coverage with a verifier, quantiles of all verifier scores, which are policy-visible)."""
-    if objective == "coverage" and table.verifier_score is not None:
+    if verifier_driven(objective, table.verifier_score is not None):
         v = table.verifier_score
         return stop_signal(table, objective), thresholds or tuple(dict.fromkeys(
             (*np.nanquantile(v, cfg.verifier_quantiles).tolist(), float("inf"))))  # distinct, in order
@@ -145,7 +155,7 @@ def give_up_levels(table: ReplayTable, objective: str, cfg: AdaptiveConfig,
     g/4 votes); for coverage with a verifier, also levels on the best verifier score so far, at
     ``cfg.give_up_quantiles`` of the scores below the strictest finite threshold (policy-visible)."""
     finite = [t for t in thresholds if np.isfinite(t)]
-    if objective != "coverage" or table.verifier_score is None or not finite or not cfg.give_up_quantiles:
+    if not verifier_driven(objective, table.verifier_score is not None) or not finite or not cfg.give_up_quantiles:
         return (None,)
     v = table.verifier_score[table.verifier_score < max(finite)]  # NaN compares False: unknown scores drop out
     if not v.size:
@@ -385,7 +395,7 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
     cal_order = order[calib[order]]
     spend = np.cumsum(extra_full[cal_order])
     first = int(np.searchsorted(spend, cal_budget / 2, side="right"))
-    if objective == "coverage" and table.verifier_score is not None:
+    if verifier_driven(objective, table.verifier_score is not None):
         first = max(first, min(cfg.min_calibration_queries, int(np.searchsorted(spend, cal_budget, side="right"))))
     deep_rows = cal_order[:first][: cfg.max_calibration_queries]
     if pilot == 0 or len(deep_rows) < cfg.min_calibration_queries:
@@ -459,7 +469,7 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
         drawn[chunk] = n
         remaining -= extra.sum()
         done += len(chunk)
-    verifier_signal = objective == "coverage" and table.verifier_score is not None
+    verifier_signal = verifier_driven(objective, table.verifier_score is not None)
     remaining -= _extend_contested(drawn, rest, bucket, options, stops[strict],
                                    -signal if verifier_signal else signal, cost, remaining)
 

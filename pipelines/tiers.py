@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipelines.answers import Extractor, vote
+from pipelines.answers import Extractor, verifier_weights, vote
 from pipelines.generation import GenResult, Sample, SamplingConfig
 
 
@@ -68,7 +68,7 @@ class Tier:
                               max_tokens=self.max_tokens, seed=seed)
 
     def select(self, state: RowState) -> tuple[str | None, dict[str, float]]:
-        weights = [s if s is not None else 0.0 for s in state.scores] if self.weighted else None
+        weights = verifier_weights(state.scores).tolist() if self.weighted else None
         return vote(state.answers, weights)
 
 
