@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import zlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,10 +125,10 @@ class ReplicaActor:
                 n_prompt)
         state = RowState(row_id, n_prompt)
         cost = 0.0
-        # A per-row seed makes reruns reproducible whatever replica serves the row. vLLM
-        # seeds sample i of a request with seed + i, so each round starts past the
-        # samples already drawn: every sample of the row has its own seed.
-        seed = cfg.seed * 1_000_003 + part_id * 100_003 + index * 1_009
+        # A seed from the row id makes reruns reproducible whatever replica or part size
+        # serves the row. vLLM seeds sample i of a request with seed + i, so each round
+        # starts past the samples already drawn: every sample of the row has its own seed.
+        seed = (cfg.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
         while (sampling := tier.next_request(state, seed + len(state.samples))) is not None:
             sampling = _clip(sampling, n_prompt, engine.max_model_len)
             # The worst case of this round: the prompt plus n samples of max_tokens each.
