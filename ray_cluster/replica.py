@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import zlib
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
