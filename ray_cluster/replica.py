@@ -89,8 +89,7 @@ class ReplicaActor:
         errors = row_errors(frame[cfg.prompt_column]).to_list()
         golds = frame[cfg.gold_column].cast(pl.String).to_list() if cfg.gold_column else [None] * len(ids)
 
-        tasks = [self._run_row(job, tier, ledger, part.part_id, i, rid, p, e)
-                 for i, (rid, p, e) in enumerate(zip(ids, prompts, errors))]
+        tasks = [self._run_row(job, tier, ledger, rid, p, e) for rid, p, e in zip(ids, prompts, errors)]
         recs = await asyncio.gather(*tasks)
         for r, g in zip(recs, golds):
             if g is not None:  # rows without an answer (skipped, error) count as wrong
@@ -100,21 +99,20 @@ class ReplicaActor:
         io.write_part(table, cfg.output_uri, part.part_id, summary, cfg.output_storage)
         return summary
 
-    async def _run_row(self, job: JobContext, tier: Tier, ledger, part_id: int, index: int, row_id: str,
-                       prompt: str | None, error: str | None) -> dict:
+    async def _run_row(self, job: JobContext, tier: Tier, ledger, row_id: str, prompt: str | None,
+                       error: str | None) -> dict:
         if error:
             return records.empty_record(row_id, "error", error)
         async with self._sem:
             try:
-                return await self._generate_row(job, tier, ledger, part_id, index, row_id, prompt)
+                return await self._generate_row(job, tier, ledger, row_id, prompt)
             except Exception as exc:
                 if self.engine.dead:
                     raise  # the replica is lost: the pool retries the part elsewhere
                 log.exception("row %s failed", row_id)
                 return records.empty_record(row_id, "error", f"{type(exc).__name__}: {exc}")
 
-    async def _generate_row(self, cfg: JobContext, tier: Tier, ledger, part_id: int, index: int, row_id: str,
-                            prompt: str) -> dict:
+    async def _generate_row(self, cfg: JobContext, tier: Tier, ledger, row_id: str, prompt: str) -> dict:
         engine = self.engine
         extract, verify = self._scoring(cfg)
         token_ids = engine.tokenize(prompt)
