@@ -29,6 +29,8 @@ def cmd_run(args) -> int:
     spec = load_spec(args.spec, _overrides(args.set))
     report = run_job(spec, address=args.address, show_progress=not args.quiet, strict=args.strict)
     print(summary_line(report))
+    for line in tier_lines(report):
+        print(line)
     print(json.dumps(report))
     return 0
 
@@ -43,6 +45,19 @@ def summary_line(report: dict) -> str:
         parts.append(f"{report['output_tokens_per_s']:,.0f} generated tok/s")
     parts.append(f"wall {report['wall_s']:.1f}s")
     return "tierwise: " + " | ".join(parts)
+
+
+def tier_lines(report: dict) -> list[str]:
+    """One line per (tier, bucket): rows, mean samples, spend, accuracy."""
+    lines = []
+    for r in report.get("by_tier", []):
+        name = r["tier"] or "(none)"
+        if r.get("bucket") is not None:
+            name += f" b{r['bucket']}"
+        acc = f", accuracy {r['accuracy']:.3f}" if r.get("accuracy") is not None else ""
+        lines.append(f"  {name:<16} {r['rows']:>7} rows, {r['mean_samples']:.2f} samples/row, "
+                     f"cost {r['cost']:,.6g}{acc}")
+    return lines
 
 
 def cmd_demo_data(args) -> int:
