@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	@mkdir -p runs/demo
-	test -f runs/demo/input.parquet || $(BIN)/tierwise demo-data runs/demo/input.parquet --rows 600
+	test -f runs/demo/input.parquet || $(BIN)/tierwise demo-data runs/demo/input.parquet --rows 1000
 	rm -rf runs/demo/output
 	$(BIN)/tierwise run jobs/examples/demo.yaml
 
