@@ -33,6 +33,21 @@ class BudgetLedger:
                 await cond.wait()
             return answer
 
+    async def reserve_many(self, amounts: list[float], holder: str = "") -> list[str]:
+        """Tries to reserve several amounts at once without waiting: each answer is
+        ``granted``, ``denied`` or ``wait`` (then ask again with ``reserve``, which waits).
+        A waiting batch would hold back the answers of the rows it could grant."""
+        async with self._cond():
+            return [self.ledger.reserve(a, holder) for a in amounts]
+
+    async def settle_many(self, items: list[tuple[float, float]], holder: str = "") -> None:
+        """``settle`` for several ``(reserved, actual)`` pairs."""
+        cond = self._cond()
+        async with cond:
+            for reserved, actual in items:
+                self.ledger.settle(reserved, actual, holder)
+            cond.notify_all()
+
     async def settle(self, reserved: float, actual: float, holder: str = "", kind: str = "generation") -> None:
         cond = self._cond()
         async with cond:
@@ -55,3 +70,65 @@ class BudgetLedger:
 
     async def snapshot(self) -> dict:
         return self.ledger.snapshot()
+
+
+class BatchedLedgerClient:
+    """A replica's handle on the ledger that batches calls: reservations and
+    settlements made in the same event-loop tick travel in one actor call each.
+
+    Semantics are the ledger's own, row by row and in order (each amount is its own
+    reservation); only the transport is batched. Settlements and reservations flow
+    in separate streams, so a batch of reservations waiting for budget never holds
+    back the settlements that free it. (Two Ray calls per row cost about 0.15 of the
+    throughput ratio in ``bench/throughput.py`` on 2 cores.)
+    """
+
+    def __init__(self, ledger, holder: str):
+        self.ledger, self.holder = ledger, holder
+        self._queues: dict[str, list] = {"reserve": [], "settle": []}
+        self._busy: dict[str, bool] = {"reserve": False, "settle": False}
+
+    async def reserve(self, amount: float) -> str:
+        return await self._submit("reserve", amount)
+
+    async def settle(self, reserved: float, actual: float) -> None:
+        await self._submit("settle", (reserved, actual))
+
+    async def release(self, reserved: float) -> None:
+        await self.ledger.release.remote(reserved, self.holder)
+
+    async def _submit(self, kind: str, item):
+        fut = asyncio.get_running_loop().create_future()
+        self._queues[kind].append((item, fut))
+        if not self._busy[kind]:
+            self._busy[kind] = True
+            asyncio.get_running_loop().create_task(self._flush(kind))
+        return await fut
+
+    async def _flush(self, kind: str) -> None:
+        await asyncio.sleep(0)  # let the rest of this tick's rows join the batch
+        try:
+            while self._queues[kind]:
+                batch, self._queues[kind] = self._queues[kind], []
+                items = [item for item, _ in batch]
+                method = self.ledger.reserve_many if kind == "reserve" else self.ledger.settle_many
+                try:
+                    result = await method.remote(items, self.holder)
+                except Exception as exc:
+                    for _, fut in batch:
+                        fut.set_exception(exc)
+                    continue
+                for i, (item, fut) in enumerate(batch):
+                    if kind == "reserve" and result[i] == WAIT:
+                        # Only rows that must wait for budget pay a call of their own.
+                        asyncio.get_running_loop().create_task(self._wait_for(item, fut))
+                    else:
+                        fut.set_result(result[i] if kind == "reserve" else None)
+        finally:
+            self._busy[kind] = False
+
+    async def _wait_for(self, amount: float, fut: asyncio.Future) -> None:
+        try:
+            fut.set_result(await self.ledger.reserve.remote(amount, self.holder))
+        except Exception as exc:
+            fut.set_exception(exc)

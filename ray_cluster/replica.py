@@ -25,6 +25,7 @@ from pipelines.budget import DENIED
 from pipelines.tiers import RowState, Tier
 from pipelines.validation import row_errors
 from ray_cluster.engine import EngineSpec, VllmEngine
+from ray_cluster.ledger import BatchedLedgerClient
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class ReplicaActor:
         errors = row_errors(frame[cfg.prompt_column]).to_list()
         golds = frame[cfg.gold_column].cast(pl.String).to_list() if cfg.gold_column else [None] * len(ids)
 
+        ledger = BatchedLedgerClient(ledger, self.name)
         tasks = [self._run_row(job, tier, ledger, rid, p, e) for rid, p, e in zip(ids, prompts, errors)]
         recs = await asyncio.gather(*tasks)
         for r, g in zip(recs, golds):
@@ -131,19 +133,19 @@ class ReplicaActor:
             sampling = _clip(sampling, n_prompt, engine.max_model_len)
             # The worst case of this round: the prompt plus n samples of max_tokens each.
             worst = (n_prompt + sampling.n * sampling.max_tokens) * cfg.cost_per_token
-            if await ledger.reserve.remote(worst, self.name) == DENIED:
+            if await ledger.reserve(worst) == DENIED:
                 state.stop_reason = "budget"
                 break
             try:
                 result = await engine.generate(f"{row_id}#{state.rounds}", token_ids, sampling)
             except Exception as exc:
-                await ledger.release.remote(worst, self.name)
+                await ledger.release(worst)
                 if engine.dead:
                     raise  # the replica is lost: the pool retries the part elsewhere
                 rec = records.empty_record(row_id, "error", f"generation failed: {exc}", n_prompt)
                 return rec | {"n_samples": len(state.samples), "cost": cost}
             actual = (result.prompt_tokens + result.output_tokens) * cfg.cost_per_token
-            await ledger.settle.remote(worst, actual, self.name)
+            await ledger.settle(worst, actual)
             cost += actual
             state.add(result, extract, verify, prompt)
         if not state.samples:
