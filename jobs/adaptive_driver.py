@@ -104,7 +104,7 @@ class AdaptiveDriver:
         inp = self.spec.input
         if inp.gold_column:
             cols = [inp.id_column, inp.gold_column]
-            gold = pl.concat([pl.from_arrow(io.read_part(p, cols, inp.storage_options)) for p in cal_parts])
+            gold = io.read_parts(cal_parts, cols, inp.storage_options)
             gold = gold.select(pl.col(cols[0]).cast(pl.String).alias("id"), pl.col(cols[1]).cast(pl.String).alias("gold"))
         return output_to_samples(output, gold)
 

@@ -38,8 +38,7 @@ def main(args) -> int:
     if spec.input.gold_column:
         files = io.list_input_files(spec.input.path, spec.input.storage_options)
         cols = [spec.input.id_column, spec.input.gold_column]
-        gold = pl.concat([pl.from_arrow(io.read_part(p, cols, spec.input.storage_options))
-                          for p in io.plan_parts(files, 1_000_000)])
+        gold = io.read_parts(io.plan_parts(files, 1_000_000), cols, spec.input.storage_options)
         gold = gold.select(pl.col(cols[0]).cast(pl.String).alias("id"), pl.col(cols[1]).alias("gold"))
     samples = output_to_samples(output, gold)
     fs, path = io.filesystem(args.out)

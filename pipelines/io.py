@@ -137,6 +137,13 @@ def read_part(part: Part, columns: list[str], storage_options: dict[str, Any] | 
     return table.slice(part.start - (first_row or 0), part.length)
 
 
+def read_parts(parts: list[Part], columns: list[str], storage_options: dict[str, Any] | None = None):
+    """Reads ``columns`` of several parts as one polars frame."""
+    import polars as pl
+
+    return pl.concat([pl.from_arrow(read_part(p, columns, storage_options)) for p in parts])
+
+
 def iter_column(files: list[InputFile], column: str, storage_options: dict[str, Any] | None = None):
     """Yields one column of the whole input batch by batch (for job-level checks)."""
     for f in files:

@@ -13,7 +13,7 @@ def build_report(spec, summaries: list[dict], ledger: dict, n_rows: int, n_parts
         status.update(s.get("status", {}))
     tot = {k: sum(s.get(k, 0) for s in summaries)
            for k in ("rows", "prompt_tokens", "output_tokens", "cost", "samples", "correct", "graded")}
-    gen_seconds = sum(s.get("seconds", 0.0) for s in summaries if s["part_id"] >= 0)
+    gen_seconds = sum(s.get("seconds", 0.0) for s in summaries)
     spent = max(float(ledger.get("spent", 0.0)), tot["cost"])
     report = {
         "job": spec.name,

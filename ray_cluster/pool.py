@@ -55,8 +55,7 @@ class ReplicaPool:
         self.replaced = 0
         for _ in range(config.replicas):
             self._spawn()
-        infos = ray.get([a.start.remote() for a in self.actors.values()])
-        self.max_model_len = infos[0]["max_model_len"]
+        ray.get([a.start.remote() for a in self.actors.values()])  # engines start in parallel
 
     def _spawn(self) -> str:
         name = f"replica-{self._serial}"
