@@ -47,7 +47,7 @@ class AdaptiveDriver:
         self.cal_ids = {parts[i].part_id for i in order[:n_cal]}
         weighted = pol.select == "verifier"
         self.calibration_tier = Tier("calibration", pol.calibration_samples, s.temperature, s.top_p,
-                                     s.max_tokens, weighted)
+                                     s.max_tokens, weighted, logprobs=s.logprobs is not False)
         self.config = AdaptiveConfig(pilot_samples=pol.pilot_samples, n_buckets=pol.n_buckets)
         self.cpt = cost_per_token(spec.budget.unit, spec.budget.tokens_per_gpu_hour, spec.budget.usd_per_gpu_hour)
         self.report: dict = {}
@@ -143,7 +143,7 @@ class AdaptiveDriver:
 
         s = self.spec.sampling
         return AdaptiveTier(plan=plan, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                            weighted=self.pol.select == "verifier")
+                            weighted=self.pol.select == "verifier", logprobs=bool(s.logprobs))
 
     @staticmethod
     def _write_plot(report: dict, out: str, so: dict) -> None:

@@ -214,7 +214,7 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Tru
         else:
             driver = None
             tier = uniform_tier(spec.policy.n, s.temperature, s.top_p, s.max_tokens,
-                                weighted=spec.policy.select == "verifier")
+                                weighted=spec.policy.select == "verifier", logprobs=bool(s.logprobs))
         with Session(spec, n_rows, committed, prior_spent, address, show_progress, pool) as session:
             if driver is None:
                 unsent = session.run_parts(todo, lambda: tier)

@@ -30,7 +30,7 @@ def main(args) -> int:
     from pipelines import io
     from pipelines.samples import output_to_samples
 
-    overrides = _overrides(args.set) | {"policy": {"kind": "uniform", "n": args.n}}
+    overrides = {"sampling.logprobs": True} | _overrides(args.set) | {"policy": {"kind": "uniform", "n": args.n}}
     spec = load_spec(args.spec, overrides)
     report = run_job(spec, address=args.address)
     output = io.read_output(spec.output.path, spec.output.storage_options)

@@ -59,6 +59,9 @@ class SamplingSpec(_Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
     seed: int = 0
+    logprobs: bool | None = Field(None, description="record each sample's mean token log-prob: true always, "
+                                  "false never, null (default) where a policy reads it (calibration, the "
+                                  "adaptive pilot, `tierwise sample`)")
 
 
 class BudgetSpec(_Strict):

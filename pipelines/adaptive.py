@@ -434,8 +434,9 @@ class AdaptiveTier(Tier):
         plan, k = self.plan, len(state.samples)
         if state.stop_reason is not None:
             return None
-        if state.rounds == 0:
-            return replace(self._round, n=plan.pilot, seed=seed)
+        if state.rounds == 0:  # the pilot's log-probs are a difficulty feature when the plan reads them
+            return replace(self._round, n=plan.pilot, seed=seed,
+                           logprobs=self.logprobs or "mean_logprob" in plan.feature_names)
         if k == 0:
             state.stop_reason = "no_samples"
             return None
@@ -456,7 +457,8 @@ class AdaptiveTier(Tier):
 
     @property
     def _round(self) -> SamplingConfig:
-        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                              logprobs=self.logprobs)
 
     def _fired(self, state: RowState, rule: StopRule) -> str | None:
         """Whether the rule stops the row at some prefix of its samples: replay's ``first_stop`` and

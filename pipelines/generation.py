@@ -18,6 +18,7 @@ class SamplingConfig:
     top_p: float = 1.0
     max_tokens: int = 256
     seed: int | None = None
+    logprobs: bool = False  # each sample's mean token log-prob (costs the engine's front end per token)
 
 
 @dataclass

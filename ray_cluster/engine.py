@@ -96,7 +96,8 @@ class VllmEngine:
         # FINAL_ONLY: with n > 1, vLLM aggregates the n children only in this mode; in
         # the streaming modes each yielded output carries just the child that moved.
         params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_tokens, seed=sampling.seed, logprobs=0,
+                                max_tokens=sampling.max_tokens, seed=sampling.seed,
+                                logprobs=0 if sampling.logprobs else None,
                                 output_kind=RequestOutputKind.FINAL_ONLY)
         by_index = {}
         async for out in self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):

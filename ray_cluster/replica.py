@@ -93,6 +93,7 @@ class ReplicaActor:
         ledger = BatchedLedgerClient(ledger, self.name)
         tasks = [self._run_row(job, tier, ledger, rid, p, e) for rid, p, e in zip(ids, prompts, errors)]
         recs = await asyncio.gather(*tasks)
+        await ledger.drain()  # every settlement is in the ledger before the part commits
         for r, g in zip(recs, golds):
             if g is not None:  # rows without an answer (skipped, error) count as wrong
                 r["correct"] = r.get("answer") is not None and r["answer"] == g.strip()
