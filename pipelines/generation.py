@@ -11,23 +11,34 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Sampling parameters of one request (``n`` samples of one prompt)."""
+    """Sampling parameters of one request (``n`` samples of one prompt).
+
+    ``top_logprobs``: when > 0, each sample carries the top log-probabilities of its
+    first generated token (``Sample.top_logprobs``; a judge's yes/no verdict).
+    """
 
     n: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
     max_tokens: int = 256
     seed: int | None = None
+    top_logprobs: int = 0
 
 
 @dataclass
 class Sample:
-    """One generated sample."""
+    """One generated sample.
+
+    ``top_logprobs``: decoded token text -> log-probability of the first generated
+    token's most likely tokens (top ``SamplingConfig.top_logprobs``, plus the sampled
+    one), None unless requested.
+    """
 
     text: str
     output_tokens: int
     mean_logprob: float | None = None
     finish_reason: str | None = None
+    top_logprobs: dict[str, float] | None = None
 
 
 @dataclass
