@@ -120,7 +120,7 @@ DEFAULT_TEMPLATES = {
     "yes_prob": "Question:\n{prompt}\n\nProposed answer:\n{response}\n\n"
                 "Is the proposed answer correct? Answer Yes or No.\nAnswer:",
     "score": "Question:\n{prompt}\n\nProposed answer:\n{response}\n\n"
-             "Rate the proposed answer's correctness from 0 to 10. End with a line 'Score: N'.\n",
+             "Rate the proposed answer's correctness from 0 to {score_max}. End with a line 'Score: N'.\n",
 }
 
 
@@ -185,8 +185,11 @@ class JudgeSpec(_Strict):
 
         max_tokens = self.max_tokens or {"yes_prob": 1, "agree": job_max_tokens,
                                          "score": 256 if self.reason else 16}[self.mode]
+        template = self.template
+        if template is None:
+            template = DEFAULT_TEMPLATES[self.mode].replace("{score_max}", f"{self.score_max:g}")
         return JudgeConfig(
-            mode=self.mode, template=self.template if self.template is not None else DEFAULT_TEMPLATES[self.mode],
+            mode=self.mode, template=template,
             model=None if self.model in (None, job_model) else self.model, max_tokens=max_tokens,
             temperature=self.temperature, top_logprobs=self.top_logprobs, yes_tokens=tuple(self.yes_tokens),
             score_pattern=self.score_pattern, score_max=self.score_max)

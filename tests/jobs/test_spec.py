@@ -51,6 +51,8 @@ def test_judge_verifier_parses_with_mode_defaults():
     score = parse_spec(BASE | {"verifier": {"kind": "llm_judge", "mode": "score", "reason": True,
                                             "model": "Qwen/Qwen2.5-0.5B-Instruct"}}).verifier.config("m", 100)
     assert score.max_tokens == 256 and score.model == "Qwen/Qwen2.5-0.5B-Instruct" and "{response}" in score.template
+    assert "from 0 to 5." in parse_spec(BASE | {"verifier": {"kind": "llm_judge", "mode": "score", "score_max": 5}}
+                                        ).verifier.config("m", 100).template
     yes = parse_spec(BASE | {"verifier": {"kind": "llm_judge", "mode": "yes_prob", "model": "embedded:tiny-adder",
                                           "yes_tokens": ["Y"]}}).verifier.config("embedded:tiny-adder", 100)
     # A judge model equal to the job's is the job's own engine.
