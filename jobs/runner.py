@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from jobs.progress import Progress
-from jobs.spec import JobSpec
+from jobs.spec import JobSpec, JudgeSpec, SpecError
 from pipelines import io, records
 from pipelines.budget import cost_per_token
 from pipelines.errors import TierwiseError
@@ -57,27 +57,49 @@ def job_context(spec: JobSpec):
     from ray_cluster.replica import JobContext
 
     b = spec.budget
+    verifier = spec.verifier
+    if isinstance(verifier, JudgeSpec):
+        verifier = verifier.config(spec.model.path, spec.sampling.max_tokens)
     return JobContext(
         output_uri=spec.output.path, id_column=spec.input.id_column, prompt_column=spec.input.prompt_column,
         gold_column=spec.input.gold_column,
         cost_per_token=cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour),
-        extractor=spec.answer_extractor, verifier=spec.verifier, keep_samples=spec.output.keep_samples,
+        extractor=spec.answer_extractor, verifier=verifier, keep_samples=spec.output.keep_samples,
         seed=spec.sampling.seed, input_storage=spec.input.storage_options, output_storage=spec.output.storage_options,
     )
 
 
+def judge_model(spec: JobSpec) -> str | None:
+    """The model of the spec's judge when it needs an engine of its own, else None."""
+    v = spec.verifier
+    return v.model if isinstance(v, JudgeSpec) and v.model not in (None, spec.model.path) else None
+
+
 def start_pool(spec: JobSpec, address: str | None = None):
-    """Starts the spec's replicas (engines built inside the workers). Pass the pool
-    to several ``run_job`` calls with the same model to start engines once."""
+    """Starts the spec's replicas (engines built inside the workers; with a judge model
+    of its own, a second engine on each). Pass the pool to several ``run_job`` calls
+    with the same model (and judge model) to start engines once."""
     from ray_cluster.cluster import connect
     from ray_cluster.engine import EngineSpec
     from ray_cluster.pool import PoolConfig, ReplicaPool
 
     connect(address)
     m, r = spec.model, spec.replicas
+    judge = None
+    if (jm := judge_model(spec)) is not None:
+        judge = EngineSpec(jm, None, m.dtype, spec.sampling.seed, spec.verifier.engine_kwargs)
     return ReplicaPool(EngineSpec(m.path, m.max_model_len, m.dtype, spec.sampling.seed, m.engine_kwargs),
                        PoolConfig(r.count, r.num_cpus, r.num_gpus, r.parts_per_replica, r.max_part_retries,
-                                  max_rows_in_flight=r.max_rows_in_flight))
+                                  max_rows_in_flight=r.max_rows_in_flight), judge)
+
+
+def _check_pool(spec: JobSpec, pool) -> None:
+    """A pool passed in must host the spec's judge model (checked before any work)."""
+    need = judge_model(spec)
+    hosted = pool.judge.model if pool.judge is not None else None
+    if need is not None and need != hosted:
+        raise SpecError(f"verifier.model {need!r} is not hosted by the pool passed in (its judge engine: "
+                        f"{hosted!r}); start the pool with start_pool(spec)")
 
 
 class _StopOnSignal:
@@ -191,6 +213,8 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Tru
         RowErrorsInStrictMode: ``strict`` and some rows ended as errors.
     """
     t0 = time.monotonic()
+    if pool is not None:
+        _check_pool(spec, pool)
     files, n_rows = _check_input(spec)
     parts = io.plan_parts(files, spec.output.part_rows)
     out, so = spec.output.path, spec.output.storage_options

@@ -6,11 +6,12 @@ no I/O: a bad spec fails here, naming the field and the rule, before any work.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from pipelines.errors import TierwiseError
 
@@ -115,6 +116,97 @@ class AdaptivePolicy(_Strict):
         return self
 
 
+# Judge prompts used when the spec gives none: plain instructions any instruction-tuned
+# judge follows; a reward model or a judge trained on a format needs its own template.
+DEFAULT_TEMPLATES = {
+    "agree": "{prompt}",
+    "yes_prob": "Question:\n{prompt}\n\nProposed answer:\n{response}\n\n"
+                "Is the proposed answer correct? Answer Yes or No.\nAnswer:",
+    "score": "Question:\n{prompt}\n\nProposed answer:\n{response}\n\n"
+             "Rate the proposed answer's correctness from 0 to {score_max}. End with a line 'Score: N'.\n",
+}
+
+
+class JudgeSpec(_Strict):
+    """An LLM judge (or reward model) as the verifier, scored by a vLLM replica.
+
+    Its requests are paid from the budget like generation (each reserves its worst
+    case first); the row's ``judge_tokens`` and ``cost`` include them.
+    """
+
+    kind: Literal["llm_judge"]
+    mode: Literal["yes_prob", "score", "agree"] = Field(
+        description="yes_prob: P(yes-token) of one judge token; score: a number the judge writes, over "
+                    "score_max; agree: the judge solves the prompt, a sample scores 1 if its answer matches")
+    model: str | None = Field(None, description="null: the job's own model on the same engine; else "
+                              "embedded:NAME, a local model dir or a HF id, on a second engine per replica")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra AsyncEngineArgs of the "
+                                          "judge's own engine (e.g. max_model_len)")
+    template: str | None = Field(None, description="judge prompt with {prompt} and (yes_prob, score) "
+                                 "{response}; default per mode (agree: '{prompt}')")
+    reason: bool = Field(False, description="score mode: let the judge reason before its score line")
+    max_tokens: int | None = Field(None, ge=1, description="judge tokens per request; default: score 16 "
+                                   "(256 with reason), agree the job's sampling.max_tokens, yes_prob 1")
+    temperature: float = Field(0.0, ge=0, description="judge sampling temperature (0: greedy verdicts)")
+    top_logprobs: int = Field(20, ge=1, description="yes_prob: first-token log-probabilities read "
+                              "(vLLM's max_logprobs, 20 by default, caps it)")
+    yes_tokens: list[str] = Field(["Yes", "yes"], min_length=1, description="yes_prob: tokens meaning yes, "
+                                  "compared with whitespace stripped")
+    score_pattern: str = Field(r"Score:\s*([0-9.]+)", description="score: regex whose first group is the "
+                               "number; the last match counts")
+    score_max: float = Field(10.0, gt=0, description="score: the top of the scale (scores are divided by it)")
+
+    @model_validator(mode="after")
+    def _mode_rules(self):
+        t = self.template if self.template is not None else DEFAULT_TEMPLATES[self.mode]
+        if "{prompt}" not in t:
+            raise ValueError("verifier.template must contain {prompt}")
+        if self.mode != "agree" and "{response}" not in t:
+            raise ValueError(f"verifier.template must contain {{response}} in mode {self.mode!r} "
+                             "(the judge must see the response it scores)")
+        if self.mode == "agree" and "{response}" in t:
+            raise ValueError("verifier.template must not contain {response} in mode 'agree' "
+                             "(the judge solves the prompt on its own)")
+        if self.reason and self.mode != "score":
+            raise ValueError(f"verifier.reason applies only to mode 'score', not {self.mode!r}")
+        if self.mode == "yes_prob" and self.max_tokens not in (None, 1):
+            raise ValueError("verifier.max_tokens must be 1 (or unset) in mode 'yes_prob': it reads one token")
+        if any(not y.strip() for y in self.yes_tokens):
+            raise ValueError("verifier.yes_tokens must not hold empty or whitespace-only tokens")
+        try:
+            groups = re.compile(self.score_pattern).groups
+        except re.error as exc:
+            raise ValueError(f"verifier.score_pattern is not a valid regex: {exc}") from None
+        if groups < 1:
+            raise ValueError("verifier.score_pattern needs a capture group (the number)")
+        return self
+
+    def config(self, job_model: str, job_max_tokens: int):
+        """The replica's ``pipelines.judge.JudgeConfig``, defaults resolved. A judge model
+        equal to the job's is served by the job's engine."""
+        from pipelines.judge import JudgeConfig
+
+        max_tokens = self.max_tokens or {"yes_prob": 1, "agree": job_max_tokens,
+                                         "score": 256 if self.reason else 16}[self.mode]
+        template = self.template
+        if template is None:
+            template = DEFAULT_TEMPLATES[self.mode].replace("{score_max}", f"{self.score_max:g}")
+        return JudgeConfig(
+            mode=self.mode, template=template,
+            model=None if self.model in (None, job_model) else self.model, max_tokens=max_tokens,
+            temperature=self.temperature, top_logprobs=self.top_logprobs, yes_tokens=tuple(self.yes_tokens),
+            score_pattern=self.score_pattern, score_max=self.score_max)
+
+
+def _verifier_kind(value) -> str:
+    """A mapping is a judge; a string names a verifier function."""
+    return "name" if isinstance(value, str) else "llm_judge"
+
+
+Verifier = Annotated[Annotated[str, Tag("name")] | Annotated[JudgeSpec, Tag("llm_judge")],
+                     Discriminator(_verifier_kind)]
+
+
 def _policy_kind(value) -> str:
     """A policy without ``kind`` is uniform."""
     return value.get("kind", "uniform") if isinstance(value, dict) else getattr(value, "kind", "uniform")
@@ -134,7 +226,16 @@ class JobSpec(_Strict):
     budget: BudgetSpec
     policy: Policy = UniformPolicy()
     answer_extractor: str = Field("full", description="arithmetic | regex:PATTERN | last_line | full")
-    verifier: str | None = Field(None, description="arithmetic_steps | module:function")
+    verifier: Verifier | None = Field(None, description="arithmetic_steps | module:function | "
+                                      "{kind: llm_judge, mode: ..., ...} (see JudgeSpec)")
+
+    @field_validator("verifier")
+    @classmethod
+    def _known_verifier(cls, v):
+        if isinstance(v, str) and v != "arithmetic_steps" and ":" not in v:
+            raise ValueError(f"unknown verifier {v!r}: use arithmetic_steps, module:function "
+                             "or a mapping with kind: llm_judge")
+        return v
 
     @model_validator(mode="after")
     def _rules(self):

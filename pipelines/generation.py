@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Sampling parameters of one request (``n`` samples of one prompt)."""
+    """Sampling parameters of one request (``n`` samples of one prompt).
+
+    ``top_logprobs``: when > 0, each sample carries the top log-probabilities of its
+    first generated token (``Sample.top_logprobs``; a judge's yes/no verdict).
+    """
 
     n: int = 1
     temperature: float = 0.0
@@ -19,16 +23,23 @@ class SamplingConfig:
     max_tokens: int = 256
     seed: int | None = None
     logprobs: bool = False  # each sample's mean token log-prob (costs the engine's front end per token)
+    top_logprobs: int = 0  # > 0: the first generated token's top log-probs too (an LLM judge's verdict)
 
 
 @dataclass
 class Sample:
-    """One generated sample."""
+    """One generated sample.
+
+    ``top_logprobs``: decoded token text -> log-probability of the first generated
+    token's most likely tokens (top ``SamplingConfig.top_logprobs``, plus the sampled
+    one), None unless requested.
+    """
 
     text: str
     output_tokens: int
     mean_logprob: float | None = None
     finish_reason: str | None = None
+    top_logprobs: dict[str, float] | None = None
 
 
 @dataclass

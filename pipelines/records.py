@@ -15,7 +15,12 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("n_samples", pa.int32()),
     pa.field("prompt_tokens", pa.int64()),
     pa.field("output_tokens", pa.int64()),
-    pa.field("cost", pa.float64()),                    # in the budget's unit
+    pa.field("cost", pa.float64()),                    # in the budget's unit, the judge's share included
+    # An llm_judge verifier's compute for the row (prompt + output tokens; null without a
+    # judge) and, per reason, the samples that got no verdict of the judge's own:
+    # budget / too_long / error (score null), unparseable (score 0). See pipelines.judge.
+    pa.field("judge_tokens", pa.int64()),
+    pa.field("judge_issues", pa.map_(pa.string(), pa.int32())),
     pa.field("difficulty", pa.float64()),              # null until estimated
     pa.field("bucket", pa.int32()),
     pa.field("votes", pa.map_(pa.string(), pa.float64())),

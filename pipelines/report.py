@@ -37,6 +37,12 @@ def build_report(spec, summaries: list[dict], ledger: dict, n_rows: int, n_parts
         "policy": spec.policy.model_dump(),
         "model": spec.model.path,
     }
+    judged = [s for s in summaries if "judge_tokens" in s]
+    if judged:  # an llm_judge verifier: its share of the spend (in `spent`) and why samples lack a verdict
+        issues: Counter[str] = Counter()
+        for s in judged:
+            issues.update(s.get("judge_issues", {}))
+        report["judge"] = {"tokens": sum(s["judge_tokens"] for s in judged), "issues": dict(issues)}
     if tot["graded"]:
         report["accuracy"] = tot["correct"] / tot["graded"]
         report["graded_rows"] = tot["graded"]

@@ -29,12 +29,13 @@ class RowState:
     difficulty: float | None = None
     bucket: int | None = None
 
-    def add(self, result: GenResult, extract: Extractor, verify=None, prompt: str | None = None) -> None:
+    def add(self, result: GenResult, extract: Extractor, scores: list[float | None] | None = None) -> None:
+        """Records a round: its samples, their answers and (when scored) their scores."""
         self.rounds += 1
-        for s in result.samples:
+        for i, s in enumerate(result.samples):
             self.samples.append(s)
             self.answers.append(extract(s.text))
-            self.scores.append(verify(prompt, s.text) if verify is not None else None)
+            self.scores.append(scores[i] if scores is not None else None)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 No verifier ever sees gold. ``arithmetic_steps`` checks every step of the demo
 task's trace; ``module:function`` loads a user function ``f(prompt, text) -> float``.
+These are pure and run inline on the replica. An LLM judge (``pipelines.judge``) is a
+verifier too, but one an engine serves and the budget pays for (``ray_cluster.scoring``).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipelines.errors import EngineError
 from pipelines.generation import GenResult, Sample, SamplingConfig
 
@@ -97,7 +99,7 @@ class VllmEngine:
         # the streaming modes each yielded output carries just the child that moved.
         params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                 max_tokens=sampling.max_tokens, seed=sampling.seed,
-                                logprobs=0 if sampling.logprobs else None,
+                                logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
                                 output_kind=RequestOutputKind.FINAL_ONLY)
         by_index = {}
         async for out in self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
@@ -109,10 +111,23 @@ class VllmEngine:
             k = len(c.token_ids)
             lp = c.cumulative_logprob
             mean_lp = lp / k if (k and lp is not None and math.isfinite(lp)) else None
-            samples.append(Sample(c.text, k, mean_lp, c.finish_reason))
+            top = _first_token_top(c.logprobs) if sampling.top_logprobs else None
+            samples.append(Sample(c.text, k, mean_lp, c.finish_reason, top))
         return GenResult(request_id, len(prompt_token_ids), samples)
 
     def shutdown(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+def _first_token_top(logprobs) -> dict[str, float] | None:
+    """The first position of vLLM's per-token logprobs as decoded text -> log-probability.
+    Distinct token ids that decode to the same text pool their probability."""
+    if not logprobs:
+        return None
+    top: dict[str, float] = {}
+    for lp in logprobs[0].values():
+        text = lp.decoded_token or ""
+        top[text] = lp.logprob if text not in top else float(np.logaddexp(top[text], lp.logprob))
+    return top

@@ -40,12 +40,12 @@ class BudgetLedger:
         async with self._cond():
             return [self.ledger.reserve(a, holder) for a in amounts]
 
-    async def settle_many(self, items: list[tuple[float, float]], holder: str = "") -> None:
-        """``settle`` for several ``(reserved, actual)`` pairs."""
+    async def settle_many(self, items: list[tuple[float, float, str]], holder: str = "") -> None:
+        """``settle`` for several ``(reserved, actual, kind)`` triples."""
         cond = self._cond()
         async with cond:
-            for reserved, actual in items:
-                self.ledger.settle(reserved, actual, holder)
+            for reserved, actual, kind in items:
+                self.ledger.settle(reserved, actual, holder, kind)
             cond.notify_all()
 
     async def settle(self, reserved: float, actual: float, holder: str = "", kind: str = "generation") -> None:
@@ -98,9 +98,10 @@ class BatchedLedgerClient:
     async def reserve(self, amount: float) -> str:
         return await self._submit("reserve", amount)
 
-    async def settle(self, reserved: float, actual: float) -> None:
-        """Queues the settlement and returns at once; failures surface in ``drain``."""
-        self._submit("settle", (reserved, actual))
+    async def settle(self, reserved: float, actual: float, kind: str = "generation") -> None:
+        """Queues the settlement and returns at once (failures surface in ``drain``);
+        ``kind`` (``generation``, ``judge``) splits the ledger's ``by_kind`` spend."""
+        self._submit("settle", (reserved, actual, kind))
 
     async def release(self, reserved: float) -> None:
         await self.ledger.release.remote(reserved, self.holder)

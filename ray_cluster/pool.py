@@ -46,10 +46,14 @@ class PoolConfig:
 
 
 class ReplicaPool:
-    """Starts ``config.replicas`` engines (in parallel) and streams parts through them."""
+    """Starts ``config.replicas`` engines (in parallel) and streams parts through them.
 
-    def __init__(self, engine: EngineSpec, config: PoolConfig):
-        self.engine, self.cfg = engine, config
+    ``judge``: a second engine on every replica for an ``llm_judge`` verifier with a
+    model of its own (a job judged by its own model needs none).
+    """
+
+    def __init__(self, engine: EngineSpec, config: PoolConfig, judge: EngineSpec | None = None):
+        self.engine, self.cfg, self.judge = engine, config, judge
         self._serial = 0
         self.actors: dict[str, object] = {}
         self.replaced = 0
@@ -62,7 +66,7 @@ class ReplicaPool:
         self._serial += 1
         self.actors[name] = ReplicaActor.options(
             num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus, max_concurrency=1000,
-        ).remote(self.engine, name, self.cfg.max_rows_in_flight)
+        ).remote(self.engine, name, self.cfg.max_rows_in_flight, self.judge)
         return name
 
     def info(self) -> dict[str, dict]:

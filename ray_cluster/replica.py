@@ -22,10 +22,12 @@ import ray
 from pipelines import io, records
 from pipelines.answers import make_extractor
 from pipelines.budget import DENIED
+from pipelines.judge import JudgeConfig
 from pipelines.tiers import RowState, Tier
 from pipelines.validation import row_errors
 from ray_cluster.engine import EngineSpec, VllmEngine
 from ray_cluster.ledger import BatchedLedgerClient
+from ray_cluster.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class JobContext:
     gold_column: str | None
     cost_per_token: float
     extractor: str = "full"
-    verifier: str | None = None
+    verifier: str | JudgeConfig | None = None
     keep_samples: bool = False
     seed: int = 0
     input_storage: dict[str, Any] = field(default_factory=dict)
@@ -50,32 +52,41 @@ class JobContext:
 
 @ray.remote
 class ReplicaActor:
-    """Hosts one engine; built cheaply, the engine itself starts in ``start``."""
+    """Hosts one engine (two with a judge model of its own); built cheaply, the
+    engines themselves start in ``start``."""
 
-    def __init__(self, engine: EngineSpec, name: str, max_rows_in_flight: int = 256):
+    def __init__(self, engine: EngineSpec, name: str, max_rows_in_flight: int = 256,
+                 judge: EngineSpec | None = None):
         self.name = name
         self.engine = VllmEngine(engine)
+        self.judge_engine = VllmEngine(judge) if judge is not None else None
         self.max_rows_in_flight = max_rows_in_flight
         self._sem = None
         self._scorers: dict = {}
 
     async def start(self) -> dict:
-        """Builds the engine inside this worker; returns what the driver needs."""
+        """Builds the engines inside this worker; returns what the driver needs."""
         if self.engine.max_model_len == 0:
             self.engine.start()
             self._sem = asyncio.Semaphore(self.max_rows_in_flight)
+        if self.judge_engine is not None and self.judge_engine.max_model_len == 0:
+            self.judge_engine.start()
         return {"max_model_len": self.engine.max_model_len, "node": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid()}
 
-    def _scoring(self, job: JobContext):
-        """(extractor, verifier) for a job, built once per replica."""
+    def _scoring(self, job: JobContext) -> Scorer:
+        """The job's scorer (answer extractor, verifier or judge), built once per replica."""
         key = (job.extractor, job.verifier)
         if key not in self._scorers:
-            verify = None
-            if job.verifier:
-                from pipelines.verifiers import make_verifier
-                verify = make_verifier(job.verifier)
-            self._scorers[key] = (make_extractor(job.extractor), verify)
+            judge_engine = None
+            if isinstance(job.verifier, JudgeConfig):
+                judge_engine = self.engine if job.verifier.model is None else self.judge_engine
+                if judge_engine is None or (job.verifier.model is not None
+                                            and judge_engine.spec.model != job.verifier.model):
+                    hosted = self.judge_engine.spec.model if self.judge_engine else None
+                    raise ValueError(f"the job's judge model {job.verifier.model!r} is not hosted by this "
+                                     f"replica (judge engine: {hosted!r}); start the pool from the job's spec")
+            self._scorers[key] = Scorer(make_extractor(job.extractor), job.verifier, judge_engine)
         return self._scorers[key]
 
     async def process_part(self, part: io.Part, job: JobContext, tier: Tier, ledger) -> dict:
@@ -117,7 +128,8 @@ class ReplicaActor:
 
     async def _generate_row(self, cfg: JobContext, tier: Tier, ledger, row_id: str, prompt: str) -> dict:
         engine = self.engine
-        extract, verify = self._scoring(cfg)
+        scorer = self._scoring(cfg)
+        extract = scorer.extract
         token_ids = engine.tokenize(prompt)
         n_prompt = len(token_ids)
         if n_prompt >= engine.max_model_len:
@@ -130,6 +142,7 @@ class ReplicaActor:
         # serves the row. vLLM seeds sample i of a request with seed + i, so each round
         # starts past the samples already drawn: every sample of the row has its own seed.
         seed = (cfg.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
+        scoring = scorer.for_row(row_id, prompt, seed, cfg.cost_per_token)
         while (sampling := tier.next_request(state, seed + len(state.samples))) is not None:
             sampling = _clip(sampling, n_prompt, engine.max_model_len)
             # The worst case of this round: the prompt plus n samples of max_tokens each.
@@ -144,11 +157,12 @@ class ReplicaActor:
                 if engine.dead:
                     raise  # the replica is lost: the pool retries the part elsewhere
                 rec = records.empty_record(row_id, "error", f"generation failed: {exc}", n_prompt)
-                return rec | {"n_samples": len(state.samples), "cost": cost}
+                return rec | {"n_samples": len(state.samples), "cost": cost + scoring.cost} | scoring.columns()
             actual = (result.prompt_tokens + result.output_tokens) * cfg.cost_per_token
             await ledger.settle(worst, actual)
             cost += actual
-            state.add(result, extract, verify, prompt)
+            # A judge's requests reserve and settle their own cost (scoring.cost).
+            state.add(result, extract, await scoring.score(result.samples, ledger))
         if not state.samples:
             return records.empty_record(row_id, "skipped_budget", None, n_prompt)
         answer, votes = tier.select(state)
@@ -157,9 +171,9 @@ class ReplicaActor:
             "id": row_id, "answer": answer, "status": "ok", "error": None, "tier": state.tier or tier.name,
             "difficulty": state.difficulty, "bucket": state.bucket,
             "n_samples": len(state.samples), "prompt_tokens": n_prompt * state.rounds,
-            "output_tokens": sum(s.output_tokens for s in state.samples), "cost": cost,
+            "output_tokens": sum(s.output_tokens for s in state.samples), "cost": cost + scoring.cost,
             "votes": votes, "agreement": _share(votes, answer),
-            "verifier_scores": state.scores if verify else None,
+            "verifier_scores": state.scores if scorer.scores else None, **scoring.columns(),
             "mean_logprob": sum(lps) / len(lps) if lps else None,
             "stop_reason": state.stop_reason,
             "sample_answers": state.answers,
@@ -185,9 +199,17 @@ def _clip(sampling, n_prompt: int, max_model_len: int):
 
 def summarize(part_id: int, table, seconds: float) -> dict:
     """Per-part counts merged by the driver into the run report."""
-    df = pl.from_arrow(table.select(["status", "prompt_tokens", "output_tokens", "cost", "correct", "n_samples"]))
+    df = pl.from_arrow(table.select(["status", "prompt_tokens", "output_tokens", "cost", "correct", "n_samples",
+                                     "judge_tokens"]))
     status = dict(df.group_by("status").len().iter_rows())
-    return {
+    judge = {}
+    if df["judge_tokens"].is_not_null().any():
+        issues: dict[str, int] = {}
+        for row in table.column("judge_issues").to_pylist():
+            for reason, count in row or ():
+                issues[reason] = issues.get(reason, 0) + count
+        judge = {"judge_tokens": int(df["judge_tokens"].sum()), "judge_issues": issues}
+    return judge | {
         "part_id": part_id, "rows": df.height, "status": {s: int(status.get(s, 0)) for s in records.STATUSES},
         "prompt_tokens": int(df["prompt_tokens"].fill_null(0).sum()),
         "output_tokens": int(df["output_tokens"].sum()), "cost": float(df["cost"].sum()),

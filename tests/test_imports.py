@@ -6,7 +6,7 @@ import sys
 
 IMPORTS = """
 import pipelines.io, pipelines.budget, pipelines.tiers, pipelines.validation, pipelines.answers
-import pipelines.records, pipelines.report, pipelines.verifiers, jobs.spec
+import pipelines.records, pipelines.report, pipelines.verifiers, pipelines.judge, jobs.spec
 print('ok')
 """
 

@@ -38,3 +38,50 @@ def test_overrides_apply_before_validation(tmp_path):
 def test_unreadable_spec_file():
     with pytest.raises(SpecError, match="cannot read"):
         load_spec("/nonexistent/spec.yaml")
+
+
+JUDGE = {"kind": "llm_judge", "mode": "agree"}
+
+
+def test_judge_verifier_parses_with_mode_defaults():
+    spec = parse_spec(BASE | {"verifier": JUDGE, "policy": {"n": 4, "select": "verifier"},
+                              "sampling": {"max_tokens": 120}})
+    cfg = spec.verifier.config(spec.model.path, spec.sampling.max_tokens)
+    assert (cfg.mode, cfg.template, cfg.model, cfg.max_tokens, cfg.temperature) == ("agree", "{prompt}", None, 120, 0.0)
+    score = parse_spec(BASE | {"verifier": {"kind": "llm_judge", "mode": "score", "reason": True,
+                                            "model": "Qwen/Qwen2.5-0.5B-Instruct"}}).verifier.config("m", 100)
+    assert score.max_tokens == 256 and score.model == "Qwen/Qwen2.5-0.5B-Instruct" and "{response}" in score.template
+    assert "from 0 to 5." in parse_spec(BASE | {"verifier": {"kind": "llm_judge", "mode": "score", "score_max": 5}}
+                                        ).verifier.config("m", 100).template
+    yes = parse_spec(BASE | {"verifier": {"kind": "llm_judge", "mode": "yes_prob", "model": "embedded:tiny-adder",
+                                          "yes_tokens": ["Y"]}}).verifier.config("embedded:tiny-adder", 100)
+    # A judge model equal to the job's is the job's own engine.
+    assert yes.max_tokens == 1 and yes.model is None and yes.yes_tokens == ("Y",)
+    assert parse_spec(BASE | {"verifier": "arithmetic_steps"}).verifier == "arithmetic_steps"
+
+
+@pytest.mark.parametrize("judge, message", [
+    ({"mode": "score", "template": "{prompt} rate it"}, r"template must contain \{response\} in mode 'score'"),
+    ({"mode": "yes_prob", "template": "{prompt}?"}, r"template must contain \{response\} in mode 'yes_prob'"),
+    ({"mode": "agree", "template": "{prompt} {response}"}, r"template must not contain \{response\} in mode 'agree'"),
+    ({"mode": "score", "template": "{response} only"}, r"template must contain \{prompt\}"),
+    ({"mode": "agree", "reason": True}, r"reason applies only to mode 'score'"),
+    ({"mode": "yes_prob", "max_tokens": 8}, r"max_tokens must be 1"),
+    ({"mode": "score", "score_pattern": "Score: ("}, r"score_pattern is not a valid regex"),
+    ({"mode": "score", "score_pattern": r"Score: \d+"}, r"score_pattern needs a capture group"),
+    ({"mode": "score", "score_max": 0}, r"verifier\.llm_judge\.score_max"),
+    ({"mode": "yes_prob", "yes_tokens": []}, r"verifier\.llm_judge\.yes_tokens"),
+    ({"mode": "yes_prob", "yes_tokens": [" "]}, r"yes_tokens must not hold empty"),
+    ({"mode": "vote"}, r"verifier\.llm_judge\.mode"),
+    ({}, r"verifier\.llm_judge\.mode: Field required"),
+    ({"mode": "agree", "kind": "judge"}, r"verifier\.llm_judge\.kind"),
+    ({"mode": "agree", "temprature": 1}, r"verifier\.llm_judge\.temprature"),
+])
+def test_invalid_judge_specs_name_the_field_and_rule(judge, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec(BASE | {"verifier": {"kind": "llm_judge"} | judge})
+
+
+def test_unknown_verifier_name_fails_at_the_spec():
+    with pytest.raises(SpecError, match=r"verifier: .*unknown verifier 'steps'"):
+        parse_spec(BASE | {"verifier": "steps"})

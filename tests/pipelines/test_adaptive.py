@@ -207,10 +207,10 @@ def _feed_rows(samples: pl.DataFrame) -> dict[str, pl.DataFrame]:
 
 def _add(state: RowState, part: pl.DataFrame) -> None:
     """Append recorded samples as one generated round (verifier scores returned as recorded)."""
-    scores = iter(part["verifier_score"].to_list()) if "verifier_score" in part.columns else None
+    scores = part["verifier_score"].to_list() if "verifier_score" in part.columns else None
     state.add(GenResult("x", state.prompt_tokens, [
         Sample(a or "", t, lp) for a, t, lp in zip(part["answer"], part["output_tokens"], part["mean_logprob"])]),
-        lambda t: t or None, (lambda _prompt, _text: next(scores)) if scores else None)
+        lambda t: t or None, scores)
 
 
 def _live_row(tier: AdaptiveTier, row: pl.DataFrame) -> RowState:

@@ -1,0 +1,67 @@
+"""The llm_judge verifier live: the embedded model judges its own samples (mode
+``agree``) on the real engine, paid from the same budget as generation."""
+
+import polars as pl
+import pytest
+
+from jobs.runner import run_job
+from jobs.spec import parse_spec
+from pipelines.tasks.arithmetic import generate_dataset
+
+JUDGE = {"kind": "llm_judge", "mode": "agree", "template": "{prompt}"}
+
+
+def _spec(inp, out, budget: float, max_tokens: int = 200, n: int = 4) -> dict:
+    return {
+        "input": {"path": str(inp), "gold_column": "gold"},
+        "output": {"path": str(out), "part_rows": 8},
+        "model": {"path": "embedded:tiny-adder", "max_model_len": 256},
+        "sampling": {"temperature": 0.7, "max_tokens": max_tokens},
+        "budget": {"amount": budget},
+        "policy": {"kind": "uniform", "n": n, "select": "verifier"},
+        "answer_extractor": "arithmetic",
+        "verifier": JUDGE,
+    }
+
+
+@pytest.mark.slow
+def test_judge_agree_best_of_n_pays_for_the_judge_and_never_reads_gold(tmp_path, shared_pool):
+    data = generate_dataset(16, {d: 0.2 for d in (2, 3, 4, 5, 6)}, seed=11)
+    # The gold column holds wrong answers: a verifier reading it would score the true sums 0.
+    data.with_columns(gold=(pl.col("gold").cast(pl.Int64) + 1).cast(pl.String)).write_parquet(tmp_path / "in.parquet")
+    budget = 100_000.0
+    report = run_job(parse_spec(_spec(tmp_path / "in.parquet", tmp_path / "out", budget)), show_progress=False,
+                     pool=shared_pool)
+    out = pl.read_parquet(tmp_path / "out" / "part-*.parquet").join(data.select("id", "gold"), on="id")
+    assert out.height == 16 and (out["status"] == "ok").all() and (out["tier"] == "best_of_n").all()
+
+    scores = out["verifier_scores"].explode()
+    assert scores.null_count() == 0 and set(scores.to_list()) <= {0.0, 1.0}
+    assert report["judge"]["issues"] == {} and out["judge_issues"].is_null().all()
+
+    # Budget: the judge's tokens are in every row's cost and in the ledger's spend.
+    generation = (out["prompt_tokens"] + out["output_tokens"]).sum()
+    assert (out["judge_tokens"] > 0).all()
+    assert (out["cost"] == out["prompt_tokens"] + out["output_tokens"] + out["judge_tokens"]).all()
+    assert report["spent"] <= budget and report["spent"] == pytest.approx(out["cost"].sum())
+    assert report["spent"] > generation and report["judge"]["tokens"] == out["judge_tokens"].sum()
+
+    # Scores follow the true sums, not the (wrong) gold column: the judge, greedy, gets the
+    # easy rows right, so samples agreeing with it are mostly right.
+    samples = out.select("gold", "sample_answers", "verifier_scores").explode("sample_answers", "verifier_scores")
+    truly_right = samples["sample_answers"] == samples["gold"]  # `data` holds the true sums
+    assert truly_right.sum() >= 32 and samples.filter(truly_right)["verifier_scores"].mean() > 0.8
+    assert not out["correct"].any()
+
+    # A judge call the budget cannot cover leaves null scores and says why. One row, 4
+    # samples truncated at 30 tokens: generation's worst case (prompt + 120) fits the budget;
+    # after it settles, the judge's (prompt + 30) cannot.
+    one = data.filter(pl.col("digits") == 6).head(1)
+    one.write_parquet(tmp_path / "one.parquet")
+    tight = parse_spec(_spec(tmp_path / "one.parquet", tmp_path / "tight", 4 * 30 + 20, max_tokens=30))
+    report = run_job(tight, show_progress=False, pool=shared_pool)
+    row = pl.read_parquet(tmp_path / "tight" / "part-*.parquet").row(0, named=True)
+    assert row["status"] == "ok" and row["n_samples"] == 4 and row["output_tokens"] == 120
+    assert row["verifier_scores"] == [None] * 4 and row["judge_issues"] == {"budget": 4}
+    assert row["judge_tokens"] == 0 and row["cost"] == row["prompt_tokens"] + 120
+    assert report["spent"] <= 4 * 30 + 20 and report["judge"]["issues"] == {"budget": 4}

@@ -1,0 +1,61 @@
+"""Replica-side scoring without an engine: pure verifiers, and judge accounting in
+part summaries and the run report. (The judge itself runs live in
+tests/jobs/test_judge_run.py, on the real engine.)"""
+
+import asyncio
+
+import pytest
+
+from pipelines import records
+from pipelines.answers import make_extractor
+from pipelines.generation import Sample
+from pipelines.judge import JudgeConfig
+from pipelines.tasks.arithmetic import solution
+from ray_cluster.scoring import Scorer
+
+
+def _score(scorer: Scorer, prompt: str, texts: list[str]):
+    row = scorer.for_row("r1", prompt, seed=0, cost_per_token=1.0)
+    # Pure verifiers never touch the ledger: None stands in for it.
+    return asyncio.run(row.score([Sample(t, 5) for t in texts], None)), row
+
+
+def test_pure_verifier_scores_inline_and_spends_nothing():
+    good = solution("57+8=\n")
+    scores, row = _score(Scorer(make_extractor("arithmetic"), "arithmetic_steps"), "57+8=\n",
+                         [good, good.replace("A: 65", "A: 64"), "nonsense"])
+    assert scores[0] == 1.0 and scores[1] < 1.0 and scores[2] == 0.0
+    assert (row.tokens, row.cost) == (0, 0.0)
+    assert row.columns() == {"judge_tokens": None, "judge_issues": None}
+
+
+def test_no_verifier_gives_null_scores():
+    scorer = Scorer(make_extractor("full"), None)
+    scores, _ = _score(scorer, "p", ["a", "b"])
+    assert scores == [None, None] and not scorer.scores
+
+
+def test_judge_needs_an_engine():
+    with pytest.raises(ValueError, match="needs an engine"):
+        Scorer(make_extractor("arithmetic"), JudgeConfig("agree", "{prompt}"))
+
+
+def test_judge_columns_reach_the_part_summary_and_the_report():
+    from jobs.spec import parse_spec
+    from pipelines.report import build_report
+    from ray_cluster.replica import summarize
+
+    base = {"status": "ok", "n_samples": 2, "prompt_tokens": 10, "output_tokens": 40}
+    table = records.to_table([
+        {"id": "a", **base, "cost": 80.0, "judge_tokens": 30, "judge_issues": None},
+        {"id": "b", **base, "cost": 50.0, "judge_tokens": 0, "judge_issues": {"budget": 2}},
+        {"id": "c", **base, "cost": 70.0, "judge_tokens": 20, "judge_issues": {"unparseable": 1}},
+    ])
+    summary = summarize(0, table, 1.0)
+    assert summary["judge_tokens"] == 50 and summary["judge_issues"] == {"budget": 2, "unparseable": 1}
+    spec = parse_spec({"input": {"path": "x"}, "output": {"path": "y"}, "budget": {"amount": 1000}})
+    report = build_report(spec, [summary, summary], {"spent": 400.0}, 6, 2, 0, 1.0)
+    assert report["judge"] == {"tokens": 100, "issues": {"budget": 4, "unparseable": 2}}
+    plain = summarize(1, records.to_table([{"id": "d", **base, "cost": 50.0}]), 1.0)
+    assert "judge_tokens" not in plain
+    assert "judge" not in build_report(spec, [plain], {"spent": 50.0}, 1, 1, 0, 1.0)
