@@ -25,13 +25,29 @@ import tempfile
 import numpy as np
 import polars as pl
 
-from jobs.spec import JobSpec
+from jobs.spec import JobSpec, difficulty_columns
 from pipelines import io
 from pipelines.budget import cost_per_token
 from pipelines.calibration import stable_hash01
 from pipelines.tiers import Tier
 
 log = logging.getLogger(__name__)
+
+
+def load_difficulty_model(path: str):
+    """The difficulty model an earlier run saved: its ``difficulty_model.json`` or ``calibration.json``."""
+    import json
+
+    from pipelines.calibration import DifficultyModel
+    from pipelines.errors import InputError
+
+    try:
+        fs, p = io.filesystem(path)
+        with fs.open(p) as fh:
+            data = json.load(fh)
+        return DifficultyModel.from_dict(data["model"] if "model" in data else data["plan"]["model"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"policy.difficulty.learned: cannot load a difficulty model from {path!r}: {exc}") from exc
 
 
 class AdaptiveDriver:
@@ -48,7 +64,10 @@ class AdaptiveDriver:
         weighted = pol.select == "verifier"
         self.calibration_tier = Tier("calibration", pol.calibration_samples, s.temperature, s.top_p,
                                      s.max_tokens, weighted, logprobs=s.logprobs is not False)
-        self.config = AdaptiveConfig(pilot_samples=pol.pilot_samples, n_buckets=pol.n_buckets)
+        est = pol.difficulty.estimators
+        self.config = AdaptiveConfig(pilot_samples=pol.pilot_samples, n_buckets=pol.n_buckets,
+                                     estimators=tuple(e for e in est if e != "learned"))
+        self.model = load_difficulty_model(pol.difficulty.learned) if "learned" in est else None
         self.cpt = cost_per_token(spec.budget.unit, spec.budget.tokens_per_gpu_hour, spec.budget.usd_per_gpu_hour)
         self.report: dict = {}
         self.replans = 0
@@ -102,11 +121,18 @@ class AdaptiveDriver:
                                 part_ids=[p.part_id for p in cal_parts])
         gold = None
         inp = self.spec.input
+        feats = difficulty_columns(self.spec)
+        cols = [inp.id_column] + ([inp.gold_column] if inp.gold_column else []) + sorted(set(feats.values()))
+        rows = io.read_parts(cal_parts, list(dict.fromkeys(cols)), inp.storage_options).with_columns(
+            pl.col(inp.id_column).cast(pl.String).alias("id"))
         if inp.gold_column:
-            cols = [inp.id_column, inp.gold_column]
-            gold = io.read_parts(cal_parts, cols, inp.storage_options)
-            gold = gold.select(pl.col(cols[0]).cast(pl.String).alias("id"), pl.col(cols[1]).cast(pl.String).alias("gold"))
-        return output_to_samples(output, gold)
+            gold = rows.select("id", pl.col(inp.gold_column).cast(pl.String).alias("gold"))
+        samples = output_to_samples(output, gold)
+        if feats:  # each row's difficulty signals, as the replicas read them for live rows
+            samples = samples.join(rows.select(pl.col("id").alias("query_id"),
+                                               *(pl.col(c).cast(pl.Float64).alias(k) for k, c in feats.items())),
+                                   on="query_id", how="left")
+        return samples
 
     def _plan(self, session, left: list[io.Part], write: bool = False):
         from pipelines.adaptive import plan_from_calibration
@@ -118,7 +144,7 @@ class AdaptiveDriver:
         plan, report = plan_from_calibration(
             self._samples, rows_remaining=rows_left, budget_remaining=tokens_left, unit="tokens",
             objective=self.pol.objective, config=self.config, price=self.pol.price,
-            round_size=self.pol.round_size, seed=self.spec.sampling.seed)
+            round_size=self.pol.round_size, seed=self.spec.sampling.seed, model=self.model)
         summary = {
             "calibration_parts": len(self.cal_ids & set(session.summaries)),
             "calibration_rows": int(self._samples["query_id"].n_unique()),
@@ -135,6 +161,9 @@ class AdaptiveDriver:
             out, so = self.spec.output.path, self.spec.output.storage_options
             io.write_json({"summary": summary, "plan": plan.to_dict(), "report": report}, out,
                           "calibration.json", so)
+            # The ``learned`` estimator of a later run loads this (policy.difficulty.learned).
+            io.write_json({"feature_names": list(plan.feature_names), "model": plan.model.to_dict()}, out,
+                          "difficulty_model.json", so)
             self._write_plot(report, out, so)
         return plan
 

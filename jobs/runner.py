@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from jobs.progress import Progress
-from jobs.spec import JobSpec, JudgeSpec, SpecError
+from jobs.spec import JobSpec, JudgeSpec, SpecError, difficulty_columns
 from pipelines import io, records
 from pipelines.budget import cost_per_token
 from pipelines.errors import TierwiseError
@@ -47,6 +47,8 @@ def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int]:
     inp = spec.input
     files = io.list_input_files(inp.path, inp.storage_options)
     required = {"id_column": inp.id_column, "prompt_column": inp.prompt_column, "gold_column": inp.gold_column}
+    required |= {f"policy.difficulty.{'column' if k == 'difficulty_hint' else 'feature_columns'}[{col}]": col
+                 for k, col in difficulty_columns(spec).items()}
     for f in files:
         check_columns(io.read_schema(f, inp.storage_options), required, f.path)
     n_rows = check_unique_ids(list(io.iter_column(files, inp.id_column, inp.storage_options)), inp.id_column)
@@ -66,6 +68,7 @@ def job_context(spec: JobSpec):
         cost_per_token=cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour),
         extractor=spec.answer_extractor, verifier=verifier, keep_samples=spec.output.keep_samples,
         seed=spec.sampling.seed, input_storage=spec.input.storage_options, output_storage=spec.output.storage_options,
+        row_features=tuple(difficulty_columns(spec).items()),
     )
 
 

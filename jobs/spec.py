@@ -88,6 +88,36 @@ class UniformPolicy(_Strict):
     select: Literal["majority", "verifier"] = "majority"
 
 
+class DifficultySpec(_Strict):
+    """How rows' difficulty is estimated: one logistic model over the signals of the chosen estimators,
+    fitted on the calibration rows' outcomes (each row's signals are free or already paid for: the pilot
+    samples are the row's first round)."""
+
+    estimators: list[Literal["pilot", "features", "column", "learned"]] = Field(
+        default_factory=lambda: ["pilot"], min_length=1,
+        description="pilot: the pilot samples' agreement, log-prob, length, verifier score; features: prompt "
+                    "length and `feature_columns`; column: the user's `column`; learned: the model saved by an "
+                    "earlier run (`learned`) instead of fitting one")
+    feature_columns: list[str] = Field(default_factory=list, description="numeric input columns (features)")
+    column: str | None = Field(None, description="a numeric input column of known difficulty (column)")
+    learned: str | None = Field(None, description="difficulty_model.json (or calibration.json) of an earlier run")
+
+    @model_validator(mode="after")
+    def _each_estimator_has_its_input(self):
+        est = set(self.estimators)
+        if "column" in est and not self.column:
+            raise ValueError("policy.difficulty.column is required by the 'column' estimator")
+        if self.column and "column" not in est:
+            raise ValueError("policy.difficulty.column is set but 'column' is not among the estimators")
+        if self.feature_columns and "features" not in est:
+            raise ValueError("policy.difficulty.feature_columns needs the 'features' estimator")
+        if ("learned" in est) != bool(self.learned):
+            raise ValueError("the 'learned' estimator and policy.difficulty.learned (a path) go together")
+        if est == {"learned"}:
+            raise ValueError("'learned' needs the estimators whose signals the saved model reads")
+        return self
+
+
 class AdaptivePolicy(_Strict):
     """tierwise's policy: calibrate on a slice, estimate each row's difficulty from a
     cheap pilot, and spend the rest of the budget where the calibration curves say
@@ -103,6 +133,7 @@ class AdaptivePolicy(_Strict):
                                       "difficulty (default: 1 for coverage with a verifier, else 2)")
     round_size: int = Field(2, ge=1, description="samples per later round")
     n_buckets: int = Field(5, ge=1, le=20)
+    difficulty: DifficultySpec = DifficultySpec()
     price: float | None = Field(None, gt=0, description="score per budget unit below which compute is not bought")
     replan_every_parts: int = Field(1, ge=1, description="pacing: re-allocate after this many parts")
     calibration_from: str | None = Field(
@@ -243,7 +274,18 @@ class JobSpec(_Strict):
             raise ValueError("policy.select 'verifier' needs a `verifier`")
         if self.input.gold_column and self.input.gold_column in (self.input.id_column, self.input.prompt_column):
             raise ValueError("input.gold_column must differ from the id and prompt columns")
+        if self.policy.kind == "adaptive" and self.input.gold_column in difficulty_columns(self).values():
+            raise ValueError("policy.difficulty must not read input.gold_column: no estimator may see gold")
         return self
+
+
+def difficulty_columns(spec: JobSpec) -> dict[str, str]:
+    """Input columns the difficulty estimators read: ``{samples-table name: input column}``
+    (``feature_<col>`` for feature columns, ``difficulty_hint`` for the difficulty column)."""
+    if spec.policy.kind != "adaptive":
+        return {}
+    d = spec.policy.difficulty
+    return {f"feature_{c}": c for c in d.feature_columns} | ({"difficulty_hint": d.column} if d.column else {})
 
 
 def _format(exc: ValidationError, source: str) -> str:

@@ -40,6 +40,7 @@ from pipelines.replay_adaptive import (
     _pilot_features,
     _stop_signal,
     calibrate_buckets,
+    feature_names,
     give_up_levels,
     pilot_size,
     round_draws,
@@ -200,10 +201,7 @@ class AdaptivePlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> AdaptivePlan:
-        m = d["model"]
-        model = DifficultyModel(list(m["names"]), np.asarray(m["mean"], dtype=np.float64),
-                                np.asarray(m["scale"], dtype=np.float64), np.asarray(m["coef"], dtype=np.float64),
-                                float(m["intercept"]))
+        model = DifficultyModel.from_dict(d["model"])
         return cls(int(d["pilot"]), int(d["round_size"]), d["objective"], d["unit"], tuple(d["feature_names"]),
                    model, tuple(float(e) for e in d["edges"]), tuple(BucketPlan.from_dict(b) for b in d["buckets"]),
                    bool(d["weighted"]), float(d["pilot_cost"]), d.get("labels", "gold"), int(d.get("seed", 0)))
@@ -240,22 +238,28 @@ def label_calibration(samples: pl.DataFrame, verifier_pass: float = 0.5) -> tupl
 
 def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_remaining: float, unit: str,
                           objective: str, config: AdaptiveConfig | None = None, price: float | None = None,
-                          round_size: int = 2, seed: int = 0, verifier_pass: float = 0.5) -> tuple[AdaptivePlan, dict]:
+                          round_size: int = 2, seed: int = 0, verifier_pass: float = 0.5,
+                          model: DifficultyModel | None = None) -> tuple[AdaptivePlan, dict]:
     """Learn an ``AdaptivePlan`` from calibration samples and fit it to the remaining budget.
 
     Args:
         samples: The calibration slice in the replay schema (``samples.output_to_samples``); ``correct``
-            may be null (see ``label_calibration``). ``difficulty_hint`` is ignored: live rows carry none.
+            may be null (see ``label_calibration``). Row features (``difficulty_hint``, ``feature_*``)
+            enter the model when ``config.estimators`` asks for them; live rows must then carry them
+            (``RowState.features``).
         rows_remaining: Rows the plan will run on.
         budget_remaining: Budget for them, pilots included, in ``unit`` (calibration already paid).
         unit: ``tokens`` or ``samples``; ``tokens`` charges the prompt once per round, as replicas pay.
         objective: ``accuracy`` or ``coverage``.
-        config: Pilot size, buckets, stop thresholds, caps, orders, give-up points (``AdaptiveConfig``).
+        config: Pilot size, buckets, stop thresholds, caps, orders, give-up points, difficulty estimators
+            (``AdaptiveConfig``; default: the pilot's signals only).
         price: Score per unit of cost below which extra compute is not bought even if the budget allows
             (each bucket stops at its ``CurveFit.knee(price)``). None: the budget alone decides.
         round_size: Samples per round after the pilot.
         seed: Seeds the per-row split of a bucket between two rules.
         verifier_pass: Verifier score that counts as correct when labelling without gold.
+        model: A difficulty model saved by an earlier run (the ``learned`` estimator, see
+            ``load_difficulty_model``); None: fit one on this calibration.
 
     Returns:
         (plan, report): the report is JSON-ready (per bucket: calibration rows, curve points per option,
@@ -269,9 +273,9 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
         raise ValueError(f"need unit in {BUDGET_UNITS} and objective in {OBJECTIVES}, got {unit!r}, {objective!r}")
     if rows_remaining < 0 or not budget_remaining >= 0 or round_size < 1:
         raise ValueError("need rows_remaining >= 0, budget_remaining >= 0 and round_size >= 1")
-    cfg = config or AdaptiveConfig()
+    cfg = config or AdaptiveConfig(estimators=("pilot",))  # live rows carry row features only when asked
     labelled, labels = label_calibration(samples, verifier_pass)
-    table = build_table(labelled.drop("difficulty_hint", strict=False))
+    table = build_table(labelled)
     q, width = table.shape
     if q == 0 or width == 0:
         raise ValueError("plan_from_calibration: no calibration samples")
@@ -290,11 +294,11 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
     extra_budget = budget_remaining - rows_remaining * pilot_row
     if extra_budget < 0:
         warnings.append("the budget cannot pay a pilot sample for every remaining row; the ledger will refuse some")
-    names = _pilot_features(table, pilot, np.minimum(pilot, n_av))[1]
+    names = feature_names(table, pilot, cfg)
     thresholds = _stop_signal(table, objective, cfg)[1]
     levels = give_up_levels(table, objective, cfg, thresholds)
     model, edges, curves, options, difficulty, _ = calibrate_buckets(
-        table, rows, pilot, unit, objective, cfg, thresholds, names, round_size, levels)
+        table, rows, pilot, unit, objective, cfg, thresholds, names, round_size, levels, model)
     counts = np.bincount(assign_buckets(difficulty, edges), minlength=len(curves)).astype(np.float64)
     copies = max(len(difficulty) // q, 1)
     if price is not None:  # never buy past a bucket's knee at this price
@@ -388,6 +392,10 @@ def row_table(state: RowState, plan: AdaptivePlan, n_available: int | None = Non
         n_available=np.array([k if n_available is None else n_available], dtype=np.int64),
         output_tokens=row([s.output_tokens for s in state.samples], np.float64),
         prompt_tokens=np.array([float(state.prompt_tokens)]),
+        difficulty_hint=np.array([state.features.get("difficulty_hint", np.nan)], dtype=np.float64)
+        if "difficulty_hint" in plan.feature_names else None,
+        row_features={n: np.array([state.features.get(n, np.nan)], dtype=np.float64)
+                      for n in plan.feature_names if n.startswith("feature_")},
         **{name: row([np.nan if x is None else x for x in vals], np.float32) if name in plan.feature_names else None
            for name, vals in floats.items()})
 
@@ -395,10 +403,7 @@ def row_table(state: RowState, plan: AdaptivePlan, n_available: int | None = Non
 def row_features(state: RowState, plan: AdaptivePlan) -> np.ndarray:
     """[1, k] pilot features of a live row: ``replay_adaptive._pilot_features`` on its pilot samples."""
     table = row_table(state, plan)
-    feats, names = _pilot_features(table, plan.pilot, np.minimum(plan.pilot, table.n_available))
-    if tuple(names) != plan.feature_names:  # cannot happen unless row_table and the plan disagree
-        raise ValueError(f"live features {names} differ from the plan's {list(plan.feature_names)}")
-    return feats
+    return _pilot_features(table, plan.pilot, np.minimum(plan.pilot, table.n_available), plan.feature_names)[0]
 
 
 @dataclass(frozen=True)
@@ -486,14 +491,12 @@ def plan_draws(plan: AdaptivePlan, samples: pl.DataFrame | ReplayTable) -> pl.Da
         table = samples
     else:  # only the columns the plan was fit on: they decide features, the signal and the vote
         unused = [c for c in ("mean_logprob", "verifier_score") if c not in plan.feature_names]
-        df = samples.drop("difficulty_hint", *unused, strict=False)
+        df = samples.drop(*unused, strict=False)
         table = build_table(df.with_columns(
             correct=pl.col("correct").fill_null(False) if "correct" in df.columns else pl.lit(False)))
     pilot, n_av = plan.pilot, table.n_available
     p_n = np.minimum(pilot, n_av)
-    feats, names = _pilot_features(table, pilot, p_n)
-    if tuple(names) != plan.feature_names:
-        raise ValueError(f"samples give features {names}; the plan needs {list(plan.feature_names)}")
+    feats = _pilot_features(table, pilot, p_n, plan.feature_names)[0]
     difficulty, bucket = plan.classify(feats)
     alt = plan.takes_alt(table.query_ids, bucket)
     signal = stop_signal(table, plan.objective)

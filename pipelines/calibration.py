@@ -229,6 +229,11 @@ class DifficultyModel:
         return {"names": self.names, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                 "coef": self.coef.tolist(), "intercept": self.intercept}
 
+    @classmethod
+    def from_dict(cls, m: dict) -> DifficultyModel:
+        return cls(list(m["names"]), np.asarray(m["mean"], dtype=np.float64), np.asarray(m["scale"], dtype=np.float64),
+                   np.asarray(m["coef"], dtype=np.float64), float(m["intercept"]))
+
 
 def fit_difficulty_model(features: np.ndarray, success: np.ndarray, names: list[str],
                          l2: float = 1e-2, iterations: int = 30) -> DifficultyModel:

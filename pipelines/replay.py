@@ -41,6 +41,7 @@ REQUIRED_COLUMNS = {"query_id": "string", "sample_idx": "integer", "answer": "st
                     "output_tokens": "integer"}
 OPTIONAL_COLUMNS = {"prompt_tokens": "integer", "mean_logprob": "float", "verifier_score": "float",
                     "difficulty_hint": "float"}
+ROW_FEATURE_PREFIX = "feature_"  # per-query float columns: difficulty signals known before sampling
 BUDGET_UNITS = ("samples", "tokens")
 OBJECTIVES = ("accuracy", "coverage")
 POLICIES = ("adaptive", "uniform")
@@ -77,7 +78,11 @@ def _check_schema(schema: Mapping[str, pl.DataType]) -> list[str]:
         parts = ([f"missing required columns: {', '.join(missing)}"] if missing else []) + (
             [f"wrong types: {'; '.join(wrong)}"] if wrong else [])
         raise SamplesSchemaError("samples table: " + "; ".join(parts))
-    return [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in schema]
+    features = [c for c in schema if c.startswith(ROW_FEATURE_PREFIX)]
+    bad = [f"{c} (expected float, got {schema[c]})" for c in features if _kind(schema[c]) not in ("float", "integer")]
+    if bad:
+        raise SamplesSchemaError("samples table: wrong types: " + "; ".join(bad))
+    return [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in schema] + features
 
 
 def validate_samples(samples: pl.DataFrame) -> pl.DataFrame:
@@ -95,7 +100,7 @@ def validate_samples(samples: pl.DataFrame) -> pl.DataFrame:
     casts = {"query_id": pl.String, "sample_idx": pl.Int64, "answer": pl.String, "correct": pl.Boolean,
              "output_tokens": pl.Int64, "prompt_tokens": pl.Int64, "mean_logprob": pl.Float32,
              "verifier_score": pl.Float32, "difficulty_hint": pl.Float64}
-    df = df.with_columns(pl.col(c).cast(casts[c]) for c in cols)
+    df = df.with_columns(pl.col(c).cast(casts.get(c, pl.Float64)) for c in cols)
     bad = [c for c in ("output_tokens", "prompt_tokens") if c in cols and (df[c].fill_null(0) < 0).any()]
     if bad:
         raise SamplesSchemaError(f"samples table: negative token counts in: {', '.join(bad)}")
@@ -134,6 +139,7 @@ class ReplayTable:
         prompt_tokens: [Q] float64 or None.
         mean_logprob, verifier_score: [Q, S] float32 (NaN unknown) or None.
         difficulty_hint: [Q] float64 (NaN unknown) or None.
+        row_features: name -> [Q] float64 (NaN unknown): the ``feature_*`` columns, per query.
     """
 
     query_ids: pl.Series
@@ -146,6 +152,7 @@ class ReplayTable:
     mean_logprob: np.ndarray | None = None
     verifier_score: np.ndarray | None = None
     difficulty_hint: np.ndarray | None = None
+    row_features: dict[str, np.ndarray] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -268,6 +275,8 @@ def build_table(samples: pl.DataFrame) -> ReplayTable:
         mean_logprob=dense(df["mean_logprob"].to_numpy(), np.nan, np.float32) if "mean_logprob" in has else None,
         verifier_score=dense(df["verifier_score"].to_numpy(), np.nan, np.float32) if "verifier_score" in has else None,
         difficulty_hint=df["difficulty_hint"].to_numpy()[first].astype(np.float64) if "difficulty_hint" in has else None,
+        row_features={c: df[c].to_numpy()[first].astype(np.float64) for c in df.columns
+                      if c.startswith(ROW_FEATURE_PREFIX)},
     )
 
 

@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipelines.allocation import BucketOptions, Option, allocate
-from pipelines.calibration import BucketCalibration, assign_buckets, fit_curve, fit_difficulty_model, quantile_edges
+from pipelines.calibration import (
+    BucketCalibration,
+    DifficultyModel,
+    assign_buckets,
+    fit_curve,
+    fit_difficulty_model,
+    quantile_edges,
+)
 from pipelines.stopping import first_stop
 
 if TYPE_CHECKING:
@@ -70,6 +77,9 @@ class AdaptiveConfig:
             step score stays low after g samples rarely verifies later.
         pacing_rounds: The remaining budget is re-allocated before each of this many query chunks,
             from the costs actually spent so far.
+        estimators: The difficulty signals the model combines (``feature_names``): ``pilot`` (the
+            pilot samples' agreement, parse rate, length, log-prob, verifier score), ``features``
+            (``log_prompt_tokens`` and the ``feature_*`` columns), ``column`` (``difficulty_hint``).
     """
 
     pilot_samples: int | None = None
@@ -85,6 +95,7 @@ class AdaptiveConfig:
     verifier_quantiles: tuple[float, ...] = (0.5, 0.75, 0.9, 0.97)
     give_up_quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)
     pacing_rounds: int = 8
+    estimators: tuple[str, ...] = ("pilot", "column")
 
 
 def pilot_size(cfg: AdaptiveConfig, objective: str, verifier: bool) -> int:
@@ -96,8 +107,19 @@ def pilot_size(cfg: AdaptiveConfig, objective: str, verifier: bool) -> int:
     return 1 if verifier_driven(objective, verifier) else 2
 
 
-def _pilot_features(table: ReplayTable, pilot: int, p_n: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """[Q, k] difficulty signals visible after the pilot samples (never reads ``correct``)."""
+PILOT_SIGNALS = ("agreement", "parsed", "log_tokens", "mean_logprob", "verifier_score")
+PROMPT_FEATURE = "log_prompt_tokens"
+
+
+def _pilot_features(table: ReplayTable, pilot: int, p_n: np.ndarray,
+                    names: list[str] | tuple[str, ...] | None = None) -> tuple[np.ndarray, list[str]]:
+    """[Q, k] difficulty signals visible after the pilot samples (never reads ``correct``).
+
+    The estimators (issue: pilot, features, column): ``PILOT_SIGNALS`` from the pilot samples;
+    ``log_prompt_tokens`` and the table's ``feature_*`` columns (prompt features, user columns);
+    ``difficulty_hint`` (a difficulty column the user already has). ``names`` picks and orders the
+    columns (a plan's ``feature_names``); None: every signal the table has (see ``feature_names``).
+    """
     rows = np.arange(table.shape[0])
     denom = np.maximum(p_n, 1)
 
@@ -107,16 +129,35 @@ def _pilot_features(table: ReplayTable, pilot: int, p_n: np.ndarray) -> tuple[np
         n = known.sum(axis=1)
         return np.where(n > 0, np.where(known, part, 0).sum(axis=1) / np.maximum(n, 1), np.nan)
 
-    cols = {"agreement": table.votes().top[rows, np.maximum(p_n - 1, 0)] / denom,
-            "parsed": table.valid[:, :pilot].sum(axis=1) / denom,
-            "log_tokens": np.log1p(table.output_tokens[:, :pilot].sum(axis=1) / denom)}
+    cols = {"agreement": lambda: table.votes().top[rows, np.maximum(p_n - 1, 0)] / denom,
+            "parsed": lambda: table.valid[:, :pilot].sum(axis=1) / denom,
+            "log_tokens": lambda: np.log1p(table.output_tokens[:, :pilot].sum(axis=1) / denom)}
     if table.mean_logprob is not None:
-        cols["mean_logprob"] = pilot_mean(table.mean_logprob)
+        cols["mean_logprob"] = lambda: pilot_mean(table.mean_logprob)
     if table.verifier_score is not None:
-        cols["verifier_score"] = pilot_mean(table.verifier_score)
+        cols["verifier_score"] = lambda: pilot_mean(table.verifier_score)
+    if table.prompt_tokens is not None:
+        cols[PROMPT_FEATURE] = lambda: np.log1p(table.prompt_tokens)
     if table.difficulty_hint is not None:
-        cols["difficulty_hint"] = table.difficulty_hint
-    return np.column_stack(list(cols.values())).astype(np.float64), list(cols)
+        cols["difficulty_hint"] = lambda: table.difficulty_hint
+    for name, values in table.row_features.items():
+        cols[name] = lambda v=values: v
+    names = list(cols) if names is None else list(names)
+    missing = [n for n in names if n not in cols]
+    if missing:
+        raise ValueError(f"difficulty features {missing} are not in this table (it has {list(cols)})")
+    return np.column_stack([cols[n]() for n in names] or [np.zeros(len(rows))])[:, :len(names)].astype(
+        np.float64), names
+
+
+def feature_names(table: ReplayTable, pilot: int, cfg: AdaptiveConfig) -> list[str]:
+    """The signals a difficulty model reads: the table's, less the pilot signals without the
+    ``pilot`` estimator and less ``log_prompt_tokens`` without ``features`` (``cfg.estimators``)."""
+    names = _pilot_features(table, pilot, np.minimum(pilot, table.n_available))[1]
+    est = cfg.estimators
+    return [n for n in names if not ((n in PILOT_SIGNALS and "pilot" not in est)
+                                     or (n == "difficulty_hint" and "column" not in est)
+                                     or ((n == PROMPT_FEATURE or n.startswith("feature_")) and "features" not in est))]
 
 
 def verifier_driven(objective: str, has_verifier: bool) -> bool:
@@ -243,7 +284,8 @@ def _reordered(table: ReplayTable, rows: np.ndarray, copies: int, seed: int = 0)
         correct=take(table.correct), output_tokens=take(table.output_tokens),
         prompt_tokens=None if table.prompt_tokens is None else table.prompt_tokens[r],
         mean_logprob=take(table.mean_logprob), verifier_score=take(table.verifier_score),
-        difficulty_hint=None if table.difficulty_hint is None else table.difficulty_hint[r])
+        difficulty_hint=None if table.difficulty_hint is None else table.difficulty_hint[r],
+        row_features={k: v[r] for k, v in table.row_features.items()})
 
 
 def _caps(pilot: int, width: int, cfg: AdaptiveConfig) -> np.ndarray:
@@ -324,7 +366,8 @@ def round_cumcost(table: ReplayTable, unit: str, pilot: int, round_size: int) ->
 
 def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, unit: str, objective: str,
                       cfg: AdaptiveConfig, thresholds: tuple[float, ...], names: list[str],
-                      round_size: int | None = None, levels: tuple[float | None, ...] = (None,)) -> tuple:
+                      round_size: int | None = None, levels: tuple[float | None, ...] = (None,),
+                      model: DifficultyModel | None = None) -> tuple:
     """Difficulty model, bucket edges and per-bucket curves from fully sampled calibration queries.
 
     Each of ``deep_rows`` is replayed in ``cfg.calibration_orders`` sample orders; the model maps pilot
@@ -333,6 +376,7 @@ def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, uni
 
     Args:
         levels: Give-up checks offered (``give_up_levels``, from the whole table as ``thresholds``).
+        model: A difficulty model learned earlier (the ``learned`` estimator); None: fit one here.
         round_size: None for replay (a query stops at the exact sample its rule fires, the prompt is
             paid once). A live run samples in rounds: stop points are rounded up to the round's end
             (``round_draws``) and token costs pay the prompt once per round (``round_cumcost``).
@@ -343,9 +387,12 @@ def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, uni
     """
     cal = _reordered(table, deep_rows, cfg.calibration_orders)
     p_n = np.minimum(pilot, cal.n_available)
-    cal_feats = _pilot_features(cal, pilot, p_n)[0]
+    cal_feats = _pilot_features(cal, pilot, p_n, names)[0]
     success = cal.correct.sum(axis=1) / np.maximum(cal.n_available, 1)  # calibration rows only
-    model = fit_difficulty_model(cal_feats, success, names)
+    if model is None:
+        model = fit_difficulty_model(cal_feats, success, names)
+    elif list(model.names) != list(names):
+        raise ValueError(f"the learned difficulty model reads {list(model.names)}; this run has {list(names)}")
     cal_stops = _stop_rules(cal, _stop_signal(cal, objective, cfg, thresholds)[0], thresholds, pilot, cfg, levels)[0]
     cost = None
     if round_size is not None:
@@ -379,7 +426,7 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
     signal, thresholds = _stop_signal(table, objective, cfg)
     levels = give_up_levels(table, objective, cfg, thresholds)
     stops, rules, strict = _stop_rules(table, signal, thresholds, pilot, cfg, levels)  # [R, Q]
-    feats, names = _pilot_features(table, pilot, p_n)
+    feats, names = _pilot_features(table, pilot, p_n, feature_names(table, pilot, cfg))
 
     def calibrate(deep_rows: np.ndarray) -> tuple:
         return calibrate_buckets(table, deep_rows, pilot, unit, objective, cfg, thresholds, names, levels=levels)[:4]

@@ -28,6 +28,7 @@ class RowState:
     tier: str | None = None            # set by tiers that choose per row (adaptive)
     difficulty: float | None = None
     bucket: int | None = None
+    features: dict[str, float] = field(default_factory=dict)  # row-level difficulty signals (adaptive)
 
     def add(self, result: GenResult, extract: Extractor, scores: list[float | None] | None = None) -> None:
         """Records a round: its samples, their answers and (when scored) their scores."""

@@ -19,9 +19,13 @@ def check_columns(schema: pa.Schema, required: dict[str, str], where: str) -> No
     """Raises InputError naming each required column missing from ``schema``.
 
     Args:
-        required: ``{column name: the spec field that names it}``.
+        required: ``{the spec field that names it: column name}``; a field without a dot is under
+            ``input.``; ``policy.difficulty...`` columns must be numeric.
     """
-    missing = [f"{col!r} (input.{field})" for field, col in required.items()
+    def label(field: str) -> str:
+        return field if "." in field else f"input.{field}"
+
+    missing = [f"{col!r} ({label(field)})" for field, col in required.items()
                if col is not None and col not in schema.names]
     if missing:
         raise InputError(
@@ -31,6 +35,10 @@ def check_columns(schema: pa.Schema, required: dict[str, str], where: str) -> No
             t = schema.field(col).type
             if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
                 raise InputError(f"input column {col!r} (input.prompt_column) must be a string column, got {t}")
+        if field.startswith("policy.difficulty") and col is not None:
+            t = schema.field(col).type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+                raise InputError(f"input column {col!r} ({field}) must be numeric, got {t}")
 
 
 def check_unique_ids(id_chunks, id_column: str) -> int:

@@ -48,6 +48,7 @@ class JobContext:
     seed: int = 0
     input_storage: dict[str, Any] = field(default_factory=dict)
     output_storage: dict[str, Any] = field(default_factory=dict)
+    row_features: tuple[tuple[str, str], ...] = ()  # (feature name, input column): difficulty signals per row
 
 
 @ray.remote
@@ -94,15 +95,18 @@ class ReplicaActor:
         on ``ledger``; commits the part and returns its summary."""
         t0 = time.monotonic()
         cfg = job
+        feats = dict(cfg.row_features)
         cols = [cfg.id_column, cfg.prompt_column] + ([cfg.gold_column] if cfg.gold_column else [])
-        frame = pl.from_arrow(io.read_part(part, cols, cfg.input_storage))
+        frame = pl.from_arrow(io.read_part(part, cols + sorted(set(feats.values()) - set(cols)), cfg.input_storage))
         ids = frame[cfg.id_column].cast(pl.String).to_list()
         prompts = frame[cfg.prompt_column].to_list()
         errors = row_errors(frame[cfg.prompt_column]).to_list()
         golds = frame[cfg.gold_column].cast(pl.String).to_list() if cfg.gold_column else [None] * len(ids)
 
         ledger = BatchedLedgerClient(ledger, self.name)
-        tasks = [self._run_row(job, tier, ledger, rid, p, e) for rid, p, e in zip(ids, prompts, errors)]
+        features = frame.select(pl.col(c).cast(pl.Float64).alias(k) for k, c in feats.items()).to_dicts() \
+            if feats else [{}] * len(ids)
+        tasks = [self._run_row(job, tier, ledger, rid, p, e, f) for rid, p, e, f in zip(ids, prompts, errors, features)]
         recs = await asyncio.gather(*tasks)
         await ledger.drain()  # every settlement is in the ledger before the part commits
         for r, g in zip(recs, golds):
@@ -114,19 +118,20 @@ class ReplicaActor:
         return summary
 
     async def _run_row(self, job: JobContext, tier: Tier, ledger, row_id: str, prompt: str | None,
-                       error: str | None) -> dict:
+                       error: str | None, features: dict[str, float | None]) -> dict:
         if error:
             return records.empty_record(row_id, "error", error)
         async with self._sem:
             try:
-                return await self._generate_row(job, tier, ledger, row_id, prompt)
+                return await self._generate_row(job, tier, ledger, row_id, prompt, features)
             except Exception as exc:
                 if self.engine.dead:
                     raise  # the replica is lost: the pool retries the part elsewhere
                 log.exception("row %s failed", row_id)
                 return records.empty_record(row_id, "error", f"{type(exc).__name__}: {exc}")
 
-    async def _generate_row(self, cfg: JobContext, tier: Tier, ledger, row_id: str, prompt: str) -> dict:
+    async def _generate_row(self, cfg: JobContext, tier: Tier, ledger, row_id: str, prompt: str,
+                            features: dict[str, float | None]) -> dict:
         engine = self.engine
         scorer = self._scoring(cfg)
         extract = scorer.extract
@@ -136,7 +141,7 @@ class ReplicaActor:
             return records.empty_record(
                 row_id, "error", f"prompt has {n_prompt} tokens; the model's context is {engine.max_model_len}",
                 n_prompt)
-        state = RowState(row_id, n_prompt)
+        state = RowState(row_id, n_prompt, features={k: v for k, v in features.items() if v is not None})
         cost = 0.0
         # A seed from the row id makes reruns reproducible whatever replica or part size
         # serves the row. vLLM seeds sample i of a request with seed + i, so each round

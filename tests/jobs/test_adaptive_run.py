@@ -44,3 +44,40 @@ def test_adaptive_job_end_to_end(tmp_path, shared_pool):
     assert (tmp_path / "out" / "calibration_samples.parquet").exists()
     assert report["adaptive"]["replans"] >= 1
     assert {r["tier"] for r in report["by_tier"]} >= {"calibration"}
+
+
+@pytest.mark.slow
+def test_difficulty_estimators_features_column_and_learned(tmp_path, shared_pool):
+    """`features` (prompt length) and `column` (a user difficulty column) join the pilot's signals in
+    the difficulty model; the model is saved, and a later run's `learned` estimator uses it unchanged."""
+    data = tmp_path / "in.parquet"
+    gold = generate_dataset(120, DEMO_MIX, seed=22)
+    gold.write_parquet(data)
+
+    def run(out: str, difficulty: dict) -> dict:
+        spec = parse_spec({
+            "input": {"path": str(data), "gold_column": "gold"},
+            "output": {"path": str(tmp_path / out), "part_rows": 20},
+            "model": {"max_model_len": 256}, "sampling": {"max_tokens": 200},
+            "budget": {"amount": 60_000.0},
+            "policy": {"kind": "adaptive", "select": "verifier", "calibration_fraction": 0.34,
+                       "calibration_budget_share": 0.6, "difficulty": difficulty},
+            "answer_extractor": "arithmetic", "verifier": "arithmetic_steps",
+        })
+        report = run_job(spec, show_progress=False, pool=shared_pool)
+        assert report["spent"] <= 60_000.0 and report["rows"] == 120
+        return json.loads((tmp_path / out / "calibration.json").read_text())
+
+    first = run("a", {"estimators": ["pilot", "features", "column"], "column": "digits"})
+    names = first["plan"]["feature_names"]
+    assert {"log_prompt_tokens", "difficulty_hint", "agreement"} <= set(names)
+    saved = json.loads((tmp_path / "a" / "difficulty_model.json").read_text())
+    assert saved["feature_names"] == names and saved["model"] == first["plan"]["model"]
+    out = pl.read_parquet(tmp_path / "a" / "part-*.parquet").join(gold, on="id")
+    live = out.filter(pl.col("difficulty").is_not_null())
+    # The estimate orders rows as the regimes do: 7-8 digit rows (hopeless) look harder than 1-3 digit ones.
+    assert live.filter(pl.col("digits") >= 7)["difficulty"].mean() > live.filter(pl.col("digits") <= 3)["difficulty"].mean()
+
+    second = run("b", {"estimators": ["pilot", "features", "column", "learned"], "column": "digits",
+                       "learned": str(tmp_path / "a" / "difficulty_model.json")})
+    assert second["plan"]["model"] == first["plan"]["model"] and second["plan"]["feature_names"] == names

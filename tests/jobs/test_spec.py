@@ -21,6 +21,15 @@ def test_defaults_and_example_spec_parse():
     ({"replicas": {"count": 0}}, "replicas.count"),
     ({"output": {"path": "o", "part_rows": 0}}, "output.part_rows"),
     ({"input": {"path": "x", "colour": "red"}}, "input.colour"),
+    ({"policy": {"kind": "adaptive", "difficulty": {"estimators": ["column"]}}}, "policy.difficulty.column"),
+    ({"policy": {"kind": "adaptive", "difficulty": {"estimators": ["pilot"], "feature_columns": ["n"]}}},
+     "policy.difficulty.feature_columns"),
+    ({"policy": {"kind": "adaptive", "difficulty": {"estimators": ["pilot", "learned"]}}},
+     "policy.difficulty.learned"),
+    ({"policy": {"kind": "adaptive", "difficulty": {"estimators": ["oracle"]}}}, "policy.adaptive.difficulty"),
+    ({"input": {"path": "x", "gold_column": "g"},
+      "policy": {"kind": "adaptive", "difficulty": {"estimators": ["pilot", "column"], "column": "g"}}},
+     "input.gold_column"),
 ])
 def test_invalid_specs_name_the_field(patch, field):
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):

@@ -221,17 +221,28 @@ def _live_row(tier: AdaptiveTier, row: pl.DataFrame) -> RowState:
     return state
 
 
-def test_live_features_equal_replay_features():
+@pytest.mark.parametrize("estimators,extra", [
+    (("pilot",), ()),
+    (("pilot", "features", "column"), ("log_prompt_tokens", "difficulty_hint", "feature_digits")),
+    (("features", "column"), ("log_prompt_tokens", "difficulty_hint", "feature_digits")),
+])
+def test_live_features_equal_replay_features(estimators, extra):
     samples = synthetic_samples(60, 6, seed=4, verifier=True, null_rate=0.2)
+    # A user column (``features``) that is constant per row, and a prompt length that varies by row.
+    samples = samples.with_columns(feature_digits=pl.col("difficulty_hint") // 10,
+                                   prompt_tokens=(pl.col("query_id").hash(1) % 50 + 5).cast(pl.Int64))
     plan, _ = plan_from_calibration(samples, rows_remaining=100, budget_remaining=1e7, unit="tokens",
-                                    objective="accuracy", config=AdaptiveConfig(pilot_samples=3))
-    assert plan.pilot == 3 and plan.feature_names == ("agreement", "parsed", "log_tokens", "mean_logprob",
-                                                      "verifier_score")
-    table = build_table(samples.drop("difficulty_hint"))
-    replayed = _pilot_features(table, 3, np.minimum(3, table.n_available))[0]
+                                    objective="accuracy",
+                                    config=AdaptiveConfig(pilot_samples=3, estimators=estimators))
+    pilot_signals = ("agreement", "parsed", "log_tokens", "mean_logprob", "verifier_score")
+    assert plan.pilot == 3 and plan.feature_names == (pilot_signals if "pilot" in estimators else ()) + extra
+    table = build_table(samples)
+    replayed = _pilot_features(table, 3, np.minimum(3, table.n_available), plan.feature_names)[0]
     rows = _feed_rows(samples)
     for i, qid in enumerate(table.query_ids):
-        state = RowState(qid, 1)
+        first = rows[qid].row(0, named=True)
+        state = RowState(qid, first["prompt_tokens"],
+                         features={k: first[k] for k in ("difficulty_hint", "feature_digits")})
         _add(state, rows[qid].head(3))
         assert np.array_equal(row_features(state, plan)[0], replayed[i], equal_nan=True)
 

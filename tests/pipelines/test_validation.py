@@ -32,3 +32,12 @@ def test_null_ids_are_a_job_error():
 def test_row_errors_flag_null_and_empty_prompts():
     assert row_errors(pl.Series(["ok", None, "  ", ""])).to_list() == [
         None, "prompt is null", "prompt is empty", "prompt is empty"]
+
+
+def test_difficulty_columns_must_exist_and_be_numeric():
+    schema = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("level", pa.string()), ("n", pa.int64())])
+    check_columns(schema, {"id_column": "id", "policy.difficulty.feature_columns[n]": "n"}, "f.parquet")
+    with pytest.raises(InputError, match=r"'level' \(policy.difficulty.column\[level\]\) must be numeric"):
+        check_columns(schema, {"id_column": "id", "policy.difficulty.column[level]": "level"}, "f.parquet")
+    with pytest.raises(InputError, match=r"'nope' \(policy.difficulty.feature_columns\[nope\]\)"):
+        check_columns(schema, {"policy.difficulty.feature_columns[nope]": "nope"}, "f.parquet")
