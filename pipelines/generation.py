@@ -11,18 +11,32 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Sampling parameters of one request (``n`` samples of one prompt)."""
+    """Sampling parameters of one request (``n`` samples of one prompt).
+
+    Attributes:
+        prefix: text the request continues after the prompt (a partial trace, as in
+            step-level search); the model sees prompt + prefix, and the prefix's
+            tokens count as prompt tokens. Samples hold only the new text.
+        stop: strings that end a sample; the matched string is kept at the end of
+            the sample's text (its ``finish_reason`` is then ``"stop"``).
+    """
 
     n: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
     max_tokens: int = 256
     seed: int | None = None
+    prefix: str = ""
+    stop: tuple[str, ...] = ()
 
 
 @dataclass
 class Sample:
-    """One generated sample."""
+    """One generated sample.
+
+    ``finish_reason`` is the backend's: ``"stop"`` (EOS or a stop string), ``"length"``
+    (``max_tokens`` or the context ran out), or None when unknown (replay).
+    """
 
     text: str
     output_tokens: int

@@ -9,6 +9,7 @@ never waiting for other rows: no round is a barrier across rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipelines.answers import Extractor, verifier_weights, vote
 from pipelines.generation import GenResult, Sample, SamplingConfig
@@ -28,6 +29,7 @@ class RowState:
     tier: str | None = None            # set by tiers that choose per row (adaptive)
     difficulty: float | None = None
     bucket: int | None = None
+    scratch: Any = None                # a tier's own per-row state (the search tier's beams)
 
     def add(self, result: GenResult, extract: Extractor, verify=None, prompt: str | None = None) -> None:
         self.rounds += 1
@@ -40,6 +42,10 @@ class RowState:
 @dataclass(frozen=True)
 class Tier:
     """Base tier: one round of ``n`` samples, then stop.
+
+    A round is what ``next_request`` returns: one request, or a list of requests that
+    the replica reserves as one (all or nothing), runs concurrently and hands back
+    together to ``absorb``.
 
     Attributes:
         name: what the output's ``tier`` column says.
@@ -55,17 +61,28 @@ class Tier:
     max_tokens: int = 256
     weighted: bool = False
 
-    def next_request(self, state: RowState, seed: int | None) -> SamplingConfig | None:
-        """The next request of this row, or None when it is done.
+    def next_request(self, state: RowState, seed: int | None) -> SamplingConfig | list[SamplingConfig] | None:
+        """The next round of this row (one request or a list), or None when it is done.
 
         ``seed`` is the row's seed for its next sample (vLLM gives sample i of a
-        request ``seed + i``); None lets the engine choose.
+        request ``seed + i``); None lets the engine choose. A list's requests must
+        offset their seeds so that no two samples of the row share one.
         """
         if state.rounds:
             state.stop_reason = state.stop_reason or "done"
             return None
         return SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
                               max_tokens=self.max_tokens, seed=seed)
+
+    def absorb(self, state: RowState, requests: list[SamplingConfig], results: list[GenResult],
+               extract: Extractor, verify=None, prompt: str | None = None) -> None:
+        """Adds a round's results (``results[i]`` answers ``requests[i]``) to the row.
+
+        The default adds every sample as it is (``RowState.add``); a tier whose
+        requests continue a prefix (``pipelines.search``) scores prefix + sample.
+        """
+        for result in results:
+            state.add(result, extract, verify, prompt)
 
     def select(self, state: RowState) -> tuple[str | None, dict[str, float]]:
         weights = verifier_weights(state.scores).tolist() if self.weighted else None
@@ -78,3 +95,11 @@ def uniform_tier(n: int, temperature: float, top_p: float, max_tokens: int, weig
     if n == 1:
         return Tier("single", 1, 0.0, 1.0, max_tokens)
     return Tier("best_of_n" if weighted else "vote", n, temperature, top_p, max_tokens, weighted)
+
+
+def think_tier(n: int, temperature: float, top_p: float, think_max_tokens: int, weighted: bool = False) -> Tier:
+    """The ``think`` tier: the uniform tier's samples with a larger thinking budget
+    (``think_max_tokens`` per sample); n=1 is one greedy pass, selection as ``uniform_tier``."""
+    if n == 1:
+        return Tier("think", 1, 0.0, 1.0, think_max_tokens)
+    return Tier("think", n, temperature, top_p, think_max_tokens, weighted)

@@ -124,30 +124,39 @@ class ReplicaActor:
                 row_id, "error", f"prompt has {n_prompt} tokens; the model's context is {engine.max_model_len}",
                 n_prompt)
         state = RowState(row_id, n_prompt)
-        cost = 0.0
+        cost, prompt_spent = 0.0, 0
         # A seed from the row id makes reruns reproducible whatever replica or part size
         # serves the row. vLLM seeds sample i of a request with seed + i, so each round
         # starts past the samples already drawn: every sample of the row has its own seed.
         seed = (cfg.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
-        while (sampling := tier.next_request(state, seed + len(state.samples))) is not None:
-            sampling = _clip(sampling, n_prompt, engine.max_model_len)
-            # The worst case of this round: the prompt plus n samples of max_tokens each.
-            worst = (n_prompt + sampling.n * sampling.max_tokens) * cfg.cost_per_token
+        while (asked := tier.next_request(state, seed + len(state.samples))) is not None:
+            requests = asked if isinstance(asked, list) else [asked]
+            inputs = [len(engine.input_ids(token_ids, r)) for r in requests]  # prompt + prefix tokens
+            requests = [_clip(r, k, engine.max_model_len) for r, k in zip(requests, inputs)]
+            # The worst case of this round: each request's input plus n samples of max_tokens.
+            # A round is reserved whole: if it cannot be, the row stops with what it has.
+            worst = sum(k + r.n * r.max_tokens for r, k in zip(requests, inputs)) * cfg.cost_per_token
             if await ledger.reserve(worst) == DENIED:
                 state.stop_reason = "budget"
                 break
-            try:
-                result = await engine.generate(f"{row_id}#{state.rounds}", token_ids, sampling)
-            except Exception as exc:
-                await ledger.release(worst)
-                if engine.dead:
-                    raise  # the replica is lost: the pool retries the part elsewhere
-                rec = records.empty_record(row_id, "error", f"generation failed: {exc}", n_prompt)
-                return rec | {"n_samples": len(state.samples), "cost": cost}
-            actual = (result.prompt_tokens + result.output_tokens) * cfg.cost_per_token
+            tag = f"{row_id}#{state.rounds}"
+            outcomes = await asyncio.gather(
+                *(engine.generate(tag if len(requests) == 1 else f"{tag}.{i}", token_ids, r)
+                  for i, r in enumerate(requests)), return_exceptions=True)
+            results = [o for o in outcomes if not isinstance(o, BaseException)]
+            actual = sum(r.prompt_tokens + r.output_tokens for r in results) * cfg.cost_per_token
+            # One settlement for the round: what did run is spent, the rest returns.
             await ledger.settle(worst, actual)
             cost += actual
-            state.add(result, extract, verify, prompt)
+            prompt_spent += sum(r.prompt_tokens for r in results)
+            if failed := next((o for o in outcomes if isinstance(o, BaseException)), None):
+                if engine.dead:
+                    raise failed  # the replica is lost: the pool retries the part elsewhere
+                rec = records.empty_record(row_id, "error", f"generation failed: {failed}", prompt_spent)
+                return rec | {"n_samples": len(state.samples) + sum(len(r.samples) for r in results),
+                              "output_tokens": sum(s.output_tokens for s in state.samples)
+                              + sum(r.output_tokens for r in results), "cost": cost}
+            tier.absorb(state, requests, results, extract, verify, prompt)
         if not state.samples:
             return records.empty_record(row_id, "skipped_budget", None, n_prompt)
         answer, votes = tier.select(state)
@@ -155,7 +164,7 @@ class ReplicaActor:
         return {
             "id": row_id, "answer": answer, "status": "ok", "error": None, "tier": state.tier or tier.name,
             "difficulty": state.difficulty, "bucket": state.bucket,
-            "n_samples": len(state.samples), "prompt_tokens": n_prompt * state.rounds,
+            "n_samples": len(state.samples), "prompt_tokens": prompt_spent,
             "output_tokens": sum(s.output_tokens for s in state.samples), "cost": cost,
             "votes": votes, "agreement": _share(votes, answer),
             "verifier_scores": state.scores if verify else None,
@@ -177,9 +186,10 @@ def _share(votes: dict[str, float], answer: str | None) -> float:
     return votes[answer] / total if answer is not None and total > 0 else 0.0
 
 
-def _clip(sampling, n_prompt: int, max_model_len: int):
+def _clip(sampling, n_input: int, max_model_len: int):
+    """``sampling`` with ``max_tokens`` cut to the context left after ``n_input`` tokens."""
     from dataclasses import replace
-    return replace(sampling, max_tokens=max(1, min(sampling.max_tokens, max_model_len - n_prompt)))
+    return replace(sampling, max_tokens=max(1, min(sampling.max_tokens, max_model_len - n_input)))
 
 
 def summarize(part_id: int, table, seconds: float) -> dict:
