@@ -63,7 +63,7 @@ def policy_tier(policy: UniformPolicy, s: SamplingSpec) -> Tier:
         b = policy.search_spec
         return SearchTier(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                           beam_width=b.beam_width, expansions=b.expansions, max_steps=b.max_steps,
-                          step_stop=b.step_stop)
+                          step_stop=b.step_stop, allocate=b.allocate)
     return uniform_tier(policy.n, s.temperature, s.top_p, s.max_tokens, weighted)
 
 

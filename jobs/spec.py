@@ -83,6 +83,9 @@ class SearchSpec(_Strict):
     expansions: int = Field(4, ge=1, le=64, description="continuations asked of each kept trace per step")
     max_steps: int = Field(32, ge=1, description="steps before the kept traces finish as they are")
     step_stop: str = Field("\n", min_length=1, description="the string that ends a step (kept in the text)")
+    allocate: Literal["by_score", "even"] = Field(
+        "by_score", description="by_score: each step's beam_width x expansions continuations are shared by the "
+                                "kept traces in proportion to their verifier weight; even: expansions each")
 
 
 class UniformPolicy(_Strict):

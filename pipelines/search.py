@@ -4,7 +4,11 @@ A trace grows one step at a time (a step ends at ``step_stop``, a newline by
 default). Each round asks, for each live beam, ``expansions`` continuations of
 prompt + beam that stop at the delimiter; the verifier scores every partial trace
 (the prompt and the trace so far) and the ``beam_width`` best distinct ones live
-on. A continuation that ends any other way (EOS, or the trace's ``max_tokens``)
+on. With ``allocate="by_score"`` a round's ``beam_width * expansions`` continuations
+are shared by the live traces in proportion to their vote weights (the sharpened
+verifier scores): a trace far behind the best gets none and drops out, and when the
+verifier leaves one valid prefix, every continuation retries its next step.
+(``"even"``: every live trace gets ``expansions``.) A continuation that ends any other way (EOS, or the trace's ``max_tokens``)
 finishes its trace; after ``max_steps`` rounds the live traces finish as they are.
 The row's answer is the verifier-weighted vote over finished traces.
 
@@ -16,6 +20,7 @@ steps (``check_steps``) ranks them by valid steps so far.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pipelines.answers import Extractor, verifier_weights, vote
 from pipelines.generation import GenResult, Sample, SamplingConfig
@@ -46,7 +51,8 @@ class SearchState:
 class SearchTier(Tier):
     """Step-level beam search as a row program.
 
-    Each round is a list of requests, one per live beam (``n = expansions``, the
+    Each round is a list of requests, one per live beam (``n`` its share of the
+    round's continuations, see the module docstring; the
     beam's text as ``prefix``, ``step_stop`` as the stop string, ``max_tokens`` what
     is left of the trace's ``max_tokens``). Every expansion becomes one of the row's
     samples: its text is the whole trace so far, its ``output_tokens`` the step's, its
@@ -61,6 +67,8 @@ class SearchTier(Tier):
         expansions: continuations asked of each live trace per round.
         max_steps: rounds before the live traces finish as they are.
         step_stop: the string that ends a step (kept in the text).
+        allocate: ``"by_score"`` shares a round's ``beam_width * expansions``
+            continuations by vote weight; ``"even"`` gives each live beam ``expansions``.
     """
 
     name: str = "search"
@@ -70,6 +78,7 @@ class SearchTier(Tier):
     expansions: int = 4
     max_steps: int = 32
     step_stop: str = "\n"
+    allocate: Literal["by_score", "even"] = "by_score"
 
     def __post_init__(self) -> None:
         for attr in ("beam_width", "expansions", "max_steps", "max_tokens"):
@@ -77,6 +86,8 @@ class SearchTier(Tier):
                 raise ValueError(f"SearchTier.{attr} must be >= 1, got {getattr(self, attr)}")
         if not self.step_stop:
             raise ValueError("SearchTier.step_stop must be a non-empty string")
+        if self.allocate not in ("by_score", "even"):
+            raise ValueError(f"SearchTier.allocate must be 'by_score' or 'even', got {self.allocate!r}")
         object.__setattr__(self, "n", self.expansions)
 
     @staticmethod
@@ -93,11 +104,20 @@ class SearchTier(Tier):
         if not search.live:
             state.stop_reason = "search_done"
             return None
-        return [SamplingConfig(n=self.expansions, temperature=self.temperature, top_p=self.top_p,
-                               max_tokens=self.max_tokens - beam.tokens,
-                               seed=None if seed is None else seed + i * self.expansions,
-                               prefix=beam.text, stop=(self.step_stop,))
-                for i, beam in enumerate(search.live)]
+        if self.allocate == "by_score":
+            shares = _shares([b.score for b in search.live], self.beam_width * self.expansions)
+            search.live = [b for b, k in zip(search.live, shares) if k]
+            shares = [k for k in shares if k]
+        else:
+            shares = [self.expansions] * len(search.live)
+        requests, offset = [], 0
+        for beam, k in zip(search.live, shares):
+            requests.append(SamplingConfig(n=k, temperature=self.temperature, top_p=self.top_p,
+                                           max_tokens=self.max_tokens - beam.tokens,
+                                           seed=None if seed is None else seed + offset,
+                                           prefix=beam.text, stop=(self.step_stop,)))
+            offset += k
+        return requests
 
     def absorb(self, state: RowState, requests: list[SamplingConfig], results: list[GenResult],
                extract: Extractor, verify=None, prompt: str | None = None) -> None:
@@ -138,6 +158,20 @@ class SearchTier(Tier):
         done = self.search(state).finished
         weights = verifier_weights([b.score for b in done]).tolist() if self.weighted else None
         return vote([b.answer for b in done], weights)
+
+
+def _shares(scores: list[float | None], total: int) -> list[int]:
+    """``total`` continuations split in proportion to the vote weights of ``scores``
+    (largest remainder, ties to the earlier, better-ranked beam); even when all weigh 0."""
+    import numpy as np
+
+    w = verifier_weights(scores)
+    w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w))
+    raw = total * w
+    shares = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - shares), kind="stable")[:total - shares.sum()]:
+        shares[i] += 1
+    return shares.tolist()
 
 
 def _distinct(beams: list[Beam]) -> list[Beam]:

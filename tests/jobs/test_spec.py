@@ -50,7 +50,8 @@ def test_tiers_of_the_uniform_policy():
     spec = parse_spec(BASE | {"verifier": "arithmetic_steps",
                               "policy": {"tier": "search", "search": {"beam_width": 2, "max_steps": 9}}})
     tier = policy_tier(spec.policy, spec.sampling)
-    assert (tier.name, tier.beam_width, tier.expansions, tier.max_steps, tier.step_stop) == ("search", 2, 4, 9, "\n")
+    assert (tier.name, tier.beam_width, tier.expansions, tier.max_steps, tier.step_stop, tier.allocate) == (
+        "search", 2, 4, 9, "\n", "by_score")
     assert policy_tier(parse_spec(BASE).policy, spec.sampling).name == "single"
 
 
@@ -65,6 +66,8 @@ def test_tiers_of_the_uniform_policy():
      r"policy.uniform.search.beam_width"),
     ({"policy": {"tier": "search", "search": {"step_stop": ""}}, "verifier": "v:f"},
      r"policy.uniform.search.step_stop"),
+    ({"policy": {"tier": "search", "search": {"allocate": "greedy"}}, "verifier": "v:f"},
+     r"policy.uniform.search.allocate"),
     ({"policy": {"tier": "search"}, "verifier": "v:f", "sampling": {"temperature": 0}},
      r"needs sampling.temperature > 0"),
 ])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.generation import GenResult, Sample, SamplingConfig
-from pipelines.search import SearchTier
+from pipelines.search import SearchTier, _shares
 from pipelines.tasks.arithmetic import check_steps, extract_answer, solution
 from pipelines.tiers import RowState, Tier, think_tier, uniform_tier
 
@@ -30,16 +30,33 @@ def run_round(tier: Tier, state: RowState, by_prefix: dict[str, list[Sample]], s
 
 
 def test_first_round_asks_one_step_per_expansion():
-    tier = SearchTier(beam_width=2, expansions=3, max_tokens=100, temperature=0.7)
+    tier = SearchTier(beam_width=2, expansions=3, max_tokens=100, temperature=0.7, allocate="even")
     state = RowState("r", 6)
     asked = tier.next_request(state, 10)
     assert asked == [SamplingConfig(n=3, temperature=0.7, top_p=1.0, max_tokens=100, seed=10, prefix="",
                                     stop=("\n",))]
     assert tier.n == 3 and tier.name == "search" and tier.weighted
+    # by_score (the default): the lone first beam gets the round's beam_width * expansions.
+    assert SearchTier(beam_width=2, expansions=3).next_request(RowState("r", 6), 10)[0].n == 6
+
+
+def test_by_score_shares_a_round_by_vote_weight():
+    assert _shares([4 / 7, 3 / 7, 3 / 7, 3 / 7], 16) == [16, 0, 0, 0]   # one valid prefix takes all
+    assert _shares([0.5, 0.5, 0.5, 0.5], 16) == [4, 4, 4, 4]
+    assert _shares([None, 0.0], 5) == [3, 2]                            # nothing weighs: even
+    assert _shares([0.9, 0.88, 0.1], 10) == [7, 3, 0]                   # 0.9**32 : 0.88**32 is about 2 : 1
+    tier = SearchTier(beam_width=3, expansions=2, max_tokens=100)
+    state = RowState("r", 6)
+    run_round(tier, state, {"": [step(STEP1), step("7+8+0=14 4\n"), step("7+8+1=16 6\n")] + [step(STEP1)] * 3})
+    assert len(state.scratch.live) == 3
+    asked = run_round(tier, state, {STEP1: [step(STEP2)] * 6})
+    # The two invalid traces get no share and drop out; the valid one gets all six.
+    assert [(r.prefix, r.n, r.seed) for r in asked] == [(STEP1, 6, 106)]
+    assert [b.text for b in state.scratch.live] == [STEP1 + STEP2]
 
 
 def test_keeps_the_best_distinct_partial_traces_and_finishes_by_eos():
-    tier = SearchTier(beam_width=2, expansions=4, max_tokens=100)
+    tier = SearchTier(beam_width=2, expansions=4, max_tokens=100, allocate="even")
     state = RowState("r", 6)
     wrong = "7+8+0=14 4\n"
     run_round(tier, state, {"": [step(wrong, lp=-0.05), step(STEP1, lp=-0.3), step(STEP1, lp=-0.3),
@@ -82,7 +99,7 @@ def test_partial_traces_score_by_valid_steps_so_far():
 
 
 def test_length_finishes_a_trace_and_max_tokens_bounds_the_whole_trace():
-    tier = SearchTier(beam_width=2, expansions=2, max_tokens=len(STEP1) + 4)
+    tier = SearchTier(beam_width=2, expansions=2, max_tokens=len(STEP1) + 4, allocate="even")
     state = RowState("r", 6)
     run_round(tier, state, {"": [step(STEP1), step("7+8", reason="length")]})
     search = state.scratch
@@ -96,7 +113,7 @@ def test_length_finishes_a_trace_and_max_tokens_bounds_the_whole_trace():
 
 
 def test_max_steps_finishes_the_live_traces():
-    tier = SearchTier(beam_width=1, expansions=2, max_steps=2, max_tokens=100)
+    tier = SearchTier(beam_width=1, expansions=2, max_steps=2, max_tokens=100, allocate="even")
     state = RowState("r", 6)
     run_round(tier, state, {"": [step(STEP1), step(STEP1)]})
     run_round(tier, state, {STEP1: [step(STEP2), step("5+0+1=6 75\n")]})
@@ -108,7 +125,7 @@ def test_max_steps_finishes_the_live_traces():
 
 
 def test_budget_stop_votes_over_what_finished():
-    tier = SearchTier(beam_width=2, expansions=2, max_tokens=100)
+    tier = SearchTier(beam_width=2, expansions=2, max_tokens=100, allocate="even")
     state = RowState("r", 6)
     run_round(tier, state, {"": [step("A: 65"), step(STEP1)]})
     state.stop_reason = "budget"  # the replica's ledger denied the next round
@@ -118,14 +135,15 @@ def test_budget_stop_votes_over_what_finished():
 
 
 def test_absorb_checks_results_against_live_beams():
-    tier = SearchTier(beam_width=2, expansions=1)
+    tier = SearchTier(beam_width=2, expansions=1, allocate="even")
     state = RowState("r", 6)
     tier.next_request(state, 0)
     with pytest.raises(ValueError, match="2 results for 1 live beams"):
         tier.absorb(state, [], [GenResult("a", 6, []), GenResult("b", 6, [])], extract_answer, check_steps, PROMPT)
 
 
-@pytest.mark.parametrize("bad", [{"beam_width": 0}, {"expansions": 0}, {"max_steps": 0}, {"step_stop": ""}])
+@pytest.mark.parametrize("bad", [{"beam_width": 0}, {"expansions": 0}, {"max_steps": 0}, {"step_stop": ""},
+                                 {"allocate": "greedy"}])
 def test_search_tier_refuses_bad_settings(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         SearchTier(**bad)
@@ -136,7 +154,7 @@ def test_search_finds_the_valid_trace_of_a_noisy_stepper():
     step checker keeps the valid prefix alive and finishes on the right answer."""
     prompt = "4821+677=\n"
     lines = solution(prompt).split("\n")
-    tier = SearchTier(beam_width=2, expansions=3, max_tokens=200)
+    tier = SearchTier(beam_width=2, expansions=3, max_tokens=200, allocate="even")
     state = RowState("r", 10)
     while (asked := tier.next_request(state, len(state.samples))) is not None:
         results = []
