@@ -1,16 +1,17 @@
 """Step-level beam search scored by the verifier: the ``search`` tier.
 
 A trace grows one step at a time (a step ends at ``step_stop``, a newline by
-default). Each round asks, for each live beam, ``expansions`` continuations of
-prompt + beam that stop at the delimiter; the verifier scores every partial trace
-(the prompt and the trace so far) and the ``beam_width`` best distinct ones live
-on. With ``allocate="by_score"`` a round's ``beam_width * expansions`` continuations
-are shared by the live traces in proportion to their vote weights (the sharpened
-verifier scores): a trace far behind the best gets none and drops out, and when the
-verifier leaves one valid prefix, every continuation retries its next step.
-(``"even"``: every live trace gets ``expansions``.) A continuation that ends any other way (EOS, or the trace's ``max_tokens``)
-finishes its trace; after ``max_steps`` rounds the live traces finish as they are.
-The row's answer is the verifier-weighted vote over finished traces.
+default). Each round asks continuations of prompt + trace, for each live trace,
+that stop at the delimiter; the verifier scores every partial trace (the prompt
+and the trace so far) and the ``beam_width`` best distinct ones live on. How a
+round's continuations are split (``allocate``): ``"even"`` gives every live trace
+``expansions``; ``"by_score"`` (the default) shares ``beam_width * expansions`` in
+proportion to the traces' vote weights (the sharpened verifier scores), so a trace
+far behind the best gets none and drops out, and when the verifier leaves one valid
+prefix every continuation retries its next step. A continuation that ends any
+other way (EOS, or the trace's ``max_tokens``) finishes its trace; after
+``max_steps`` rounds the live traces finish as they are. The row's answer is the
+verifier-weighted vote over finished traces.
 
 Ranking partial traces needs no partial mode of the verifier: all candidates of a
 round are one step deeper than their parents, so a step checker that counts valid
