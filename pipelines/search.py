@@ -99,6 +99,8 @@ class SearchTier(Tier):
         return state.scratch
 
     def next_request(self, state: RowState, seed: int | None) -> list[SamplingConfig] | None:
+        """One request per live trace (those given no share under ``by_score`` drop out
+        here); seeds run on across the round's requests."""
         if state.stop_reason is not None:
             return None
         search = self.search(state)
