@@ -21,12 +21,13 @@ import time
 from collections.abc import Callable
 
 from jobs.progress import Progress
-from jobs.spec import JobSpec, JudgeSpec, SpecError, difficulty_columns
+from jobs.spec import JobSpec, JudgeSpec, SamplingSpec, SpecError, UniformPolicy, difficulty_columns
 from pipelines import io, records
 from pipelines.budget import cost_per_token
 from pipelines.errors import TierwiseError
 from pipelines.report import breakdown, build_report
-from pipelines.tiers import Tier, uniform_tier
+from pipelines.search import SearchTier
+from pipelines.tiers import Tier, think_tier, uniform_tier
 from pipelines.validation import check_columns, check_unique_ids
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,20 @@ def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int]:
         check_columns(io.read_schema(f, inp.storage_options), required, f.path)
     n_rows = check_unique_ids(list(io.iter_column(files, inp.id_column, inp.storage_options)), inp.id_column)
     return files, n_rows
+
+
+def policy_tier(policy: UniformPolicy, s: SamplingSpec) -> Tier:
+    """The row program of a uniform policy: its ``tier`` (sample / think / search)."""
+    weighted, logprobs = policy.select == "verifier", bool(s.logprobs)
+    if policy.tier == "think":
+        return think_tier(policy.n, s.temperature, s.top_p, policy.think_max_tokens or 4 * s.max_tokens, weighted,
+                          logprobs)
+    if policy.tier == "search":
+        b = policy.search_spec
+        return SearchTier(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                          beam_width=b.beam_width, expansions=b.expansions, max_steps=b.max_steps,
+                          step_stop=b.step_stop, allocate=b.allocate)
+    return uniform_tier(policy.n, s.temperature, s.top_p, s.max_tokens, weighted, logprobs)
 
 
 def job_context(spec: JobSpec):
@@ -240,8 +255,7 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Tru
             driver = AdaptiveDriver(spec, parts, committed)
         else:
             driver = None
-            tier = uniform_tier(spec.policy.n, s.temperature, s.top_p, s.max_tokens,
-                                weighted=spec.policy.select == "verifier", logprobs=bool(s.logprobs))
+            tier = policy_tier(spec.policy, s)
         with Session(spec, n_rows, committed, prior_spent, address, show_progress, pool) as session:
             if driver is None:
                 unsent = session.run_parts(todo, lambda: tier)

@@ -80,12 +80,50 @@ class BudgetSpec(_Strict):
         return self
 
 
+class SearchSpec(_Strict):
+    """Step-level beam search (``policy.tier: search``), scored by the job's verifier."""
+
+    beam_width: int = Field(4, ge=1, le=64, description="partial traces kept after each step")
+    expansions: int = Field(4, ge=1, le=64, description="continuations asked of each kept trace per step")
+    max_steps: int = Field(32, ge=1, description="steps before the kept traces finish as they are")
+    step_stop: str = Field("\n", min_length=1, description="the string that ends a step (kept in the text)")
+    allocate: Literal["by_score", "even"] = Field(
+        "by_score", description="by_score: each step's beam_width x expansions continuations are shared by the "
+                                "kept traces in proportion to their verifier weight; even: expansions each")
+
+
 class UniformPolicy(_Strict):
-    """The same compute for every row: ``n`` samples, majority vote (n=1: one pass)."""
+    """The same compute for every row, in one of three tiers.
+
+    ``sample``: ``n`` samples, majority vote (n=1: one greedy pass) or verifier-weighted
+    vote; ``think``: the same with ``think_max_tokens`` per sample; ``search``: step-level
+    beam search (``search``), always answered by a verifier-weighted vote over finished
+    traces, each trace held to ``sampling.max_tokens``.
+    """
 
     kind: Literal["uniform"] = "uniform"
+    tier: Literal["sample", "think", "search"] = "sample"
     n: int = Field(1, ge=1, le=256)
     select: Literal["majority", "verifier"] = "majority"
+    think_max_tokens: int | None = Field(None, ge=1, description="tokens per sample in tier 'think' "
+                                         "(default: 4 x sampling.max_tokens)")
+    search: SearchSpec | None = Field(None, description="beam search settings of tier 'search'")
+
+    @property
+    def search_spec(self) -> SearchSpec:
+        """The search settings, defaults filled in."""
+        return self.search or SearchSpec()
+
+    @model_validator(mode="after")
+    def _tier_fields(self):
+        if self.think_max_tokens is not None and self.tier != "think":
+            raise ValueError("policy.think_max_tokens applies only with policy.tier 'think'")
+        if self.search is not None and self.tier != "search":
+            raise ValueError("policy.search applies only with policy.tier 'search'")
+        if self.tier == "search" and self.n != 1:
+            raise ValueError("policy.n does not apply to policy.tier 'search' "
+                             "(use policy.search.beam_width and policy.search.expansions)")
+        return self
 
 
 class DifficultySpec(_Strict):
@@ -272,6 +310,16 @@ class JobSpec(_Strict):
     def _rules(self):
         if self.policy.select == "verifier" and not self.verifier:
             raise ValueError("policy.select 'verifier' needs a `verifier`")
+        tier = getattr(self.policy, "tier", "sample")
+        if tier == "search" and not self.verifier:
+            raise ValueError("policy.tier 'search' needs a `verifier` (it scores every partial trace)")
+        if tier == "search" and self.sampling.temperature == 0 and self.policy.search_spec.expansions > 1:
+            raise ValueError("policy.tier 'search' with policy.search.expansions > 1 needs "
+                             "sampling.temperature > 0 (greedy expansions are all the same)")
+        think = getattr(self.policy, "think_max_tokens", None)
+        if think is not None and think < self.sampling.max_tokens:
+            raise ValueError(f"policy.think_max_tokens ({think}) must be at least sampling.max_tokens "
+                             f"({self.sampling.max_tokens})")
         if self.input.gold_column and self.input.gold_column in (self.input.id_column, self.input.prompt_column):
             raise ValueError("input.gold_column must differ from the id and prompt columns")
         if self.policy.kind == "adaptive" and self.input.gold_column in difficulty_columns(self).values():

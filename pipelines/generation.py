@@ -13,8 +13,14 @@ from dataclasses import dataclass, field
 class SamplingConfig:
     """Sampling parameters of one request (``n`` samples of one prompt).
 
-    ``top_logprobs``: when > 0, each sample carries the top log-probabilities of its
-    first generated token (``Sample.top_logprobs``; a judge's yes/no verdict).
+    Attributes:
+        prefix: text the request continues after the prompt (a partial trace, as in
+            step-level search); the model sees prompt + prefix, and the prefix's
+            tokens count as prompt tokens. Samples hold only the new text.
+        stop: strings that end a sample; the matched string is kept at the end of
+            the sample's text (its ``finish_reason`` is then ``"stop"``).
+        top_logprobs: when > 0, each sample carries the top log-probabilities of its
+            first generated token (``Sample.top_logprobs``; a judge's yes/no verdict).
     """
 
     n: int = 1
@@ -24,12 +30,16 @@ class SamplingConfig:
     seed: int | None = None
     logprobs: bool = False  # each sample's mean token log-prob (costs the engine's front end per token)
     top_logprobs: int = 0  # > 0: the first generated token's top log-probs too (an LLM judge's verdict)
+    prefix: str = ""
+    stop: tuple[str, ...] = ()
 
 
 @dataclass
 class Sample:
     """One generated sample.
 
+    ``finish_reason`` is the backend's: ``"stop"`` (EOS or a stop string), ``"length"``
+    (``max_tokens`` or the context ran out), or None when unknown (replay).
     ``top_logprobs``: decoded token text -> log-probability of the first generated
     token's most likely tokens (top ``SamplingConfig.top_logprobs``, plus the sampled
     one), None unless requested.

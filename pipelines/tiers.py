@@ -9,6 +9,7 @@ never waiting for other rows: no round is a barrier across rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipelines.answers import Extractor, verifier_weights, vote
 from pipelines.generation import GenResult, Sample, SamplingConfig
@@ -29,6 +30,7 @@ class RowState:
     difficulty: float | None = None
     bucket: int | None = None
     features: dict[str, float] = field(default_factory=dict)  # row-level difficulty signals (adaptive)
+    scratch: Any = None                # a tier's own per-row state (the search tier's beams)
 
     def add(self, result: GenResult, extract: Extractor, scores: list[float | None] | None = None) -> None:
         """Records a round: its samples, their answers and (when scored) their scores."""
@@ -42,6 +44,10 @@ class RowState:
 @dataclass(frozen=True)
 class Tier:
     """Base tier: one round of ``n`` samples, then stop.
+
+    A round is what ``next_request`` returns: one request, or a list of requests that
+    the replica reserves as one (all or nothing), runs concurrently and hands back
+    together to ``absorb``.
 
     Attributes:
         name: what the output's ``tier`` column says.
@@ -60,17 +66,28 @@ class Tier:
     weighted: bool = False
     logprobs: bool = False
 
-    def next_request(self, state: RowState, seed: int | None) -> SamplingConfig | None:
-        """The next request of this row, or None when it is done.
+    def next_request(self, state: RowState, seed: int | None) -> SamplingConfig | list[SamplingConfig] | None:
+        """The next round of this row (one request or a list), or None when it is done.
 
         ``seed`` is the row's seed for its next sample (vLLM gives sample i of a
-        request ``seed + i``); None lets the engine choose.
+        request ``seed + i``); None lets the engine choose. A list's requests must
+        offset their seeds so that no two samples of the row share one.
         """
         if state.rounds:
             state.stop_reason = state.stop_reason or "done"
             return None
         return SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
                               max_tokens=self.max_tokens, seed=seed, logprobs=self.logprobs)
+
+    def absorb(self, state: RowState, requests: list[SamplingConfig], results: list[GenResult],
+               extract: Extractor, scores: list[list[float | None] | None] | None = None) -> None:
+        """Adds a round's results (``results[i]`` answers ``requests[i]``) to the row.
+
+        ``scores[i][j]`` is the verifier's score of request i's prefix + sample j (None:
+        no verifier). The default adds every sample as it is (``RowState.add``).
+        """
+        for i, result in enumerate(results):
+            state.add(result, extract, scores[i] if scores is not None else None)
 
     def select(self, state: RowState) -> tuple[str | None, dict[str, float]]:
         weights = verifier_weights(state.scores).tolist() if self.weighted else None
@@ -84,3 +101,12 @@ def uniform_tier(n: int, temperature: float, top_p: float, max_tokens: int, weig
     if n == 1:
         return Tier("single", 1, 0.0, 1.0, max_tokens, logprobs=logprobs)
     return Tier("best_of_n" if weighted else "vote", n, temperature, top_p, max_tokens, weighted, logprobs)
+
+
+def think_tier(n: int, temperature: float, top_p: float, think_max_tokens: int, weighted: bool = False,
+               logprobs: bool = False) -> Tier:
+    """The ``think`` tier: the uniform tier's samples with a larger thinking budget
+    (``think_max_tokens`` per sample); n=1 is one greedy pass, selection as ``uniform_tier``."""
+    if n == 1:
+        return Tier("think", 1, 0.0, 1.0, think_max_tokens, logprobs=logprobs)
+    return Tier("think", n, temperature, top_p, think_max_tokens, weighted, logprobs)

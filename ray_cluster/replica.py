@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import polars as pl
@@ -142,32 +142,46 @@ class ReplicaActor:
                 row_id, "error", f"prompt has {n_prompt} tokens; the model's context is {engine.max_model_len}",
                 n_prompt)
         state = RowState(row_id, n_prompt, features={k: v for k, v in features.items() if v is not None})
-        cost = 0.0
+        cost, prompt_spent = 0.0, 0
         # A seed from the row id makes reruns reproducible whatever replica or part size
         # serves the row. vLLM seeds sample i of a request with seed + i, so each round
         # starts past the samples already drawn: every sample of the row has its own seed.
         seed = (cfg.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
         scoring = scorer.for_row(row_id, prompt, seed, cfg.cost_per_token)
-        while (sampling := tier.next_request(state, seed + len(state.samples))) is not None:
-            sampling = _clip(sampling, n_prompt, engine.max_model_len)
-            # The worst case of this round: the prompt plus n samples of max_tokens each.
-            worst = (n_prompt + sampling.n * sampling.max_tokens) * cfg.cost_per_token
+        while (asked := tier.next_request(state, seed + len(state.samples))) is not None:
+            requests = asked if isinstance(asked, list) else [asked]
+            inputs = [len(engine.input_ids(token_ids, r)) for r in requests]  # prompt + prefix tokens
+            requests = [_clip(r, k, engine.max_model_len) for r, k in zip(requests, inputs)]
+            # The worst case of this round: each request's input plus n samples of max_tokens.
+            # A round is reserved whole: if it cannot be, the row stops with what it has.
+            worst = sum(k + r.n * r.max_tokens for r, k in zip(requests, inputs)) * cfg.cost_per_token
             if await ledger.reserve(worst) == DENIED:
                 state.stop_reason = "budget"
                 break
-            try:
-                result = await engine.generate(f"{row_id}#{state.rounds}", token_ids, sampling)
-            except Exception as exc:
-                await ledger.release(worst)
-                if engine.dead:
-                    raise  # the replica is lost: the pool retries the part elsewhere
-                rec = records.empty_record(row_id, "error", f"generation failed: {exc}", n_prompt)
-                return rec | {"n_samples": len(state.samples), "cost": cost + scoring.cost} | scoring.columns()
-            actual = (result.prompt_tokens + result.output_tokens) * cfg.cost_per_token
+            tag = f"{row_id}#{state.rounds}"
+            outcomes = await asyncio.gather(
+                *(engine.generate(tag if len(requests) == 1 else f"{tag}.{i}", token_ids, r)
+                  for i, r in enumerate(requests)), return_exceptions=True)
+            results = [o for o in outcomes if not isinstance(o, BaseException)]
+            actual = sum(r.prompt_tokens + r.output_tokens for r in results) * cfg.cost_per_token
+            # One settlement for the round: what did run is spent, the rest returns.
             await ledger.settle(worst, actual)
             cost += actual
-            # A judge's requests reserve and settle their own cost (scoring.cost).
-            state.add(result, extract, await scoring.score(result.samples, ledger))
+            prompt_spent += sum(r.prompt_tokens for r in results)
+            if failed := next((o for o in outcomes if isinstance(o, BaseException)), None):
+                if engine.dead:
+                    raise failed  # the replica is lost: the pool retries the part elsewhere
+                rec = records.empty_record(row_id, "error", f"generation failed: {failed}", prompt_spent)
+                return rec | {"n_samples": len(state.samples) + sum(len(r.samples) for r in results),
+                              "output_tokens": sum(s.output_tokens for s in state.samples)
+                              + sum(r.output_tokens for r in results),
+                              "cost": cost + scoring.cost} | scoring.columns()
+            # Verifiers score the whole trace: a request's prefix, then its sample. A judge's
+            # requests reserve and settle their own cost (scoring.cost).
+            scores = [await scoring.score([replace(s, text=q.prefix + s.text) for s in r.samples]
+                                          if q.prefix else r.samples, ledger)
+                      for q, r in zip(requests, results)]
+            tier.absorb(state, requests, results, extract, scores)
         if not state.samples:
             return records.empty_record(row_id, "skipped_budget", None, n_prompt)
         answer, votes = tier.select(state)
@@ -175,7 +189,7 @@ class ReplicaActor:
         return {
             "id": row_id, "answer": answer, "status": "ok", "error": None, "tier": state.tier or tier.name,
             "difficulty": state.difficulty, "bucket": state.bucket,
-            "n_samples": len(state.samples), "prompt_tokens": n_prompt * state.rounds,
+            "n_samples": len(state.samples), "prompt_tokens": prompt_spent,
             "output_tokens": sum(s.output_tokens for s in state.samples), "cost": cost + scoring.cost,
             "votes": votes, "agreement": _share(votes, answer),
             "verifier_scores": state.scores if scorer.scores else None, **scoring.columns(),
@@ -197,9 +211,10 @@ def _share(votes: dict[str, float], answer: str | None) -> float:
     return votes[answer] / total if answer is not None and total > 0 else 0.0
 
 
-def _clip(sampling, n_prompt: int, max_model_len: int):
+def _clip(sampling, n_input: int, max_model_len: int):
+    """``sampling`` with ``max_tokens`` cut to the context left after ``n_input`` tokens."""
     from dataclasses import replace
-    return replace(sampling, max_tokens=max(1, min(sampling.max_tokens, max_model_len - n_prompt)))
+    return replace(sampling, max_tokens=max(1, min(sampling.max_tokens, max_model_len - n_input)))
 
 
 def summarize(part_id: int, table, seconds: float) -> dict:

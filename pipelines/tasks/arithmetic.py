@@ -177,6 +177,11 @@ def check_steps(prompt: str, text: str | None) -> float:
     The score is (valid steps + answer ok) / (expected steps + 1 + extra lines):
     every missing, malformed or surplus step line lowers it.  1.0 means the whole
     trace is valid, which implies the answer is the correct sum.
+
+    An incomplete trace (the first k step lines, no answer line) scores
+    (valid steps so far) / (expected + 1): below any complete valid trace, and
+    ordered by valid steps among traces of the same depth, which is all that
+    step-level search (``pipelines.search``) needs to rank partial traces.
     """
     ops = parse_prompt(prompt)
     if ops is None:

@@ -94,3 +94,39 @@ def test_invalid_judge_specs_name_the_field_and_rule(judge, message):
 def test_unknown_verifier_name_fails_at_the_spec():
     with pytest.raises(SpecError, match=r"verifier: .*unknown verifier 'steps'"):
         parse_spec(BASE | {"verifier": "steps"})
+
+
+def test_tiers_of_the_uniform_policy():
+    from jobs.runner import policy_tier
+
+    assert parse_spec(BASE).policy.tier == "sample"
+    think = parse_spec(BASE | {"policy": {"n": 4, "tier": "think"}, "sampling": {"max_tokens": 50}})
+    tier = policy_tier(think.policy, think.sampling)
+    assert (tier.name, tier.n, tier.max_tokens) == ("think", 4, 200)  # default: 4 x sampling.max_tokens
+    spec = parse_spec(BASE | {"verifier": "arithmetic_steps",
+                              "policy": {"tier": "search", "search": {"beam_width": 2, "max_steps": 9}}})
+    tier = policy_tier(spec.policy, spec.sampling)
+    assert (tier.name, tier.beam_width, tier.expansions, tier.max_steps, tier.step_stop, tier.allocate) == (
+        "search", 2, 4, 9, "\n", "by_score")
+    assert policy_tier(parse_spec(BASE).policy, spec.sampling).name == "single"
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"policy": {"tier": "search"}}, r"policy.tier 'search' needs a `verifier`"),
+    ({"policy": {"tier": "deep"}}, r"policy.uniform.tier"),
+    ({"policy": {"think_max_tokens": 500}}, r"policy.think_max_tokens applies only with policy.tier 'think'"),
+    ({"policy": {"tier": "think", "think_max_tokens": 10}}, r"policy.think_max_tokens \(10\) must be at least"),
+    ({"policy": {"search": {}}, "verifier": "v:f"}, r"policy.search applies only with policy.tier 'search'"),
+    ({"policy": {"tier": "search", "n": 4}, "verifier": "v:f"}, r"policy.n does not apply to policy.tier 'search'"),
+    ({"policy": {"tier": "search", "search": {"beam_width": 0}}, "verifier": "v:f"},
+     r"policy.uniform.search.beam_width"),
+    ({"policy": {"tier": "search", "search": {"step_stop": ""}}, "verifier": "v:f"},
+     r"policy.uniform.search.step_stop"),
+    ({"policy": {"tier": "search", "search": {"allocate": "greedy"}}, "verifier": "v:f"},
+     r"policy.uniform.search.allocate"),
+    ({"policy": {"tier": "search"}, "verifier": "v:f", "sampling": {"temperature": 0}},
+     r"needs sampling.temperature > 0"),
+])
+def test_invalid_tier_settings_name_the_field(patch, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec(BASE | patch)
