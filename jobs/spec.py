@@ -50,7 +50,9 @@ class ReplicaSpec(_Strict):
     count: int = Field(1, ge=1, description="vLLM replicas (one per GPU or tensor-parallel group)")
     num_cpus: float = Field(1, ge=0)
     num_gpus: float = Field(0, ge=0, description="GPUs per replica (tensor_parallel_size on GPU)")
-    max_rows_in_flight: int = Field(256, ge=1, description="rows a replica keeps in its engine at once")
+    max_rows_in_flight: int | None = Field(
+        None, ge=1, description="rows a replica keeps in its engine at once (default: 1.5 x the engine's "
+                                "max_num_seqs, so its queue never runs dry while rows change over)")
     parts_per_replica: int = Field(2, ge=1)
     max_part_retries: int = Field(3, ge=0)
 

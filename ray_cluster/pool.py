@@ -42,7 +42,7 @@ class PoolConfig:
     parts_per_replica: int = 2
     max_part_retries: int = 3
     retry_backoff_s: float = 1.0
-    max_rows_in_flight: int = 256
+    max_rows_in_flight: int | None = None  # None: 1.5 x the engine's max_num_seqs
 
 
 class ReplicaPool:

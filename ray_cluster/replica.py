@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 import zlib
@@ -56,7 +57,7 @@ class ReplicaActor:
     """Hosts one engine (two with a judge model of its own); built cheaply, the
     engines themselves start in ``start``."""
 
-    def __init__(self, engine: EngineSpec, name: str, max_rows_in_flight: int = 256,
+    def __init__(self, engine: EngineSpec, name: str, max_rows_in_flight: int | None = None,
                  judge: EngineSpec | None = None):
         self.name = name
         self.engine = VllmEngine(engine)
@@ -69,10 +70,13 @@ class ReplicaActor:
         """Builds the engines inside this worker; returns what the driver needs."""
         if self.engine.max_model_len == 0:
             self.engine.start()
+            # A few more rows than the engine batches keep its waiting queue full while rows
+            # change over (a row's next request waits on the ledger and on its own bookkeeping).
+            self.max_rows_in_flight = self.max_rows_in_flight or math.ceil(1.5 * self.engine.max_num_seqs)
             self._sem = asyncio.Semaphore(self.max_rows_in_flight)
         if self.judge_engine is not None and self.judge_engine.max_model_len == 0:
             self.judge_engine.start()
-        return {"max_model_len": self.engine.max_model_len, "node": ray.get_runtime_context().get_node_id(),
+        return {"max_model_len": self.engine.max_model_len, "max_rows_in_flight": self.max_rows_in_flight, "node": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid()}
 
     def _scoring(self, job: JobContext) -> Scorer:
