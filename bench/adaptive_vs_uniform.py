@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--part-rows", type=int, default=25)
     ap.add_argument("--baselines", help="JSON lines of an earlier run (same --rows/--seed): reuse its uniform "
                                         "runs (accuracy and spend are deterministic given the seeds)")
+    ap.add_argument("--estimators", default="pilot", help="the adaptive policy's difficulty estimators, "
+                    "comma-separated (pilot, features)")
     args = ap.parse_args()
 
     from jobs.runner import run_job, start_pool
@@ -80,7 +82,7 @@ def main() -> None:
         if n > 1:
             cands.append(run(f"uniform_verifier-{n}", {"kind": "uniform", "n": n, "select": "verifier"}, big, n))
         best[n] = max(cands, key=lambda r: r["accuracy"])
-    adaptive = {"kind": "adaptive", "select": "verifier"}
+    adaptive = {"kind": "adaptive", "select": "verifier", "difficulty": {"estimators": args.estimators.split(",")}}
     n_hi, n_mid = max(ns), 4 if 4 in ns else max(ns)
     a30 = run(f"adaptive-30pct_of_n{n_hi}", adaptive, 0.3 * best[n_hi]["spent"], None)
     a4 = run(f"adaptive-at_n{n_mid}_budget", adaptive, best[n_mid]["spent"], None)

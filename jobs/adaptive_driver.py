@@ -1,7 +1,8 @@
 """Driver side of the adaptive policy: calibrate, plan, run, re-plan.
 
 1. Calibration: a seeded-random slice of the input's parts runs with K samples per
-   row (``calibration`` tier), up to ``calibration_budget_share`` of the budget.
+   row (``calibration`` tier), up to ``calibration_budget_share`` of the budget and
+   ``calibration_rows`` rows.
    These rows are ordinary output rows too (their answer is a K-sample vote).
 2. Plan: their samples (graded by gold when present, else by the verifier or the
    K-sample majority) go to ``pipelines.adaptive.plan_from_calibration``, the same
@@ -83,7 +84,8 @@ class AdaptiveDriver:
             done = [session.summaries[i] for i in self.cal_ids if i in session.summaries]
             spent = sum(d["cost"] for d in done)
             per_part = spent / len(done) if done else 0.0
-            return spent + per_part > cal_cap
+            enough = self.pol.calibration_rows is not None and sum(d["rows"] for d in done) >= self.pol.calibration_rows
+            return enough or spent + per_part > cal_cap
 
         session.run_parts(todo, tier=lambda: self.calibration_tier, stop_when=calibration_full, max_inflight=1)
         main = [p for p in self.parts if p.part_id not in session.summaries]

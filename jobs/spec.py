@@ -168,6 +168,9 @@ class AdaptivePolicy(_Strict):
     select: Literal["majority", "verifier"] = "majority"
     calibration_fraction: float = Field(0.15, gt=0, lt=1, description="most of the input's parts run as calibration")
     calibration_budget_share: float = Field(0.3, gt=0, le=1, description="most of the budget calibration may take")
+    calibration_rows: int | None = Field(
+        160, ge=1, description="calibration stops once this many rows are calibrated (curves for 5 buckets need "
+                               "about 30 rows each; more only costs); null: the fraction and share alone decide")
     calibration_samples: int = Field(8, ge=2, le=256, description="samples per calibration row (K)")
     pilot_samples: int | None = Field(None, ge=1, le=16, description="first-round samples that estimate "
                                       "difficulty (default: 1 for coverage with a verifier, else 2)")
