@@ -103,6 +103,10 @@ class VllmEngine:
         """Token ids of ``text``; ``special=False`` for a continuation (no BOS etc.)."""
         return self._tokenizer.encode(text, add_special_tokens=special)
 
+    def tokenize_many(self, texts: list[str]) -> list[list[int]]:
+        """``tokenize`` for many prompts in one tokenizer call (a part's rows)."""
+        return self._tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
+
     def input_ids(self, prompt_token_ids: list[int], sampling: SamplingConfig) -> list[int]:
         """What the model reads for a request: the prompt's ids, then the prefix's.
 

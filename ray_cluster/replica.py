@@ -110,7 +110,13 @@ class ReplicaActor:
         ledger = BatchedLedgerClient(ledger, self.name)
         features = frame.select(pl.col(c).cast(pl.Float64).alias(k) for k, c in feats.items()).to_dicts() \
             if feats else [{}] * len(ids)
-        tasks = [self._run_row(job, tier, ledger, rid, p, e, f) for rid, p, e, f in zip(ids, prompts, errors, features)]
+        # One tokenizer call for the part's valid prompts (per-row calls cost the event loop).
+        valid = [i for i, e in enumerate(errors) if not e]
+        token_ids: list = [None] * len(ids)
+        for i, t in zip(valid, self.engine.tokenize_many([prompts[i] for i in valid])):
+            token_ids[i] = t
+        tasks = [self._run_row(job, tier, ledger, rid, p, e, f, t)
+                 for rid, p, e, f, t in zip(ids, prompts, errors, features, token_ids)]
         recs = await asyncio.gather(*tasks)
         await ledger.drain()  # every settlement is in the ledger before the part commits
         for r, g in zip(recs, golds):
@@ -122,12 +128,12 @@ class ReplicaActor:
         return summary
 
     async def _run_row(self, job: JobContext, tier: Tier, ledger, row_id: str, prompt: str | None,
-                       error: str | None, features: dict[str, float | None]) -> dict:
+                       error: str | None, features: dict[str, float | None], token_ids: list[int] | None) -> dict:
         if error:
             return records.empty_record(row_id, "error", error)
         async with self._sem:
             try:
-                return await self._generate_row(job, tier, ledger, row_id, prompt, features)
+                return await self._generate_row(job, tier, ledger, row_id, prompt, features, token_ids)
             except Exception as exc:
                 if self.engine.dead:
                     raise  # the replica is lost: the pool retries the part elsewhere
@@ -135,11 +141,10 @@ class ReplicaActor:
                 return records.empty_record(row_id, "error", f"{type(exc).__name__}: {exc}")
 
     async def _generate_row(self, cfg: JobContext, tier: Tier, ledger, row_id: str, prompt: str,
-                            features: dict[str, float | None]) -> dict:
+                            features: dict[str, float | None], token_ids: list[int]) -> dict:
         engine = self.engine
         scorer = self._scoring(cfg)
         extract = scorer.extract
-        token_ids = engine.tokenize(prompt)
         n_prompt = len(token_ids)
         if n_prompt >= engine.max_model_len:
             return records.empty_record(
