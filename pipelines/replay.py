@@ -17,6 +17,10 @@ Objectives:
     coverage: some drawn sample is correct (a checker would find it). The policy cannot see
         ``correct`` to stop, so it stops when a drawn sample's verifier score clears a threshold when
         ``verifier_score`` exists, else when the samples agree (the Adaptive-Consistency signal).
+    verified_yield: the number of correct drawn samples, capped at ``yield_cap`` per query and divided
+        by it (score in [0, 1]): keep up to c verified traces per prompt (synthetic reasoning traces).
+        The policy stops once c drawn samples pass the verifier (``verifier_score >= verifier_pass``),
+        so it needs ``verifier_score``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO
 
 import numpy as np
@@ -43,7 +47,8 @@ OPTIONAL_COLUMNS = {"prompt_tokens": "integer", "mean_logprob": "float", "verifi
                     "difficulty_hint": "float"}
 ROW_FEATURE_PREFIX = "feature_"  # per-query float columns: difficulty signals known before sampling
 BUDGET_UNITS = ("samples", "tokens")
-OBJECTIVES = ("accuracy", "coverage")
+OBJECTIVES = ("accuracy", "coverage", "verified_yield")
+DEFAULT_YIELD_CAP = 4  # verified_yield: verified samples kept per query
 POLICIES = ("adaptive", "uniform")
 
 
@@ -184,10 +189,25 @@ class ReplayTable:
             self._cache[key] = out
         return self._cache[key]
 
-    def scores(self, objective: str) -> np.ndarray:
-        """[Q, S + 1] bool: is the query scored correct after drawing k samples (column k)?"""
+    def scores(self, objective: str, yield_cap: int = DEFAULT_YIELD_CAP) -> np.ndarray:
+        """[Q, S + 1] the query's score after drawing k samples (column k): bool for accuracy and
+        coverage (scored correct?); float64 ``min(correct among the first k, yield_cap) / yield_cap``
+        for verified_yield (``yield_cap`` is read only there).
+
+        Raises:
+            ValueError: Unknown objective, or ``yield_cap < 1`` for verified_yield.
+        """
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if objective == "verified_yield":
+            if yield_cap < 1:
+                raise ValueError(f"yield_cap must be >= 1, got {yield_cap}")
+            key = ("scores", objective, int(yield_cap))
+            if key not in self._cache:
+                out = np.zeros((self.shape[0], self.shape[1] + 1))
+                np.cumsum(self.correct, axis=1, out=out[:, 1:])
+                self._cache[key] = np.minimum(out, yield_cap) / yield_cap
+            return self._cache[key]
         key = ("scores", objective)
         if key not in self._cache:
             q, s = self.shape
@@ -332,16 +352,19 @@ def uniform_draws(table: ReplayTable, budget: float, unit: str, order: np.ndarra
 
 
 def _finish(table: ReplayTable, policy: str, objective: str, budget: float, unit: str, drawn: np.ndarray,
-            calib: np.ndarray, details: dict, calibration: list | None = None) -> ReplayResult:
+            calib: np.ndarray, details: dict, calibration: list | None = None,
+            yield_cap: int = DEFAULT_YIELD_CAP) -> ReplayResult:
     cost = table.cumcost(unit)
     rows = np.arange(len(drawn))
     spent = float(cost[rows, drawn].sum())
     if spent > budget * (1 + 1e-9) + 1e-6:
         raise AssertionError(f"policy {policy} overspent: {spent} > {budget}")
     scored = ~calib
-    hit = table.scores(objective)[rows, drawn]
+    hit = table.scores(objective, yield_cap)[rows, drawn]
     lead = table.votes().leader
     selected = np.where(drawn > 0, lead[rows, np.maximum(drawn - 1, 0)], -1)
+    if objective == "verified_yield":
+        details = {"yield_cap": yield_cap, **details}
     decisions = pl.DataFrame({"query_id": table.query_ids, "n_drawn": drawn, "selected": selected,
                               "calibration": calib})
     return ReplayResult(
@@ -354,32 +377,42 @@ def _finish(table: ReplayTable, policy: str, objective: str, budget: float, unit
 
 def replay(samples: pl.DataFrame | ReplayTable | str, budget: float, budget_unit: str = "samples",
            objective: str = "accuracy", policy: str = "adaptive", calibration_fraction: float = 0.2, seed: int = 0,
-           config: AdaptiveConfig | None = None, progress: Callable[[str], None] | None = None) -> ReplayResult:
+           config: AdaptiveConfig | None = None, progress: Callable[[str], None] | None = None,
+           yield_cap: int | None = None) -> ReplayResult:
     """Replay a policy over recorded samples at a total budget.
 
     Args:
         samples: A validated frame, a prepared ``ReplayTable`` (reuse it across budgets), or a path.
         budget: Total budget for the whole table, in ``budget_unit`` (calibration spend included).
         budget_unit: ``samples`` or ``tokens``.
-        objective: ``accuracy`` or ``coverage`` (see module docstring).
+        objective: ``accuracy``, ``coverage`` or ``verified_yield`` (see module docstring).
         policy: ``uniform`` or ``adaptive``.
         calibration_fraction: Share of queries (by seeded hash) whose gold calibration may use; they
             are excluded from the score for every policy.
         seed: Seeds the calibration split and the processing order.
         config: ``AdaptiveConfig`` for the adaptive policy (defaults when None).
         progress: Called with short status lines.
+        yield_cap: verified_yield's c (verified samples worth keeping per query); None: ``config``'s
+            (default 4). Ignored by the other objectives.
 
     Returns:
         ReplayResult.
 
     Raises:
-        ValueError: Unknown unit, objective or policy, or a negative budget.
+        ValueError: Unknown unit, objective or policy, a negative budget, ``yield_cap`` < 1 or unlike
+            ``config.yield_cap``, or verified_yield with the adaptive policy on a table without
+            verifier scores.
         SamplesSchemaError: Invalid samples.
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     if objective not in OBJECTIVES or budget_unit not in BUDGET_UNITS or not budget >= 0:
         raise ValueError(f"need objective in {OBJECTIVES}, budget_unit in {BUDGET_UNITS}, budget >= 0")
+    cfg = config or AdaptiveConfig()
+    if yield_cap is not None and config is not None and yield_cap != config.yield_cap:
+        raise ValueError(f"yield_cap {yield_cap} differs from config.yield_cap {config.yield_cap}; give one")
+    if yield_cap is not None and yield_cap != cfg.yield_cap:
+        cfg = replace(cfg, yield_cap=yield_cap)  # raises for yield_cap < 1
     say = progress or log.info
     table = prepare(samples, say)
     h = table.split_hash(seed)
@@ -387,10 +420,10 @@ def replay(samples: pl.DataFrame | ReplayTable | str, budget: float, budget_unit
     order = np.argsort(h, kind="stable")
     if policy == "uniform":
         drawn, n = uniform_draws(table, budget, budget_unit, order)
-        return _finish(table, policy, objective, budget, budget_unit, drawn, calib, {"uniform_n": n})
-    drawn, details, curves = adaptive_draws(table, budget, budget_unit, objective, calib, order,
-                                            config or AdaptiveConfig(), say)
-    return _finish(table, policy, objective, budget, budget_unit, drawn, calib, details, curves)
+        return _finish(table, policy, objective, budget, budget_unit, drawn, calib, {"uniform_n": n},
+                       yield_cap=cfg.yield_cap)
+    drawn, details, curves = adaptive_draws(table, budget, budget_unit, objective, calib, order, cfg, say)
+    return _finish(table, policy, objective, budget, budget_unit, drawn, calib, details, curves, cfg.yield_cap)
 
 
 def prepare(samples: pl.DataFrame | ReplayTable | str | os.PathLike,
@@ -408,13 +441,16 @@ def prepare(samples: pl.DataFrame | ReplayTable | str | os.PathLike,
 
 def replay_curve(samples: pl.DataFrame | ReplayTable | str, budgets: Sequence[float], budget_unit: str = "samples",
                  objective: str = "accuracy", policies: Sequence[str] = POLICIES, calibration_fraction: float = 0.2,
-                 seed: int = 0, progress: Callable[[str], None] | None = None) -> list[ReplayResult]:
-    """Replay every policy at every budget (the table is laid out once). Results by budget, then policy."""
+                 seed: int = 0, progress: Callable[[str], None] | None = None,
+                 yield_cap: int | None = None) -> list[ReplayResult]:
+    """Replay every policy at every budget (the table is laid out once). Results by budget, then policy;
+    ``yield_cap`` as ``replay``."""
     table = prepare(samples, progress)
     out = []
     for b in budgets:
         for p in policies:
-            out.append(replay(table, b, budget_unit, objective, p, calibration_fraction, seed, progress=progress))
+            out.append(replay(table, b, budget_unit, objective, p, calibration_fraction, seed, progress=progress,
+                              yield_cap=yield_cap))
             if progress:
                 progress(f"budget {b:g} {p}: score {out[-1].score:.4f} spent {out[-1].spent:g}")
     return out

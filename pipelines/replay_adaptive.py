@@ -14,8 +14,9 @@
    budget is paced: re-allocated before each chunk of queries from what was actually spent, and the
    chunk that would overrun is cut, so the total never exceeds the budget.
 4. Stop rules: Adaptive-Consistency's P(leader is the mode) >= threshold (verifier score for coverage
-   with a verifier), optionally with a give-up check for queries whose samples keep disagreeing, or
-   (coverage with a verifier) whose best verifier score stays below a give-up level (``give_up_levels``).
+   with a verifier; for verified_yield, the verified samples so far over ``yield_cap``), optionally with
+   a give-up check for queries whose samples keep disagreeing, or (with a verifier) whose best verifier
+   score stays below a give-up level (``give_up_levels``).
 5. Leftover after every bucket reaches its measured peak extends contested queries in buckets that
    showed headroom (see ``_extend_contested``), since calibration misses small late gains; for coverage
    with a verifier, the queries closest to verifying first.
@@ -80,6 +81,10 @@ class AdaptiveConfig:
         estimators: The difficulty signals the model combines (``feature_names``): ``pilot`` (the
             pilot samples' agreement, parse rate, length, log-prob, verifier score), ``features``
             (``log_prompt_tokens`` and the ``feature_*`` columns), ``column`` (``difficulty_hint``).
+        yield_cap: For verified_yield: verified samples worth keeping per query (c); the score is
+            min(correct, c) / c and a query stops once c samples pass the verifier.
+        verifier_pass: For verified_yield: the verifier score at which a sample counts as verified (the
+            stop signal; ``adaptive.label_calibration`` labels calibration samples at the same level).
     """
 
     pilot_samples: int | None = None
@@ -96,12 +101,19 @@ class AdaptiveConfig:
     give_up_quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)
     pacing_rounds: int = 8
     estimators: tuple[str, ...] = ("pilot", "column")
+    yield_cap: int = 4
+    verifier_pass: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.yield_cap < 1:
+            raise ValueError(f"AdaptiveConfig.yield_cap must be >= 1, got {self.yield_cap}")
 
 
 def pilot_size(cfg: AdaptiveConfig, objective: str, verifier: bool) -> int:
-    """Pilot samples per query: ``cfg.pilot_samples`` if set; else 1 for coverage with a verifier (a
-    sample that verifies settles its query, so a second pilot sample would be paid by every query the
-    first one settled, and one verifier score already says much), else 2 (agreement needs two)."""
+    """Pilot samples per query: ``cfg.pilot_samples`` if set; else 1 when the verifier drives stopping
+    (``verifier_driven``: a sample that verifies settles a coverage query, so a second pilot sample would
+    be paid by every query the first one settled, and one verifier score already says much), else 2
+    (agreement needs two)."""
     if cfg.pilot_samples is not None:
         return cfg.pilot_samples
     return 1 if verifier_driven(objective, verifier) else 2
@@ -165,14 +177,31 @@ def verifier_driven(objective: str, has_verifier: bool) -> bool:
 
     Coverage with a verifier is rejection sampling. Accuracy with a verifier selects by a
     sharpened verifier-weighted vote (``pipelines.answers.verifier_weights``), so a verified
-    sample decides the answer: there, too, the verifier says when to stop.
+    sample decides the answer: there, too, the verifier says when to stop. verified_yield counts
+    verified samples (its signal is ``stop_signal``'s verified count, not the best score).
     """
-    return has_verifier and objective in ("coverage", "accuracy")
+    return has_verifier and objective in ("coverage", "accuracy", "verified_yield")
 
 
-def stop_signal(table: ReplayTable, objective: str) -> np.ndarray:
-    """[Q, S] stop signal after each prefix: the best verifier score so far for coverage with a
-    verifier, else Adaptive-Consistency's P(leader is the mode) (from unweighted vote counts)."""
+def _need_verifier(table: ReplayTable, objective: str) -> None:
+    if objective == "verified_yield" and table.verifier_score is None:
+        raise ValueError("objective verified_yield needs verifier scores (a verifier_score column; live: a "
+                         "`verifier` in the job spec): it stops a row once yield_cap samples verify")
+
+
+def stop_signal(table: ReplayTable, objective: str, yield_cap: int = 4, verifier_pass: float = 0.5) -> np.ndarray:
+    """[Q, S] stop signal after each prefix, policy-visible (never ``correct``): for verified_yield,
+    min(samples so far with ``verifier_score >= verifier_pass``, ``yield_cap``) / ``yield_cap`` (1.0 once
+    c samples verified); the best verifier score so far for coverage (or accuracy) with a verifier; else
+    Adaptive-Consistency's P(leader is the mode) (from unweighted vote counts).
+
+    Raises:
+        ValueError: verified_yield on a table without verifier scores.
+    """
+    if objective == "verified_yield":
+        _need_verifier(table, objective)
+        verified = np.cumsum(table.verifier_score >= verifier_pass, axis=1)  # NaN (unscored) never passes
+        return np.minimum(verified, yield_cap) / yield_cap
     if verifier_driven(objective, table.verifier_score is not None):
         v = table.verifier_score
         return np.maximum.accumulate(np.where(np.isnan(v), -np.inf, v), axis=1)
@@ -182,7 +211,11 @@ def stop_signal(table: ReplayTable, objective: str) -> np.ndarray:
 def _stop_signal(table: ReplayTable, objective: str, cfg: AdaptiveConfig,
                  thresholds: tuple[float, ...] | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
     """[Q, S] signal after each prefix (``stop_signal``), and the thresholds offered (given, or from
-    ``cfg``; for coverage with a verifier, quantiles of all verifier scores, which are policy-visible)."""
+    ``cfg``; for coverage with a verifier, quantiles of all verifier scores, which are policy-visible;
+    for verified_yield, 1.0 (``cfg.yield_cap`` samples verified) and never early)."""
+    if objective == "verified_yield":
+        return (stop_signal(table, objective, cfg.yield_cap, cfg.verifier_pass),
+                thresholds or (1.0, float("inf")))
     if verifier_driven(objective, table.verifier_score is not None):
         v = table.verifier_score
         return stop_signal(table, objective), thresholds or tuple(dict.fromkeys(
@@ -194,7 +227,14 @@ def give_up_levels(table: ReplayTable, objective: str, cfg: AdaptiveConfig,
                    thresholds: tuple[float, ...]) -> tuple[float | None, ...]:
     """Give-up checks offered at each give-up point: ``None`` is the vote check (the leader has at most
     g/4 votes); for coverage with a verifier, also levels on the best verifier score so far, at
-    ``cfg.give_up_quantiles`` of the scores below the strictest finite threshold (policy-visible)."""
+    ``cfg.give_up_quantiles`` of the scores below the strictest finite threshold (policy-visible); for
+    verified_yield, of the scores below ``cfg.verifier_pass`` (samples that do not verify)."""
+    if objective == "verified_yield":
+        _need_verifier(table, objective)
+        v = table.verifier_score[table.verifier_score < cfg.verifier_pass]
+        if not v.size or not cfg.give_up_quantiles:
+            return (None,)
+        return (None, *dict.fromkeys(np.quantile(v, cfg.give_up_quantiles).tolist()))
     finite = [t for t in thresholds if np.isfinite(t)]
     if not verifier_driven(objective, table.verifier_score is not None) or not finite or not cfg.give_up_quantiles:
         return (None,)
@@ -319,7 +359,7 @@ def _bucket_curves(cal: ReplayTable, n_queries: int, unit: str, objective: str, 
     copies = max(rows // max(n_queries, 1), 1)
     n_av, p_n = cal.n_available, np.minimum(pilot, cal.n_available)
     cost = cal.cumcost(unit) if cost is None else cost
-    score_tab = cal.scores(objective)
+    score_tab = cal.scores(objective, cfg.yield_cap)
     window = max(cfg.min_bucket_queries, n_queries // max(cfg.n_buckets, 1))
     edges = quantile_edges(difficulty, min(cfg.n_buckets, max(1, 2 * n_queries // window)))
     by_difficulty = np.argsort(difficulty, kind="stable")
@@ -474,7 +514,7 @@ def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str,
         bc.n_rows = int((bucket[~deep] == b).sum())
     say(f"adaptive: pilot {pilot}, {len(deep_rows):,} calibration queries, {n_b} buckets")
     grid_t, grid_c = _grid(len(rules), _caps(pilot, s, cfg))
-    score_tab = table.scores(objective)
+    score_tab = table.scores(objective, cfg.yield_cap)
 
     drawn = p_n.copy()
     drawn[deep_rows] = n_av[deep_rows]
