@@ -53,7 +53,7 @@ from pipelines.replay_adaptive import (
 from pipelines.stopping import first_stop
 from pipelines.tiers import RowState, Tier
 
-STOP_REASONS = ("agreed", "verified", "gave_up", "cap", "no_headroom", "no_samples")
+STOP_REASONS = ("agreed", "verified", "yield_reached", "gave_up", "cap", "no_headroom", "no_samples")
 _ALLOC_RESOLUTION = 100_000  # rows the allocator splits bucket shares into (finer split probabilities)
 
 
@@ -68,13 +68,14 @@ class StopRule:
     """One row's sampling rule after the pilot.
 
     Attributes:
-        threshold: Stop once the signal (P(leader is the mode), or the best verifier score for coverage
-            with a verifier) reaches this; ``inf`` never stops early.
+        threshold: Stop once the signal (P(leader is the mode), the best verifier score for coverage
+            with a verifier, or for verified_yield the verified samples over ``yield_cap``) reaches
+            this; ``inf`` never stops early.
         give_up: After this many samples, stop if the leader has at most ``give_up // 4`` votes (or, with
             ``give_up_below``, if the best verifier score so far is below it); None: never.
         cap: Most samples in all, the pilot included.
         tier: What the row's ``tier`` column says (see ``tier_name``).
-        give_up_below: The give-up level on the best verifier score (coverage with a verifier); None:
+        give_up_below: The give-up level on the best verifier score (with a verifier); None:
             the vote check (``replay_adaptive.give_up_cut``).
     """
 
@@ -147,7 +148,8 @@ class AdaptivePlan:
     Attributes:
         pilot: Samples of round 0, whose features place the row in a bucket.
         round_size: Samples per later round.
-        objective / unit: What the curves score (accuracy, coverage) and count (tokens, samples).
+        objective / unit: What the curves score (accuracy, coverage, verified_yield) and count (tokens,
+            samples).
         feature_names: Pilot features the model reads, in order (``replay_adaptive._pilot_features``).
         model: Maps pilot features to expected success; difficulty = 1 - success.
         edges: Inner bucket edges on difficulty (``calibration.assign_buckets``).
@@ -156,6 +158,8 @@ class AdaptivePlan:
         pilot_cost: Expected cost of a row's pilot, in ``unit``.
         labels: Where calibration's ``correct`` came from: gold, verifier, majority (see ``label_calibration``).
         seed: Seeds the per-row hash that splits a bucket between its two rules.
+        yield_cap / verifier_pass: verified_yield's c, and the score at which a sample verifies (a row
+            stops once c samples reach it); the other objectives ignore them.
     """
 
     pilot: int
@@ -170,12 +174,22 @@ class AdaptivePlan:
     pilot_cost: float
     labels: str = "gold"
     seed: int = 0
+    yield_cap: int = 4
+    verifier_pass: float = 0.5
 
     @property
     def signal(self) -> str:
-        """The stop signal: ``verifier`` (best score so far) or ``mode_probability``."""
+        """The stop signal: ``verified_count`` (verified_yield: samples that verified, over
+        ``yield_cap``), ``verifier`` (best score so far) or ``mode_probability``."""
+        if self.objective == "verified_yield":
+            return "verified_count"
         return "verifier" if verifier_driven(self.objective, "verifier_score" in self.feature_names) \
             else "mode_probability"
+
+    @property
+    def reads_verifier(self) -> bool:
+        """Live rows need their verifier scores: a difficulty feature, or verified_yield's stop signal."""
+        return "verifier_score" in self.feature_names or self.objective == "verified_yield"
 
     @property
     def expected_cost_per_row(self) -> float:
@@ -197,6 +211,7 @@ class AdaptivePlan:
                 "feature_names": list(self.feature_names), "model": self.model.to_dict(), "edges": list(self.edges),
                 "buckets": [b.to_dict() for b in self.buckets], "weighted": self.weighted,
                 "pilot_cost": self.pilot_cost, "labels": self.labels, "seed": self.seed,
+                "yield_cap": self.yield_cap, "verifier_pass": self.verifier_pass,
                 "expected_cost_per_row": self.expected_cost_per_row}
 
     @classmethod
@@ -204,7 +219,8 @@ class AdaptivePlan:
         model = DifficultyModel.from_dict(d["model"])
         return cls(int(d["pilot"]), int(d["round_size"]), d["objective"], d["unit"], tuple(d["feature_names"]),
                    model, tuple(float(e) for e in d["edges"]), tuple(BucketPlan.from_dict(b) for b in d["buckets"]),
-                   bool(d["weighted"]), float(d["pilot_cost"]), d.get("labels", "gold"), int(d.get("seed", 0)))
+                   bool(d["weighted"]), float(d["pilot_cost"]), d.get("labels", "gold"), int(d.get("seed", 0)),
+                   int(d.get("yield_cap", 4)), float(d.get("verifier_pass", 0.5)))
 
 
 def label_calibration(samples: pl.DataFrame, verifier_pass: float = 0.5) -> tuple[pl.DataFrame, str]:
@@ -238,7 +254,7 @@ def label_calibration(samples: pl.DataFrame, verifier_pass: float = 0.5) -> tupl
 
 def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_remaining: float, unit: str,
                           objective: str, config: AdaptiveConfig | None = None, price: float | None = None,
-                          round_size: int = 2, seed: int = 0, verifier_pass: float = 0.5,
+                          round_size: int = 2, seed: int = 0, verifier_pass: float | None = None,
                           model: DifficultyModel | None = None) -> tuple[AdaptivePlan, dict]:
     """Learn an ``AdaptivePlan`` from calibration samples and fit it to the remaining budget.
 
@@ -250,14 +266,16 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
         rows_remaining: Rows the plan will run on.
         budget_remaining: Budget for them, pilots included, in ``unit`` (calibration already paid).
         unit: ``tokens`` or ``samples``; ``tokens`` charges the prompt once per round, as replicas pay.
-        objective: ``accuracy`` or ``coverage``.
-        config: Pilot size, buckets, stop thresholds, caps, orders, give-up points, difficulty estimators
-            (``AdaptiveConfig``; default: the pilot's signals only).
+        objective: ``accuracy``, ``coverage`` or ``verified_yield`` (needs verifier scores; c is
+            ``config.yield_cap``).
+        config: Pilot size, buckets, stop thresholds, caps, orders, give-up points, difficulty estimators,
+            verified_yield's cap (``AdaptiveConfig``; default: the pilot's signals only).
         price: Score per unit of cost below which extra compute is not bought even if the budget allows
             (each bucket stops at its ``CurveFit.knee(price)``). None: the budget alone decides.
         round_size: Samples per round after the pilot.
         seed: Seeds the per-row split of a bucket between two rules.
-        verifier_pass: Verifier score that counts as correct when labelling without gold.
+        verifier_pass: Verifier score that counts as correct when labelling without gold, and as verified
+            in verified_yield's stop signal. None: ``config.verifier_pass`` (0.5).
         model: A difficulty model saved by an earlier run (the ``learned`` estimator, see
             ``load_difficulty_model``); None: fit one on this calibration.
 
@@ -266,7 +284,8 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
         knee, chosen operating point; the budget math; warnings) and feeds ``plot_plan``.
 
     Raises:
-        ValueError: Unknown unit/objective, negative rows or budget, round_size < 1, no samples.
+        ValueError: Unknown unit/objective, negative rows or budget, round_size < 1, no samples,
+            verified_yield without verifier scores.
         SamplesSchemaError: Samples not in the replay schema.
     """
     if unit not in BUDGET_UNITS or objective not in OBJECTIVES:
@@ -274,11 +293,16 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
     if rows_remaining < 0 or not budget_remaining >= 0 or round_size < 1:
         raise ValueError("need rows_remaining >= 0, budget_remaining >= 0 and round_size >= 1")
     cfg = config or AdaptiveConfig(estimators=("pilot",))  # live rows carry row features only when asked
-    labelled, labels = label_calibration(samples, verifier_pass)
+    if verifier_pass is not None and verifier_pass != cfg.verifier_pass:
+        cfg = replace(cfg, verifier_pass=verifier_pass)
+    labelled, labels = label_calibration(samples, cfg.verifier_pass)
     table = build_table(labelled)
     q, width = table.shape
     if q == 0 or width == 0:
         raise ValueError("plan_from_calibration: no calibration samples")
+    if objective == "verified_yield" and table.verifier_score is None:
+        raise ValueError("plan_from_calibration: objective verified_yield needs verifier scores in the "
+                         "calibration samples (verifier_score; a job needs a `verifier`)")
     warnings = []
     if q < cfg.min_calibration_queries:
         warnings.append(f"only {q} calibration rows (< {cfg.min_calibration_queries}): curves are noisy")
@@ -328,7 +352,7 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
         plans.append(bp)
         report_buckets.append(_bucket_report(bp, bc.curve, price, rows_remaining, edges, bc.n_calibration_rows))
     plan = AdaptivePlan(pilot, round_size, objective, unit, tuple(names), model, tuple(float(e) for e in edges),
-                        tuple(plans), weighted, pilot_row, labels, seed)
+                        tuple(plans), weighted, pilot_row, labels, seed, cfg.yield_cap, cfg.verifier_pass)
     extra_spend = rows_remaining * sum(b.share * b.expected_cost for b in plans)
     money = {"budget_remaining": budget_remaining, "rows_remaining": rows_remaining, "pilot_cost_per_row": pilot_row,
              "pilot_total": rows_remaining * pilot_row, "extra_budget": max(extra_budget, 0.0),
@@ -337,7 +361,8 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
              "expected_score_per_row": sum(b.share * b.expected_score for b in plans)}
     return plan, {"unit": unit, "objective": objective, "labels": labels, "pilot": pilot, "round_size": round_size,
                   "calibration_rows": q, "calibration_samples_per_row": width, "calibration_orders": copies,
-                  "signal": plan.signal, "weighted": weighted, "feature_names": list(names), "budget": money,
+                  "signal": plan.signal, "weighted": weighted,
+                  **({"yield_cap": cfg.yield_cap} if objective == "verified_yield" else {}), "feature_names": list(names), "budget": money,
                   "buckets": report_buckets, "warnings": warnings}
 
 
@@ -396,7 +421,8 @@ def row_table(state: RowState, plan: AdaptivePlan, n_available: int | None = Non
         if "difficulty_hint" in plan.feature_names else None,
         row_features={n: np.array([state.features.get(n, np.nan)], dtype=np.float64)
                       for n in plan.feature_names if n.startswith("feature_")},
-        **{name: row([np.nan if x is None else x for x in vals], np.float32) if name in plan.feature_names else None
+        **{name: row([np.nan if x is None else x for x in vals], np.float32)
+           if name in plan.feature_names or (name == "verifier_score" and plan.reads_verifier) else None
            for name, vals in floats.items()})
 
 
@@ -413,7 +439,8 @@ class AdaptiveTier(Tier):
 
     Round 0 draws ``plan.pilot`` samples, whose features set ``state.difficulty``, ``state.bucket`` and
     ``state.tier``; later rounds draw ``plan.round_size`` (never past the cap) until ``state.stop_reason``
-    is ``agreed`` / ``verified`` (signal reached the threshold), ``gave_up``, ``cap``, ``no_headroom``
+    is ``agreed`` / ``verified`` / ``yield_reached`` (signal reached the threshold; verified_yield:
+    ``plan.yield_cap`` samples verified), ``gave_up``, ``cap``, ``no_headroom``
     (the bucket's cap is the pilot) or ``no_samples``. ``select`` is ``Tier.select``.
 
     Seeds: the replica passes ``base + samples drawn so far`` and vLLM seeds sample i of a request
@@ -470,12 +497,12 @@ class AdaptiveTier(Tier):
         ``rule_stops`` on the one-row table, with one more sample "available" so "not yet" is k + 1."""
         k, pilot = len(state.samples), self.plan.pilot
         table = row_table(state, self.plan, n_available=k + 1)
-        signal = stop_signal(table, self.plan.objective)
+        signal = stop_signal(table, self.plan.objective, self.plan.yield_cap, self.plan.verifier_pass)
         by_threshold = first_stop(signal, rule.threshold, pilot, table.n_available).astype(np.int64)
         if rule_stops(table, by_threshold, rule.give_up, pilot, rule.give_up_below)[0] > k:
             return None
         if by_threshold[0] <= k:
-            return "verified" if self.plan.signal == "verifier" else "agreed"
+            return {"verifier": "verified", "verified_count": "yield_reached"}.get(self.plan.signal, "agreed")
         return "gave_up"
 
 
@@ -490,7 +517,8 @@ def plan_draws(plan: AdaptivePlan, samples: pl.DataFrame | ReplayTable) -> pl.Da
     if isinstance(samples, ReplayTable):
         table = samples
     else:  # only the columns the plan was fit on: they decide features, the signal and the vote
-        unused = [c for c in ("mean_logprob", "verifier_score") if c not in plan.feature_names]
+        unused = [c for c in ("mean_logprob", "verifier_score") if c not in plan.feature_names
+                  and not (c == "verifier_score" and plan.reads_verifier)]
         df = samples.drop(*unused, strict=False)
         table = build_table(df.with_columns(
             correct=pl.col("correct").fill_null(False) if "correct" in df.columns else pl.lit(False)))
@@ -499,7 +527,7 @@ def plan_draws(plan: AdaptivePlan, samples: pl.DataFrame | ReplayTable) -> pl.Da
     feats = _pilot_features(table, pilot, p_n, plan.feature_names)[0]
     difficulty, bucket = plan.classify(feats)
     alt = plan.takes_alt(table.query_ids, bucket)
-    signal = stop_signal(table, plan.objective)
+    signal = stop_signal(table, plan.objective, plan.yield_cap, plan.verifier_pass)
     drawn = p_n.astype(np.int64)
     tiers = np.empty(len(drawn), dtype=object)
     for b, bp in enumerate(plan.buckets):

@@ -250,6 +250,7 @@ def test_live_features_equal_replay_features(estimators, extra):
 @pytest.mark.parametrize("objective,verifier,round_size,unit", [
     ("accuracy", False, 1, "samples"), ("accuracy", False, 2, "tokens"), ("accuracy", True, 3, "tokens"),
     ("coverage", False, 2, "samples"), ("coverage", True, 1, "tokens"), ("coverage", True, 2, "samples"),
+    ("verified_yield", True, 1, "samples"), ("verified_yield", True, 2, "tokens"),
 ])
 def test_live_tier_draws_what_replay_draws(objective, verifier, round_size, unit):
     cal = synthetic_samples(400, 12, seed=0, verifier=verifier)
@@ -270,15 +271,18 @@ def test_live_tier_draws_what_replay_draws(objective, verifier, round_size, unit
         reason=pl.Series([live[q].stop_reason for q in replayed["query_id"]]))
     assert (got["n_drawn"] == got["live_n"]).all()
     assert (got["bucket"] == got["live_bucket"]).all() and (got["tier"] == got["live_tier"]).all()
-    assert got["n_drawn"].n_unique() > 2 and set(got["reason"]) <= {"agreed", "verified", "gave_up", "cap",
-                                                                     "no_headroom"}
+    assert got["n_drawn"].n_unique() > 2 and set(got["reason"]) <= {"agreed", "verified", "yield_reached",
+                                                                     "gave_up", "cap", "no_headroom"}
+    if objective == "verified_yield":
+        assert plan.signal == "verified_count" and "yield_reached" in set(got["reason"])
     if round_size == 1:  # and plan_draws is replay's own decision rule: stop point of the rule, then the cap
         table = build_table(rows.drop("difficulty_hint", *([] if verifier else ["verifier_score"]), strict=False))
         cfg = AdaptiveConfig()
         thresholds = tuple(sorted({r.threshold for b in plan.buckets for r in (b.rule, b.alt_rule) if r}))
         levels = (None, *sorted({r.give_up_below for b in plan.buckets for r in (b.rule, b.alt_rule)
                                  if r and r.give_up_below is not None}))
-        stops, labels, _ = _stop_rules(table, stop_signal(table, objective), thresholds, plan.pilot, cfg, levels)
+        signal = stop_signal(table, objective, plan.yield_cap, plan.verifier_pass)
+        stops, labels, _ = _stop_rules(table, signal, thresholds, plan.pilot, cfg, levels)
         drawn = dict(zip(replayed["query_id"], replayed["n_drawn"]))
         alt = plan.takes_alt(table.query_ids, replayed["bucket"].to_numpy())
         for i, (qid, b) in enumerate(zip(table.query_ids, replayed["bucket"])):
