@@ -67,7 +67,7 @@ class AdaptiveDriver:
                                      s.max_tokens, weighted, logprobs=s.logprobs is not False)
         est = pol.difficulty.estimators
         self.config = AdaptiveConfig(pilot_samples=pol.pilot_samples, n_buckets=pol.n_buckets,
-                                     estimators=tuple(e for e in est if e != "learned"))
+                                     estimators=tuple(e for e in est if e != "learned"), yield_cap=pol.yield_cap)
         self.model = load_difficulty_model(pol.difficulty.learned) if "learned" in est else None
         self.cpt = cost_per_token(spec.budget.unit, spec.budget.tokens_per_gpu_hour, spec.budget.usd_per_gpu_hour)
         self.report: dict = {}

@@ -30,7 +30,10 @@ def register(subparsers) -> None:
     p.add_argument("samples", help="samples Parquet file (local path or s3:// URI)")
     p.add_argument("--budget", type=float, help="total budget for the whole table, in --budget-unit")
     p.add_argument("--budget-unit", choices=["samples", "tokens"], default="samples")
-    p.add_argument("--objective", choices=["accuracy", "coverage"], default="accuracy")
+    p.add_argument("--objective", choices=["accuracy", "coverage", "verified_yield"], default="accuracy",
+                   help="verified_yield: verified samples per query up to --yield-cap (needs verifier_score)")
+    p.add_argument("--yield-cap", type=int, default=4, metavar="C",
+                   help="verified_yield: verified samples worth keeping per query (default 4)")
     p.add_argument("--policy", choices=["adaptive", "uniform"], default="adaptive")
     p.add_argument("--calibration-fraction", type=float, default=0.2,
                    help="share of queries whose gold calibration may use; not scored (default 0.2)")
@@ -85,6 +88,9 @@ def main(args) -> int:
     if args.budget is None and not args.curve:
         _say("error: give --budget B or --curve B1,B2,...")
         return 2
+    if args.yield_cap < 1:
+        _say("error: --yield-cap must be >= 1")
+        return 2
     if not 0.0 <= args.calibration_fraction < 1.0:
         _say("error: --calibration-fraction must be in [0, 1)")
         return 2
@@ -101,8 +107,11 @@ def main(args) -> int:
     table = build_table(samples)
     del samples
     _say(f"{table.shape[0]:,} queries, up to {table.shape[1]} samples each")
+    if args.objective == "verified_yield" and table.verifier_score is None:
+        _say("error: --objective verified_yield needs a verifier_score column in the samples")
+        return 2
     common = dict(budget_unit=args.budget_unit, objective=args.objective,
-                  calibration_fraction=args.calibration_fraction, seed=args.seed)
+                  calibration_fraction=args.calibration_fraction, seed=args.seed, yield_cap=args.yield_cap)
     if args.curve:
         results = replay_curve(table, args.curve, policies=POLICIES, progress=_say, **common)
         if args.plot:

@@ -161,10 +161,16 @@ class DifficultySpec(_Strict):
 class AdaptivePolicy(_Strict):
     """tierwise's policy: calibrate on a slice, estimate each row's difficulty from a
     cheap pilot, and spend the rest of the budget where the calibration curves say
-    extra samples buy the objective (early-stopping rows whose samples agree)."""
+    extra samples buy the objective (early-stopping rows whose samples agree).
+
+    Objectives: ``accuracy`` (the selected answer is right), ``coverage`` (some sample is right),
+    ``verified_yield`` (verified samples per row, up to ``yield_cap``: rows stop once that many pass the
+    job's ``verifier``, which it requires)."""
 
     kind: Literal["adaptive"] = "adaptive"
-    objective: Literal["accuracy", "coverage"] = "accuracy"
+    objective: Literal["accuracy", "coverage", "verified_yield"] = "accuracy"
+    yield_cap: int = Field(4, ge=1, description="verified_yield: verified samples worth keeping per row "
+                                                "(score min(verified, cap) / cap); other objectives ignore it")
     select: Literal["majority", "verifier"] = "majority"
     calibration_fraction: float = Field(0.15, gt=0, lt=1, description="most of the input's parts run as calibration")
     calibration_budget_share: float = Field(0.3, gt=0, le=1, description="most of the budget calibration may take")
@@ -315,6 +321,9 @@ class JobSpec(_Strict):
     def _rules(self):
         if self.policy.select == "verifier" and not self.verifier:
             raise ValueError("policy.select 'verifier' needs a `verifier`")
+        if getattr(self.policy, "objective", None) == "verified_yield" and not self.verifier:
+            raise ValueError("policy.objective 'verified_yield' needs a `verifier` (it counts the samples that "
+                             "pass it)")
         tier = getattr(self.policy, "tier", "sample")
         if tier == "search" and not self.verifier:
             raise ValueError("policy.tier 'search' needs a `verifier` (it scores every partial trace)")

@@ -30,6 +30,8 @@ def test_defaults_and_example_spec_parse():
     ({"input": {"path": "x", "gold_column": "g"},
       "policy": {"kind": "adaptive", "difficulty": {"estimators": ["pilot", "column"], "column": "g"}}},
      "input.gold_column"),
+    ({"policy": {"kind": "adaptive", "objective": "verified_yield", "yield_cap": 0}, "verifier": "v:f"},
+     "policy.adaptive.yield_cap"),
 ])
 def test_invalid_specs_name_the_field(patch, field):
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):
@@ -130,3 +132,22 @@ def test_tiers_of_the_uniform_policy():
 def test_invalid_tier_settings_name_the_field(patch, message):
     with pytest.raises(SpecError, match=message):
         parse_spec(BASE | patch)
+
+
+def test_verified_yield_needs_a_verifier():
+    with pytest.raises(SpecError, match=r"policy.objective 'verified_yield' needs a `verifier`"):
+        parse_spec(BASE | {"policy": {"kind": "adaptive", "objective": "verified_yield"}})
+    spec = parse_spec(BASE | {"policy": {"kind": "adaptive", "objective": "verified_yield", "yield_cap": 2},
+                              "verifier": "arithmetic_steps"})
+    assert spec.policy.objective == "verified_yield" and spec.policy.yield_cap == 2
+    assert parse_spec(BASE | {"policy": {"kind": "adaptive"}}).policy.yield_cap == 4
+
+
+def test_adaptive_driver_passes_yield_cap_to_the_plan_config():
+    from jobs.adaptive_driver import AdaptiveDriver
+    from pipelines.io import Part
+
+    spec = parse_spec(BASE | {"policy": {"kind": "adaptive", "objective": "verified_yield", "yield_cap": 3},
+                              "verifier": "arithmetic_steps"})
+    driver = AdaptiveDriver(spec, [Part(i, "in.parquet", 10 * i, 10) for i in range(4)], {})
+    assert driver.config.yield_cap == 3
