@@ -31,3 +31,15 @@ def test_every_subcommand_is_wired():
     assert {"run", "demo-data", "sample", "replay"} <= set(sub)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run"])
+
+
+def test_replay_verified_yield_with_yield_cap(capsys):
+    import json
+    from pathlib import Path
+
+    recorded = Path(__file__).resolve().parents[2] / "bench" / "data" / "demo_samples.parquet"
+    assert main(["replay", str(recorded), "--budget", "16000", "--objective", "verified_yield",
+                 "--yield-cap", "2", "--policy", "uniform"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["objective"] == "verified_yield" and out["yield_cap"] == 2 and 0 < out["score"] < 1
+    assert main(["replay", str(recorded), "--budget", "10", "--objective", "verified_yield", "--yield-cap", "0"]) == 2
