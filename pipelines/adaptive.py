@@ -183,13 +183,13 @@ class AdaptivePlan:
         ``yield_cap``), ``verifier`` (best score so far) or ``mode_probability``."""
         if self.objective == "verified_yield":
             return "verified_count"
-        return "verifier" if verifier_driven(self.objective, "verifier_score" in self.feature_names) \
-            else "mode_probability"
+        return "verifier" if verifier_driven(self.objective, self.weighted) else "mode_probability"
 
     @property
     def reads_verifier(self) -> bool:
-        """Live rows need their verifier scores: a difficulty feature, or verified_yield's stop signal."""
-        return "verifier_score" in self.feature_names or self.objective == "verified_yield"
+        """Live rows need their verifier scores whenever calibration had them (``weighted``): for the
+        weighted vote and the verifier-driven stop signals, whichever difficulty features the plan reads."""
+        return self.weighted
 
     @property
     def expected_cost_per_row(self) -> float:

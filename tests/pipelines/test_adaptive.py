@@ -214,8 +214,10 @@ def _add(state: RowState, part: pl.DataFrame) -> None:
 
 
 def _live_row(tier: AdaptiveTier, row: pl.DataFrame) -> RowState:
-    """Run the row program over one recorded row, its samples returned in recorded order."""
-    state = RowState(row["query_id"][0], int(row["prompt_tokens"][0]))
+    """Run the row program over one recorded row, its samples returned in recorded order (and its
+    ``difficulty_hint``, when the plan reads it, as the replica reads the user's column)."""
+    hint = {"difficulty_hint": row["difficulty_hint"][0]} if "difficulty_hint" in row.columns else {}
+    state = RowState(row["query_id"][0], int(row["prompt_tokens"][0]), features=hint)
     while (req := tier.next_request(state, 7 + state.rounds)) is not None:
         _add(state, row.slice(len(state.samples), req.n))
     return state
@@ -247,17 +249,21 @@ def test_live_features_equal_replay_features(estimators, extra):
         assert np.array_equal(row_features(state, plan)[0], replayed[i], equal_nan=True)
 
 
-@pytest.mark.parametrize("objective,verifier,round_size,unit", [
-    ("accuracy", False, 1, "samples"), ("accuracy", False, 2, "tokens"), ("accuracy", True, 3, "tokens"),
-    ("coverage", False, 2, "samples"), ("coverage", True, 1, "tokens"), ("coverage", True, 2, "samples"),
-    ("verified_yield", True, 1, "samples"), ("verified_yield", True, 2, "tokens"),
+@pytest.mark.parametrize("objective,verifier,round_size,unit,estimators", [
+    ("accuracy", False, 1, "samples", None), ("accuracy", False, 2, "tokens", None),
+    ("accuracy", True, 3, "tokens", None), ("coverage", False, 2, "samples", None),
+    ("coverage", True, 1, "tokens", None), ("coverage", True, 2, "samples", None),
+    ("verified_yield", True, 1, "samples", None), ("verified_yield", True, 2, "tokens", None),
+    # Without the pilot's signals the model reads no verifier score, yet rows must still stop on it.
+    ("coverage", True, 2, "samples", ("features", "column")), ("accuracy", True, 1, "tokens", ("column",)),
 ])
-def test_live_tier_draws_what_replay_draws(objective, verifier, round_size, unit):
+def test_live_tier_draws_what_replay_draws(objective, verifier, round_size, unit, estimators):
     cal = synthetic_samples(400, 12, seed=0, verifier=verifier)
     rows = synthetic_samples(250, 12, seed=1, verifier=verifier)
     plan = None
     for per_row in (5.0, 3.0, 4.0):  # pick a budget whose plan mixes rules and has headroom buckets
-        plan, _ = _plan(cal, per_row, unit, objective, round_size=round_size)
+        plan, _ = _plan(cal, per_row, unit, objective, round_size=round_size,
+                        config=AdaptiveConfig(estimators=estimators) if estimators else None)
         if any(b.alt_rule is not None for b in plan.buckets):
             break
     assert any(b.rule.cap > plan.pilot for b in plan.buckets)
@@ -275,8 +281,11 @@ def test_live_tier_draws_what_replay_draws(objective, verifier, round_size, unit
                                                                      "gave_up", "cap", "no_headroom"}
     if objective == "verified_yield":
         assert plan.signal == "verified_count" and "yield_reached" in set(got["reason"])
+    if verifier and estimators:
+        assert "verifier_score" not in plan.feature_names and plan.signal == "verifier"
     if round_size == 1:  # and plan_draws is replay's own decision rule: stop point of the rule, then the cap
-        table = build_table(rows.drop("difficulty_hint", *([] if verifier else ["verifier_score"]), strict=False))
+        table = build_table(rows.drop(*([] if "difficulty_hint" in plan.feature_names else ["difficulty_hint"]),
+                                      *([] if verifier else ["verifier_score"]), strict=False))
         cfg = AdaptiveConfig()
         thresholds = tuple(sorted({r.threshold for b in plan.buckets for r in (b.rule, b.alt_rule) if r}))
         levels = (None, *sorted({r.give_up_below for b in plan.buckets for r in (b.rule, b.alt_rule)
