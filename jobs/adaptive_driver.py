@@ -91,7 +91,10 @@ class AdaptiveDriver:
         main = [p for p in self.parts if p.part_id not in session.summaries]
         if session.stopping:
             return len(main)
-        cal_parts = [p for p in self.parts if p.part_id in self.cal_ids and p.part_id in session.summaries]
+        # The slice's parts that calibration did not reach (budget share or calibration_rows) run as
+        # ordinary parts: from here on they are not calibration, in the plan's samples nor its report.
+        self.cal_ids &= set(session.summaries)
+        cal_parts = [p for p in self.parts if p.part_id in self.cal_ids]
         out, so = self.spec.output.path, self.spec.output.storage_options
         if self.pol.calibration_from:
             from pipelines.replay import load_samples

@@ -34,6 +34,8 @@ def test_adaptive_job_end_to_end(tmp_path, shared_pool):
     assert report["spent"] <= budget
     cal = out.filter(pl.col("tier") == "calibration")
     assert cal.height > 0 and (cal["n_samples"] == 8).all()
+    # Only the parts that ran as calibration count as calibration (the slice may stop early).
+    assert report["adaptive"]["calibration_spent"] == pytest.approx(cal["cost"].sum())
     rest = out.filter((pl.col("tier") != "calibration") & (pl.col("status") == "ok"))
     assert rest["bucket"].is_not_null().all() and rest["difficulty"].is_not_null().all()
     assert set(rest["stop_reason"].unique()) <= set(STOP_REASONS) | {"budget"}
