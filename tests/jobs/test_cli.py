@@ -43,3 +43,31 @@ def test_replay_verified_yield_with_yield_cap(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["objective"] == "verified_yield" and out["yield_cap"] == 2 and 0 < out["score"] < 1
     assert main(["replay", str(recorded), "--budget", "10", "--objective", "verified_yield", "--yield-cap", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_sample_records_a_replay_table(tmp_path, ray_cluster, capsys):
+    """`tierwise sample` on the real engine: one row per sample in the replay schema, graded by gold,
+    with the log-probs and verifier scores replay's policies read; `replay` then runs on it."""
+    import json
+
+    import polars as pl
+
+    from pipelines.replay import build_table, load_samples
+    from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+
+    generate_dataset(24, DEMO_MIX, seed=5).write_parquet(tmp_path / "in.parquet")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"input: {{path: {tmp_path / 'in.parquet'}, gold_column: gold}}\n"
+                    f"output: {{path: {tmp_path / 'out'}}}\nbudget: {{amount: 1.0e9}}\n"
+                    "model: {max_model_len: 256}\nsampling: {max_tokens: 200}\n"
+                    "answer_extractor: arithmetic\nverifier: arithmetic_steps\n")
+    out = tmp_path / "samples.parquet"
+    assert main(["sample", str(spec), "--n", "4", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    samples = pl.read_parquet(out)
+    assert printed["samples"] == samples.height == 24 * 4 and samples["query_id"].n_unique() == 24
+    assert samples["correct"].null_count() == 0 and samples["correct"].any()
+    assert samples["mean_logprob"].null_count() == 0 and samples["verifier_score"].null_count() == 0
+    table = build_table(load_samples(str(out)))
+    assert table.shape == (24, 4) and table.mean_logprob is not None and table.verifier_score is not None
