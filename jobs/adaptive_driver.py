@@ -124,14 +124,14 @@ class AdaptiveDriver:
 
         output = io.read_output(self.spec.output.path, self.spec.output.storage_options,
                                 part_ids=[p.part_id for p in cal_parts])
-        gold = None
         inp = self.spec.input
         feats = difficulty_columns(self.spec)
+        if not (inp.gold_column or feats):  # nothing to read back from the input
+            return output_to_samples(output, None)
         cols = [inp.id_column] + ([inp.gold_column] if inp.gold_column else []) + sorted(set(feats.values()))
         rows = io.read_parts(cal_parts, list(dict.fromkeys(cols)), inp.storage_options).with_columns(
             pl.col(inp.id_column).cast(pl.String).alias("id"))
-        if inp.gold_column:
-            gold = rows.select("id", pl.col(inp.gold_column).cast(pl.String).alias("gold"))
+        gold = rows.select("id", pl.col(inp.gold_column).cast(pl.String).alias("gold")) if inp.gold_column else None
         samples = output_to_samples(output, gold)
         if feats:  # each row's difficulty signals, as the replicas read them for live rows
             samples = samples.join(rows.select(pl.col("id").alias("query_id"),

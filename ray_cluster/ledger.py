@@ -94,6 +94,7 @@ class BatchedLedgerClient:
         self.ledger, self.holder = ledger, holder
         self._queues: dict[str, list] = {"reserve": [], "settle": []}
         self._tasks: dict[str, asyncio.Task | None] = {"reserve": None, "settle": None}
+        self._settling: list[asyncio.Future] = []  # every settlement not yet drained
 
     async def reserve(self, amount: float) -> str:
         return await self._submit("reserve", amount)
@@ -101,18 +102,15 @@ class BatchedLedgerClient:
     async def settle(self, reserved: float, actual: float, kind: str = "generation") -> None:
         """Queues the settlement and returns at once (failures surface in ``drain``);
         ``kind`` (``generation``, ``judge``) splits the ledger's ``by_kind`` spend."""
-        self._submit("settle", (reserved, actual, kind))
+        self._settling.append(self._submit("settle", (reserved, actual, kind)))
 
     async def release(self, reserved: float) -> None:
         await self.ledger.release.remote(reserved, self.holder)
 
     async def drain(self) -> None:
         """Waits until every queued settlement reached the ledger; raises if one failed."""
-        pending = [fut for _, fut in self._queues["settle"]]
-        if self._tasks["settle"] is not None:
-            await asyncio.shield(self._tasks["settle"])
-        for fut in pending:
-            await fut
+        pending, self._settling = self._settling, []
+        await asyncio.gather(*pending)  # those in a batch already sent included
 
     def _submit(self, kind: str, item) -> asyncio.Future:
         loop = asyncio.get_running_loop()

@@ -76,8 +76,8 @@ class ReplicaActor:
             self._sem = asyncio.Semaphore(self.max_rows_in_flight)
         if self.judge_engine is not None and self.judge_engine.max_model_len == 0:
             self.judge_engine.start()
-        return {"max_model_len": self.engine.max_model_len, "max_rows_in_flight": self.max_rows_in_flight, "node": ray.get_runtime_context().get_node_id(),
-                "pid": os.getpid()}
+        return {"max_model_len": self.engine.max_model_len, "max_rows_in_flight": self.max_rows_in_flight,
+                "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def _scoring(self, job: JobContext) -> Scorer:
         """The job's scorer (answer extractor, verifier or judge), built once per replica."""
@@ -222,7 +222,6 @@ def _share(votes: dict[str, float], answer: str | None) -> float:
 
 def _clip(sampling, n_input: int, max_model_len: int):
     """``sampling`` with ``max_tokens`` cut to the context left after ``n_input`` tokens."""
-    from dataclasses import replace
     return replace(sampling, max_tokens=max(1, min(sampling.max_tokens, max_model_len - n_input)))
 
 
