@@ -91,6 +91,12 @@ class VllmEngine:
         except Exception as exc:
             raise EngineError(f"vLLM engine failed to start for model {args['model']!r}: {exc}") from exc
         self._tokenizer = self._llm.get_tokenizer()
+        # As vLLM's own server does after start-up: the millions of objects that torch,
+        # transformers and the engine leave behind move out of the collector's reach, so
+        # each full collection no longer walks them (it cost this process more CPU than
+        # the engine's front end itself, on the core the engine's scheduler shares).
+        from vllm.utils.gc_utils import freeze_gc_heap
+        freeze_gc_heap()
         self.max_model_len = self._llm.model_config.max_model_len
         self.max_num_seqs = self._llm.vllm_config.scheduler_config.max_num_seqs
 
@@ -125,6 +131,10 @@ class VllmEngine:
         from vllm.sampling_params import RequestOutputKind
 
         ids = self.input_ids(prompt_token_ids, sampling)
+        # Incremental detokenization of every sequence at every step is most of the front end's
+        # work; a request that needs no text before it finishes (no stop strings, no decoded
+        # top log-probs) is decoded once, at the end.
+        detokenize = bool(sampling.stop or sampling.top_logprobs)
         # FINAL_ONLY: with n > 1, vLLM aggregates the n children only in this mode; in
         # the streaming modes each yielded output carries just the child that moved.
         # The stop string stays in the text, so a step keeps its delimiter.
@@ -132,7 +142,7 @@ class VllmEngine:
                                 max_tokens=sampling.max_tokens, seed=sampling.seed,
                                 logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
                                 stop=list(sampling.stop) or None, include_stop_str_in_output=True,
-                                output_kind=RequestOutputKind.FINAL_ONLY)
+                                output_kind=RequestOutputKind.FINAL_ONLY, detokenize=detokenize)
         by_index = {}
         async for out in self._llm.generate({"prompt_token_ids": ids}, params, request_id):
             by_index.update({c.index: c for c in out.outputs})
@@ -144,7 +154,8 @@ class VllmEngine:
             lp = c.cumulative_logprob
             mean_lp = lp / k if (k and lp is not None and math.isfinite(lp)) else None
             top = _first_token_top(c.logprobs) if sampling.top_logprobs else None
-            samples.append(Sample(c.text, k, mean_lp, c.finish_reason, top))
+            text = c.text if detokenize else self._tokenizer.decode(c.token_ids, skip_special_tokens=True)
+            samples.append(Sample(text, k, mean_lp, c.finish_reason, top))
         return GenResult(request_id, len(ids), samples)
 
     def shutdown(self) -> None:
