@@ -82,6 +82,36 @@ class Ledger:
         """Returns a reservation whose work was never run."""
         self._drop(holder, reserved)
 
+    def roll(self, holder: str, lease: float, actual: float, must: float, want: float,
+             by_kind: dict[str, float] | None = None) -> float:
+        """Renews ``holder``'s lease: a block of budget a replica reserves once and carves
+        its rows' reservations from, so that rows need no call to the ledger each.
+
+        Settles the current ``lease`` (0: none yet) with ``actual``, the cost of the work
+        carved from it that finished (split by kind in ``by_kind``), then holds a new
+        lease of at least ``must``, the worst cases of work still in flight (carved from
+        the old lease, so it always fits), and up to ``want``, taking at most half of the
+        budget no one holds, so that other replicas find some near the end. Returns the
+        new lease (0: none). ``spent + reserved <= budget`` holds throughout.
+        """
+        if min(lease, actual, must, want) < 0:
+            raise ValueError("lease amounts must be >= 0")
+        if actual + must > lease * (1 + 1e-9) + 1e-12:
+            raise ValueError(f"actual cost {actual} plus work in flight {must} exceed the lease {lease}")
+        if lease:
+            self._drop(holder, lease)
+            self.spent += actual
+            for kind, amount in (by_kind or {"generation": actual}).items():
+                self.by_kind[kind] = self.by_kind.get(kind, 0.0) + amount
+        free = max(0.0, self.budget - self.spent - self.reserved - must)
+        new = must + min(max(0.0, want - must), free / 2)
+        if new > 0:
+            entry = self.held.setdefault(holder, [0, 0.0])
+            entry[0] += 1
+            entry[1] += new
+            self.n_reservations += 1
+        return new
+
     def release_holder(self, holder: str) -> float:
         """Releases everything ``holder`` still holds (a lost replica); returns it."""
         _, amount = self.held.pop(holder, (0, 0.0))

@@ -1,6 +1,8 @@
 """The budget ledger actor: one per job, shared by every replica.
 
-It wraps the pure ``pipelines.budget.Ledger``. A reservation that would fit once
+It wraps the pure ``pipelines.budget.Ledger``. Replicas reach it through a
+``LedgerClient``, which holds a lease and calls the ledger a few times a second
+rather than once per row. A reservation that would fit once
 work in flight settles waits here (an asyncio condition) instead of being refused,
 so the budget is used fully while ``spent + reserved <= budget`` always holds.
 """
@@ -11,7 +13,7 @@ import asyncio
 
 import ray
 
-from pipelines.budget import WAIT, Ledger
+from pipelines.budget import GRANTED, WAIT, Ledger
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -33,21 +35,6 @@ class BudgetLedger:
                 await cond.wait()
             return answer
 
-    async def reserve_many(self, amounts: list[float], holder: str = "") -> list[str]:
-        """Tries to reserve several amounts at once without waiting: each answer is
-        ``granted``, ``denied`` or ``wait`` (then ask again with ``reserve``, which waits).
-        A waiting batch would hold back the answers of the rows it could grant."""
-        async with self._cond():
-            return [self.ledger.reserve(a, holder) for a in amounts]
-
-    async def settle_many(self, items: list[tuple[float, float, str]], holder: str = "") -> None:
-        """``settle`` for several ``(reserved, actual, kind)`` triples."""
-        cond = self._cond()
-        async with cond:
-            for reserved, actual, kind in items:
-                self.ledger.settle(reserved, actual, holder, kind)
-            cond.notify_all()
-
     async def settle(self, reserved: float, actual: float, holder: str = "", kind: str = "generation") -> None:
         cond = self._cond()
         async with cond:
@@ -59,6 +46,15 @@ class BudgetLedger:
         async with cond:
             self.ledger.release(reserved, holder)
             cond.notify_all()
+
+    async def roll(self, lease: float, actual: float, must: float, want: float, by_kind: dict[str, float],
+                   holder: str = "") -> float:
+        """Renews a replica's lease (``pipelines.budget.Ledger.roll``); returns the new lease."""
+        cond = self._cond()
+        async with cond:
+            new = self.ledger.roll(holder, lease, actual, must, want, by_kind)
+            cond.notify_all()
+            return new
 
     async def release_holder(self, holder: str) -> float:
         """Releases everything a lost replica still held; returns the amount."""
@@ -72,79 +68,137 @@ class BudgetLedger:
         return self.ledger.snapshot()
 
 
-class BatchedLedgerClient:
-    """A replica's handle on the ledger that batches calls: the reservations made
-    within ``reserve_window_s`` travel in one actor call, and settlements are
-    queued without holding up their row and sent every ``settle_window_s`` (``drain``
-    waits for the last of them; call it before committing a part).
+class LedgerClient:
+    """A replica's handle on the ledger for one job: rows reserve and settle locally,
+    against a lease (a block of budget reserved at the ledger), and the client renews
+    the lease (``BudgetLedger.roll``) every ``roll_interval_s`` while work settles,
+    reporting what was spent; ``drain`` reports it at once (call it before a part
+    commits), ``close`` returns the lease.
 
-    Semantics are the ledger's own, row by row and in order (each amount is its own
-    reservation); only the transport is batched. A settlement still in the queue
-    leaves its worst case reserved, so delaying it can only under-use the budget for
-    those milliseconds, never exceed it. Settlements and reservations flow in
-    separate streams, so a batch of reservations waiting for budget never holds back
-    the settlements that free it. (Ray calls per row are the replica's main overhead
-    over plain vLLM: see ``bench/throughput.py``.)
+    Semantics are the ledger's own, row by row: a row runs only once its worst case is
+    reserved, at the ledger or inside the lease, and settles its actual cost (at most its
+    worst case). The lease grows to about ``lease_rows`` rows' worst cases while the
+    budget has room, and takes at most half of what no one holds, so near the end of the
+    budget it shrinks; a row it cannot cover returns the lease's unused part and
+    reserves at the ledger itself, waiting there for work in flight to settle as any row
+    would. A lost replica's lease is released with its other reservations
+    (``release_holder``); spend it had not yet reported is lost with it, as its
+    reservations in flight always were.
+
+    (Ledger calls per row were the replica's main overhead over plain vLLM: see
+    ``bench/throughput.py``.)
     """
 
-    reserve_window_s = 0.01
-    settle_window_s = 0.05
+    roll_interval_s = 0.05
+    lease_rows = 256
 
     def __init__(self, ledger, holder: str):
         self.ledger, self.holder = ledger, holder
-        self._queues: dict[str, list] = {"reserve": [], "settle": []}
-        self._tasks: dict[str, asyncio.Task | None] = {"reserve": None, "settle": None}
-        self._settling: list[asyncio.Future] = []  # every settlement not yet drained
+        self.lease = 0.0      # held at the ledger
+        self.carved = 0.0     # worst cases of rows in flight inside the lease
+        self.pending: dict[str, float] = {}  # settled inside the lease, not yet reported, by kind
+        self._direct: dict[float, int] = {}  # reservations held at the ledger itself, by amount
+        self._direct_settling: list = []     # their settlements in flight
+        self._waiting = 0                    # rows waiting at the ledger
+        self._mean_worst = 0.0
+        self._n = 0
+        self._lock: asyncio.Lock | None = None
+        self._timer: asyncio.Task | None = None
+
+    def _free(self) -> float:
+        return self.lease - self.carved - sum(self.pending.values())
 
     async def reserve(self, amount: float) -> str:
-        return await self._submit("reserve", amount)
+        """``granted`` (reserved), ``denied`` (it cannot fit even once all work in flight settles)."""
+        self._n += 1
+        self._mean_worst += (amount - self._mean_worst) / self._n
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        if not self._lock.locked() and self._free() >= amount:
+            self.carved += amount
+            return GRANTED
+        async with self._lock:  # one renewal at a time; carve only between renewals
+            if self._free() < amount:
+                await self._roll(need=amount)
+            if self._free() >= amount:
+                self.carved += amount
+                return GRANTED
+            # The budget left cannot hold this row beside the lease's own work in flight:
+            # give back the lease's unused part and wait at the ledger like any row.
+            self._waiting += 1
+            await self._roll(need=0.0)
+        try:
+            answer = await self.ledger.reserve.remote(amount, self.holder)
+        finally:
+            self._waiting -= 1
+        if answer == GRANTED:
+            self._direct[amount] = self._direct.get(amount, 0) + 1
+        return answer
 
     async def settle(self, reserved: float, actual: float, kind: str = "generation") -> None:
-        """Queues the settlement and returns at once (failures surface in ``drain``);
-        ``kind`` (``generation``, ``judge``) splits the ledger's ``by_kind`` spend."""
-        self._settling.append(self._submit("settle", (reserved, actual, kind)))
+        """Records a row's actual cost and returns at once (it reaches the ledger with
+        the next renewal; failures surface in ``drain``). ``kind`` (``generation``,
+        ``judge``) splits the ledger's ``by_kind`` spend."""
+        if actual > reserved * (1 + 1e-9) + 1e-12:
+            raise ValueError(f"actual cost {actual} exceeds its reservation {reserved}")
+        if self._take_direct(reserved):
+            self._direct_settling.append(asyncio.ensure_future(
+                self.ledger.settle.remote(reserved, actual, self.holder, kind)))
+            return
+        self.carved -= reserved
+        self.pending[kind] = self.pending.get(kind, 0.0) + actual
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.get_running_loop().create_task(self._roll_soon())
 
     async def release(self, reserved: float) -> None:
-        await self.ledger.release.remote(reserved, self.holder)
+        """Returns a reservation whose work was never run."""
+        if self._take_direct(reserved):
+            await self.ledger.release.remote(reserved, self.holder)
+        else:
+            self.carved -= reserved
 
     async def drain(self) -> None:
-        """Waits until every queued settlement reached the ledger; raises if one failed."""
-        pending, self._settling = self._settling, []
-        await asyncio.gather(*pending)  # those in a batch already sent included
+        """Reports every settlement so far to the ledger; raises if one failed."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.pending:
+                await self._roll(need=0.0)
+        settling, self._direct_settling = self._direct_settling, []
+        await asyncio.gather(*settling)
 
-    def _submit(self, kind: str, item) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._queues[kind].append((item, fut))
-        if self._tasks[kind] is None:
-            self._tasks[kind] = loop.create_task(self._flush(kind))
-        return fut
+    async def close(self) -> None:
+        """Reports what was spent and returns the lease (no work may be in flight)."""
+        await self.drain()
+        async with self._lock:
+            if self.lease:
+                await self._roll(need=0.0, keep=False)
 
-    async def _flush(self, kind: str) -> None:
-        try:
-            while self._queues[kind]:
-                # Let the rows of the next few milliseconds join the batch.
-                await asyncio.sleep(self.reserve_window_s if kind == "reserve" else self.settle_window_s)
-                batch, self._queues[kind] = self._queues[kind], []
-                items = [item for item, _ in batch]
-                method = self.ledger.reserve_many if kind == "reserve" else self.ledger.settle_many
-                try:
-                    result = await method.remote(items, self.holder)
-                except Exception as exc:
-                    for _, fut in batch:
-                        fut.set_exception(exc)
-                    continue
-                for i, (item, fut) in enumerate(batch):
-                    if kind == "reserve" and result[i] == WAIT:
-                        # Only rows that must wait for budget pay a call of their own.
-                        asyncio.get_running_loop().create_task(self._wait_for(item, fut))
-                    else:
-                        fut.set_result(result[i] if kind == "reserve" else None)
-        finally:
-            self._tasks[kind] = None
+    def _take_direct(self, amount: float) -> bool:
+        # Reservations of equal amounts are interchangeable: the totals held are the same.
+        if self._direct.get(amount, 0) == 0:
+            return False
+        self._direct[amount] -= 1
+        return True
 
-    async def _wait_for(self, amount: float, fut: asyncio.Future) -> None:
-        try:
-            fut.set_result(await self.ledger.reserve.remote(amount, self.holder))
-        except Exception as exc:
-            fut.set_exception(exc)
+    async def _roll_soon(self) -> None:
+        await asyncio.sleep(self.roll_interval_s)
+        async with self._lock:
+            if self.pending:
+                await self._roll(need=0.0)
+
+    async def _roll(self, need: float, keep: bool = True) -> None:
+        """Renews the lease (the caller holds the lock, so no row carves meanwhile): reports
+        the pending spend and asks for room for ``need`` plus ``lease_rows`` rows' worst
+        cases, or none beyond the work in flight while rows wait at the ledger."""
+        sent = dict(self.pending)
+        actual = sum(sent.values())
+        must = self.carved
+        want = must + need + (self.lease_rows * self._mean_worst if keep and not self._waiting else 0.0)
+        new = await self.ledger.roll.remote(self.lease, actual, must, want, sent, self.holder)
+        self.lease = new
+        for kind, amount in sent.items():  # settlements that came in meanwhile stay pending
+            left = self.pending[kind] - amount
+            self.pending[kind] = left
+            if left <= 0:
+                del self.pending[kind]

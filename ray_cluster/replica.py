@@ -3,12 +3,14 @@
 Each part's rows run as concurrent coroutines (bounded by ``max_rows_in_flight``)
 against the async engine, and the pool sends a replica more than one part at a
 time, so the engine stays full across part boundaries. Every request reserves its
-worst-case cost from the ledger first and settles the actual cost after.
+worst-case cost first and settles the actual cost after, inside the replica's lease
+on the job's ledger (``LedgerClient``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -27,7 +29,7 @@ from pipelines.judge import JudgeConfig
 from pipelines.tiers import RowState, Tier
 from pipelines.validation import row_errors
 from ray_cluster.engine import EngineSpec, VllmEngine
-from ray_cluster.ledger import BatchedLedgerClient
+from ray_cluster.ledger import LedgerClient
 from ray_cluster.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class ReplicaActor:
         self.max_rows_in_flight = max_rows_in_flight
         self._sem = None
         self._scorers: dict = {}
+        self._ledgers: dict[str, list] = {}  # ledger actor -> [its client, parts using it]
 
     async def start(self) -> dict:
         """Builds the engines inside this worker; returns what the driver needs."""
@@ -107,7 +110,6 @@ class ReplicaActor:
         errors = row_errors(frame[cfg.prompt_column]).to_list()
         golds = frame[cfg.gold_column].cast(pl.String).to_list() if cfg.gold_column else [None] * len(ids)
 
-        ledger = BatchedLedgerClient(ledger, self.name)
         features = frame.select(pl.col(c).cast(pl.Float64).alias(k) for k, c in feats.items()).to_dicts() \
             if feats else [{}] * len(ids)
         # One tokenizer call for the part's valid prompts (per-row calls cost the event loop).
@@ -115,10 +117,10 @@ class ReplicaActor:
         token_ids: list = [None] * len(ids)
         for i, t in zip(valid, self.engine.tokenize_many([prompts[i] for i in valid])):
             token_ids[i] = t
-        tasks = [self._run_row(job, tier, ledger, rid, p, e, f, t)
-                 for rid, p, e, f, t in zip(ids, prompts, errors, features, token_ids)]
-        recs = await asyncio.gather(*tasks)
-        await ledger.drain()  # every settlement is in the ledger before the part commits
+        async with self._ledger_client(ledger) as client:
+            recs = await asyncio.gather(*(self._run_row(job, tier, client, rid, p, e, f, t)
+                                          for rid, p, e, f, t in zip(ids, prompts, errors, features, token_ids)))
+            await client.drain()  # every settlement is in the ledger before the part commits
         for r, g in zip(recs, golds):
             if g is not None:  # rows without an answer (skipped, error) count as wrong
                 r["correct"] = r.get("answer") is not None and r["answer"] == g.strip()
@@ -126,6 +128,25 @@ class ReplicaActor:
         summary = summarize(part.part_id, table, time.monotonic() - t0)
         io.write_part(table, cfg.output_uri, part.part_id, summary, cfg.output_storage)
         return summary
+
+    @contextlib.asynccontextmanager
+    async def _ledger_client(self, ledger):
+        """The replica's client of a job's ledger, shared by the job's parts on this replica
+        (one lease); its lease goes back once no part of the job is running here. A part
+        that fails leaves it to the pool, which releases a lost replica's reservations."""
+        key = ledger._actor_id.hex()
+        entry = self._ledgers.setdefault(key, [LedgerClient(ledger, self.name), 0])
+        entry[1] += 1
+        ok = False
+        try:
+            yield entry[0]
+            ok = True
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._ledgers[key]
+                if ok:
+                    await entry[0].close()
 
     async def _run_row(self, job: JobContext, tier: Tier, ledger, row_id: str, prompt: str | None,
                        error: str | None, features: dict[str, float | None], token_ids: list[int] | None) -> dict:

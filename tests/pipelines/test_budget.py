@@ -62,3 +62,33 @@ def test_cost_units():
     assert cost_per_token("usd", tokens_per_gpu_hour=1e6, usd_per_gpu_hour=2.0) == pytest.approx(2e-6)
     with pytest.raises(ValueError):
         cost_per_token("gpu_hours")
+
+
+def test_lease_roll_reports_spend_and_keeps_work_in_flight_covered():
+    ledger = Ledger(budget=1000.0)
+    lease = ledger.roll("r0", 0.0, 0.0, 0.0, 300.0)
+    assert lease == 300.0 and ledger.reserved == 300.0 and ledger.in_flight == 1
+    # 120 of the lease finished costing 50; 100 is still in flight; ask for 400 more.
+    lease = ledger.roll("r0", lease, 50.0, 100.0, 500.0, {"generation": 40.0, "judge": 10.0})
+    assert ledger.spent == 50.0 and ledger.by_kind == {"generation": 40.0, "judge": 10.0}
+    assert lease == 500.0 and ledger.reserved == 500.0
+    # Another holder takes at most half of what no one holds.
+    other = ledger.roll("r1", 0.0, 0.0, 0.0, 10_000.0)
+    assert other == pytest.approx((1000.0 - 50.0 - 500.0) / 2)
+    assert ledger.spent + ledger.reserved <= ledger.budget
+
+
+def test_lease_roll_always_covers_work_in_flight_and_never_overspends():
+    ledger = Ledger(budget=100.0)
+    lease = ledger.roll("r0", 0.0, 0.0, 0.0, 100.0)
+    assert lease == 50.0  # half of what no one holds
+    ledger.roll("r1", 0.0, 0.0, 0.0, 1000.0)  # takes half of the rest
+    # r0 spent 30 of its lease and has 20 in flight: the new lease covers the 20 even
+    # when nothing else is left, and no more than half of what is free.
+    lease = ledger.roll("r0", lease, 30.0, 20.0, 1000.0)
+    assert lease >= 20.0 and ledger.spent + ledger.reserved <= ledger.budget + 1e-9
+    with pytest.raises(ValueError):
+        ledger.roll("r0", lease, 30.0, lease, 0.0)  # spend plus work in flight beyond the lease
+    # Returning the lease: nothing held, nothing in flight.
+    assert ledger.roll("r0", lease, 5.0, 0.0, 0.0) == 0.0
+    assert "r0" not in ledger.held and ledger.spent == 35.0

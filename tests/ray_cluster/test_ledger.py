@@ -55,18 +55,18 @@ def test_waiting_reservation_is_freed_by_release_holder(ray_cluster):
 
 
 @pytest.mark.slow
-def test_batched_client_keeps_row_semantics_and_never_deadlocks(ray_cluster):
-    """Many rows of one replica reserve and settle through one batched client; the
-    budget fits only a few at a time, so reservations wait on settlements."""
+def test_client_keeps_row_semantics_and_never_deadlocks(ray_cluster):
+    """Many rows of one replica reserve and settle through one client; the budget fits
+    only a few at a time, so the lease shrinks and reservations wait on settlements."""
     ray = ray_cluster
-    from ray_cluster.ledger import BatchedLedgerClient, BudgetLedger
+    from ray_cluster.ledger import BudgetLedger, LedgerClient
 
     ledger = BudgetLedger.remote(500.0)
 
     @ray.remote
     def replica() -> tuple[int, float]:
         async def go():
-            client = BatchedLedgerClient(ledger, "r0")
+            client = LedgerClient(ledger, "r0")
 
             async def row(i: int):
                 if await client.reserve(100.0) != GRANTED:
@@ -75,14 +75,50 @@ def test_batched_client_keeps_row_semantics_and_never_deadlocks(ray_cluster):
                 await client.settle(100.0, 10.0 + i % 7)
                 return 10.0 + i % 7
             spent = await asyncio.gather(*(row(i) for i in range(60)))
+            await client.close()
             return sum(1 for s in spent if s), sum(spent)
         return asyncio.run(go())
 
     served, spent = ray.get(replica.remote(), timeout=120)
     snap = ray.get(ledger.snapshot.remote())
     assert snap["spent"] == pytest.approx(spent) and snap["spent"] <= 500.0
-    assert snap["in_flight"] == 0
+    assert snap["in_flight"] == 0 and snap["reserved"] == pytest.approx(0.0, abs=1e-6)
     # Rows waited for settlements instead of being refused: refusals start only once a
     # 100-unit worst case no longer fits beside what was spent.
     assert snap["spent"] > 400.0 and served >= 30
+    ray.kill(ledger)
+
+
+@pytest.mark.slow
+def test_client_leases_budget_instead_of_calling_the_ledger_per_row(ray_cluster):
+    """With room in the budget, two replicas' rows reserve inside their leases: the
+    ledger sees a handful of calls, and after ``drain`` its spend is every row's."""
+    ray = ray_cluster
+    from ray_cluster.ledger import BudgetLedger, LedgerClient
+
+    ledger = BudgetLedger.remote(1e6)
+
+    @ray.remote
+    def replica(name: str) -> tuple[float, dict]:
+        async def go():
+            client = LedgerClient(ledger, name)
+
+            async def row(i: int):
+                assert await client.reserve(50.0) == GRANTED
+                await asyncio.sleep(0.001 * (i % 5))
+                await client.settle(50.0, 20.0 + i % 3, kind="judge" if i % 10 == 0 else "generation")
+                return 20.0 + i % 3
+            spent = sum(await asyncio.gather(*(row(i) for i in range(400))))
+            await client.drain()
+            mid = await ledger.snapshot.remote()  # spend reported, lease still held
+            await client.close()
+            return spent, mid
+        return asyncio.run(go())
+
+    (a, mid_a), (b, _) = ray.get([replica.remote("r0"), replica.remote("r1")], timeout=120)
+    snap = ray.get(ledger.snapshot.remote())
+    assert mid_a["spent"] >= a and mid_a["reserved"] > 0
+    assert snap["spent"] == pytest.approx(a + b) and snap["reserved"] == pytest.approx(0.0, abs=1e-6)
+    assert snap["by_kind"]["judge"] == pytest.approx(2 * sum(20.0 + i % 3 for i in range(0, 400, 10)))
+    assert 2 <= snap["n_reservations"] < 40  # leases and their renewals, not 800 rows
     ray.kill(ledger)
