@@ -15,7 +15,7 @@ Rows are the recorded queries; calibration rows score their K-sample vote, as li
 verifier-weighted vote over each row's drawn samples, graded by the recorded ``correct``. Prints one
 JSON line per policy and budget.
 
-    python bench/live_adaptive_replay.py [--estimators pilot,features] [--calibration-rows 107]
+    python bench/live_adaptive_replay.py [--estimators pilot,features] [--calibration-rows 107] [--mean]
 """
 
 from __future__ import annotations
@@ -113,10 +113,11 @@ def main() -> int:
     ap.add_argument("--estimators", default="pilot,features")
     ap.add_argument("--calibration-rows", type=int, default=107,
                     help="the live bench's 160 of 3,000 rows, scaled to the recorded 2,000")
-    ap.add_argument("--k", type=int, default=8, help="calibration samples per row")
+    ap.add_argument("--k", type=int, default=12, help="calibration samples per row (policy.calibration_samples)")
     ap.add_argument("--chunks", type=int, default=8, help="re-plans over the main rows")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--truncate", action="store_true", help="calibration rows stop at a verified sample")
+    ap.add_argument("--no-truncate", dest="truncate", action="store_false",
+                    help="calibration rows draw all K samples (before CalibrationTier stopped them when verified)")
     ap.add_argument("--summary", action="store_true", help="print accuracy gaps and spend only")
     ap.add_argument("--gate-min-rows", type=int, default=8, help="the features-only gate; 0: no gate")
     ap.add_argument("--n-buckets", type=int, default=None)
