@@ -133,12 +133,12 @@ class AdaptiveDriver:
         inp = self.spec.input
         feats = difficulty_columns(self.spec)
         if not (inp.gold_column or feats):  # nothing to read back from the input
-            return output_to_samples(output, None)
+            return self.calibration_tier.per_round_prompt(output_to_samples(output, None))
         cols = [inp.id_column] + ([inp.gold_column] if inp.gold_column else []) + sorted(set(feats.values()))
         rows = io.read_parts(cal_parts, list(dict.fromkeys(cols)), inp.storage_options).with_columns(
             pl.col(inp.id_column).cast(pl.String).alias("id"))
         gold = rows.select("id", pl.col(inp.gold_column).cast(pl.String).alias("gold")) if inp.gold_column else None
-        samples = output_to_samples(output, gold)
+        samples = self.calibration_tier.per_round_prompt(output_to_samples(output, gold))
         if feats:  # each row's difficulty signals, as the replicas read them for live rows
             samples = samples.join(rows.select(pl.col("id").alias("query_id"),
                                                *(pl.col(c).cast(pl.Float64).alias(k) for k, c in feats.items())),

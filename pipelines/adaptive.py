@@ -704,6 +704,17 @@ class CalibrationTier(Tier):
         return SamplingConfig(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
                               seed=seed, logprobs=self.logprobs)
 
+    def per_round_prompt(self, samples: pl.DataFrame) -> pl.DataFrame:
+        """Calibration samples (``samples.output_to_samples``) with ``prompt_tokens`` of one request: a row
+        that ran r rounds paid its prompt r times, and the output's ``prompt_tokens`` holds the sum. The
+        replay schema (and ``log_prompt_tokens``, a difficulty feature) wants it once, as live rows read it.
+        A row of n samples ran ``1 + ceil((n - pilot) / round_size)`` rounds (one without stopping)."""
+        if not self.stop_on_verified:
+            return samples
+        n = pl.len().over("query_id")
+        rounds = ((n - self.pilot).clip(lower_bound=0) + self.round_size - 1) // self.round_size + 1
+        return samples.with_columns((pl.col("prompt_tokens") // rounds).cast(pl.Int64).alias("prompt_tokens"))
+
 
 def plan_draws(plan: AdaptivePlan, samples: pl.DataFrame | ReplayTable) -> pl.DataFrame:
     """Replay a plan over recorded samples, columnar: what each row would draw live.

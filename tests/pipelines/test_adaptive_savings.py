@@ -71,6 +71,20 @@ def test_calibration_tier_stops_after_the_round_with_a_verified_sample():
     assert (len(state.samples), [r.n for r in reqs]) == (8, [8])
 
 
+def test_calibration_samples_hold_the_prompt_once_however_many_rounds_paid_it():
+    """Regression: a stopped calibration row pays its prompt once per round and its output row holds the
+    sum; read back as is, a row that took more rounds looked longer (``log_prompt_tokens``) and dearer."""
+    tier = CalibrationTier("calibration", 8, 0.7, 1.0, 64, True, pilot=1, round_size=2, stop_on_verified=True)
+    drawn = {"a": 1, "b": 3, "c": 8, "d": 2}  # rounds: 1, 2, 5 (1+2+2+2+1), 2
+    rounds = {"a": 1, "b": 2, "c": 5, "d": 2}
+    samples = pl.DataFrame({"query_id": [q for q, n in drawn.items() for _ in range(n)],
+                            "sample_idx": [i for n in drawn.values() for i in range(n)],
+                            "prompt_tokens": [10 * rounds[q] for q, n in drawn.items() for _ in range(n)]})
+    assert set(tier.per_round_prompt(samples)["prompt_tokens"]) == {10}
+    whole = CalibrationTier("calibration", 8, 0.7, 1.0, 64, True)  # one request: the prompt once already
+    assert whole.per_round_prompt(samples).equals(samples)
+
+
 def test_binomial_fit_is_unbiased_where_sampling_stopped_at_a_success():
     """Rows sampled until their first success: the share of successes overstates p; weighting each row by
     its samples (the binomial likelihood, which the stopping rule leaves unchanged) does not."""
