@@ -252,33 +252,45 @@ class RowGate:
 
     A features-only model (prompt length, ``feature_*`` columns, ``difficulty_hint``: known before any
     sample) predicts each row's success; a row is gated when the prediction is at most ``below``, the
-    level under which every calibration row failed every one of its samples (``fit_gate``). The pilot
-    of such a row buys nothing the plan would use: its bucket would be a flat one.
+    level under which every calibration row failed every one of its samples (``fit_gate``), and its
+    features lie in the region those rows span (``low``..``high`` per feature, open on the side away
+    from every solved row): a smooth model fit on a few dozen rows must not gate combinations of
+    features calibration never measured. The pilot of such a row buys nothing the plan would use.
 
     Attributes:
         model: The features-only model.
         below: Gate rows whose predicted success is at most this.
+        low / high: Per feature, the region the gated calibration rows span (-inf / inf: open).
         calibration_rows: Calibration rows under the level (all of them without a correct sample).
         share: Their share of the calibration rows: the expected share of gated rows.
     """
 
     model: DifficultyModel
     below: float
+    low: tuple[float, ...]
+    high: tuple[float, ...]
     calibration_rows: int
     share: float
 
     def skips(self, features: np.ndarray) -> np.ndarray:
-        """[rows] bool from [rows, len(model.names)] features."""
-        return self.model.predict(features) <= self.below
+        """[rows] bool from [rows, len(model.names)] features (a row with an unknown feature is not gated)."""
+        x = np.asarray(features, dtype=np.float64)
+        inside = ((x >= np.asarray(self.low)) & (x <= np.asarray(self.high))).all(axis=1)
+        return inside & (self.model.predict(x) <= self.below)
 
     def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "below": self.below, "calibration_rows": self.calibration_rows,
-                "share": self.share}
+        def finite(v: tuple[float, ...]) -> list:
+            return [x if math.isfinite(x) else None for x in v]
+
+        return {"model": self.model.to_dict(), "below": self.below, "low": finite(self.low),
+                "high": finite(self.high), "calibration_rows": self.calibration_rows, "share": self.share}
 
     @classmethod
     def from_dict(cls, d: dict) -> RowGate:
-        return cls(DifficultyModel.from_dict(d["model"]), float(d["below"]), int(d["calibration_rows"]),
-                   float(d["share"]))
+        return cls(DifficultyModel.from_dict(d["model"]), float(d["below"]),
+                   tuple(-math.inf if x is None else float(x) for x in d["low"]),
+                   tuple(math.inf if x is None else float(x) for x in d["high"]),
+                   int(d["calibration_rows"]), float(d["share"]))
 
 
 def fit_gate(table: ReplayTable, names: list[str] | tuple[str, ...], min_rows: int | None) -> RowGate | None:
@@ -286,8 +298,9 @@ def fit_gate(table: ReplayTable, names: list[str] | tuple[str, ...], min_rows: i
 
     Fits success (share of correct samples, weighted by samples) on the features known before any
     sample, orders calibration rows by predicted success, and sets the gate's level just below the
-    lowest prediction of any row with a correct sample. Only that measured, all-failing region is gated,
-    and only when it holds at least ``min_rows`` calibration rows (fewer say too little).
+    lowest prediction of any row with a correct sample; the region the gated rows span (per feature)
+    must hold no solved row, else the least hopeless-looking of them leave the gate. Only that measured,
+    all-failing region is gated, and only when it holds at least ``min_rows`` calibration rows.
 
     Args:
         table: Calibration rows (``correct`` filled, see ``label_calibration``).
@@ -306,10 +319,23 @@ def fit_gate(table: ReplayTable, names: list[str] | tuple[str, ...], min_rows: i
     if solved.all():
         return None
     lowest_solved = pred[solved].min() if solved.any() else np.inf
-    under = pred < lowest_solved
-    if under.sum() < max(min_rows, 1):
-        return None
-    return RowGate(model, float(pred[under].max()), int(under.sum()), float(under.mean()))
+    candidates = np.flatnonzero(pred < lowest_solved)
+    candidates = candidates[np.argsort(pred[candidates], kind="stable")]
+    # The region the gated rows span must hold no solved row: where it does, the model's ordering alone
+    # would decide, so the least hopeless-looking rows leave the gate until it holds none.
+    for m in range(len(candidates), max(min_rows, 1) - 1, -1):
+        under = candidates[:m]
+        low, high = np.nanmin(feats[under], axis=0), np.nanmax(feats[under], axis=0)
+        if solved.any():  # open the region on a feature's side away from every solved row
+            s_low, s_high = np.nanmin(feats[solved], axis=0), np.nanmax(feats[solved], axis=0)
+            high = np.where(s_high < low, np.inf, high)
+            low = np.where(s_low > high, -np.inf, low)
+        gate = RowGate(model, float(pred[under].max()), tuple(low.tolist()), tuple(high.tolist()), 0, 0.0)
+        inside = ((feats >= low) & (feats <= high)).all(axis=1)
+        gated = gate.skips(feats)  # the level and the region: what live rows will see
+        if not (inside & solved).any() and gated.sum() >= max(min_rows, 1):
+            return replace(gate, calibration_rows=int(gated.sum()), share=float(gated.mean()))
+    return None
 
 
 def label_calibration(samples: pl.DataFrame, verifier_pass: float = 0.5) -> tuple[pl.DataFrame, str]:

@@ -2,6 +2,8 @@
 stay exact), rows the features alone call hopeless skip the pilot (the gate), and budget left after
 every bucket's measured peak goes to buckets with headroom instead of going unspent (issue 3's goals)."""
 
+from dataclasses import replace
+
 import numpy as np
 import polars as pl
 import pytest
@@ -168,6 +170,32 @@ def test_gate_never_skips_a_region_where_a_calibration_row_was_solved(calibratio
                                       .then(True).otherwise(pl.col("correct")))
     again = fit_gate(build_table(solved), ["log_prompt_tokens"], 8)
     assert again is None or again.calibration_rows < gate.calibration_rows
+
+
+def test_gate_does_not_extrapolate_to_feature_combinations_calibration_never_failed_on():
+    """Regression (slow test, 40 calibration rows, prompt length + a digits column): the smooth model
+    predicted a 6-digit row with a long prompt below the level, though only 7-8 digit rows were measured
+    there. The gate also needs a row's features inside the region the gated calibration rows span."""
+    df = _verified(400, 12, seed=0)
+    digits = pl.when(pl.col("population") == "hopeless").then(7 + pl.col("query_id").hash(9) % 2) \
+        .otherwise(1 + pl.col("query_id").hash(9) % 6)
+    df = df.with_columns(feature_digits=digits.cast(pl.Float64),
+                         prompt_tokens=(10 + pl.col("query_id").hash(5) % 20).cast(pl.Int64)).drop("population")
+    gate = fit_gate(build_table(df), ["log_prompt_tokens", "feature_digits"], 8)
+    assert gate is not None and gate.low[1] == 7 and gate.high[1] == np.inf
+    x = np.array([[np.log1p(20.0), d] for d in (6.0, 6.99, 7.0, 9.0)])
+    assert gate.skips(x).tolist() == [False, False, True, True]
+    # A 6-digit row that failed all its samples does not pull the region over the solved 6-digit rows.
+    unlucky = df["query_id"].filter(df["feature_digits"] == 6)[0]
+    df2 = df.with_columns(correct=pl.when(pl.col("query_id") == unlucky).then(False).otherwise(pl.col("correct")),
+                          verifier_score=pl.when(pl.col("query_id") == unlucky).then(0.1)
+                          .otherwise(pl.col("verifier_score")))
+    again = fit_gate(build_table(df2), ["log_prompt_tokens", "feature_digits"], 8)
+    assert again is not None and again.low[1] == 7
+    # Outside the region nothing is gated, however low the model's prediction.
+    lowered = replace(gate, below=1.0)
+    assert lowered.skips(x).tolist() == [False, False, True, True]
+    assert not gate.skips(np.array([[np.nan, 8.0]]))[0]  # an unknown feature: never gated
 
 
 # ---- budget the allocator leaves over ------------------------------------------------------------------
