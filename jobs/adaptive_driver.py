@@ -1,7 +1,8 @@
 """Driver side of the adaptive policy: calibrate, plan, run, re-plan.
 
-1. Calibration: a seeded-random slice of the input's parts runs with K samples per
-   row (``calibration`` tier), up to ``calibration_budget_share`` of the budget and
+1. Calibration: a seeded-random slice of the input's parts runs with up to K samples
+   per row (``CalibrationTier``: with a verifier, accuracy and coverage rows stop at a
+   verified sample), up to ``calibration_budget_share`` of the budget and
    ``calibration_rows`` rows.
    These rows are ordinary output rows too (their answer is a K-sample vote).
 2. Plan: their samples (graded by gold when present, else by the verifier or the
@@ -53,7 +54,8 @@ def load_difficulty_model(path: str):
 
 class AdaptiveDriver:
     def __init__(self, spec: JobSpec, parts: list[io.Part], committed: dict[int, dict]):
-        from pipelines.replay_adaptive import AdaptiveConfig
+        from pipelines.adaptive import CalibrationTier
+        from pipelines.replay_adaptive import AdaptiveConfig, pilot_size
 
         self.spec, self.parts, self.pol = spec, parts, spec.policy
         s, pol = spec.sampling, spec.policy
@@ -63,11 +65,15 @@ class AdaptiveDriver:
             n_cal = 0
         self.cal_ids = {parts[i].part_id for i in order[:n_cal]}
         weighted = pol.select == "verifier"
-        self.calibration_tier = Tier("calibration", pol.calibration_samples, s.temperature, s.top_p,
-                                     s.max_tokens, weighted, logprobs=s.logprobs is not False)
         est = pol.difficulty.estimators
         self.config = AdaptiveConfig(pilot_samples=pol.pilot_samples, n_buckets=pol.n_buckets,
                                      estimators=tuple(e for e in est if e != "learned"), yield_cap=pol.yield_cap)
+        # With a verifier, accuracy and coverage rows stop at a verified sample (see CalibrationTier).
+        verifier = spec.verifier is not None
+        self.calibration_tier = CalibrationTier(
+            "calibration", pol.calibration_samples, s.temperature, s.top_p, s.max_tokens, weighted,
+            logprobs=s.logprobs is not False, pilot=pilot_size(self.config, pol.objective, verifier),
+            round_size=pol.round_size, stop_on_verified=verifier and pol.objective in ("accuracy", "coverage"))
         self.model = load_difficulty_model(pol.difficulty.learned) if "learned" in est else None
         self.cpt = cost_per_token(spec.budget.unit, spec.budget.tokens_per_gpu_hour, spec.budget.usd_per_gpu_hour)
         self.report: dict = {}
@@ -130,12 +136,12 @@ class AdaptiveDriver:
         inp = self.spec.input
         feats = difficulty_columns(self.spec)
         if not (inp.gold_column or feats):  # nothing to read back from the input
-            return output_to_samples(output, None)
+            return self.calibration_tier.per_round_prompt(output_to_samples(output, None))
         cols = [inp.id_column] + ([inp.gold_column] if inp.gold_column else []) + sorted(set(feats.values()))
         rows = io.read_parts(cal_parts, list(dict.fromkeys(cols)), inp.storage_options).with_columns(
             pl.col(inp.id_column).cast(pl.String).alias("id"))
         gold = rows.select("id", pl.col(inp.gold_column).cast(pl.String).alias("gold")) if inp.gold_column else None
-        samples = output_to_samples(output, gold)
+        samples = self.calibration_tier.per_round_prompt(output_to_samples(output, gold))
         if feats:  # each row's difficulty signals, as the replicas read them for live rows
             samples = samples.join(rows.select(pl.col("id").alias("query_id"),
                                                *(pl.col(c).cast(pl.Float64).alias(k) for k, c in feats.items())),

@@ -179,7 +179,9 @@ class AdaptivePolicy(_Strict):
     calibration_rows: int | None = Field(
         160, ge=1, description="calibration stops once this many rows are calibrated (curves for 5 buckets need "
                                "about 30 rows each; more only costs); null: the fraction and share alone decide")
-    calibration_samples: int = Field(8, ge=2, le=256, description="samples per calibration row (K)")
+    calibration_samples: int = Field(
+        12, ge=2, le=256, description="most samples per calibration row (K; the plan's largest sample cap). With "
+        "a verifier, accuracy and coverage rows stop at a verified sample, so K=12 costs less than 8 did without")
     pilot_samples: int | None = Field(None, ge=1, le=16, description="first-round samples that estimate "
                                       "difficulty (default: 1 for coverage with a verifier, else 2)")
     round_size: int = Field(2, ge=1, description="samples per later round")

@@ -9,6 +9,10 @@ remaining budget over the remaining rows, assumed to fall in buckets as the (ran
 then rounds until the bucket's stop rule fires, evaluated by replay's own vectorized functions on a
 one-row table. ``plan_draws`` drives the same plan columnar over a recorded table; tests check both agree.
 
+Three savings (issue 3's goals): ``CalibrationTier`` stops calibration rows at a verified sample (the
+curves of every rule the plan then offers stay exact); ``RowGate`` lets rows whose features alone say
+"hopeless" skip the pilot; ``_spend_slack`` spends budget the allocator leaves past every bucket's peak.
+
 Two ways a live row differs from a replayed query, both priced into the plan's curves: it samples in
 rounds of ``round_size`` after the pilot, so it draws up to the end of the round in which its rule fires
 (``round_draws``); and in tokens, each round re-sends the prompt (``round_cumcost``).
@@ -28,12 +32,14 @@ from pipelines.calibration import (
     CurveFit,
     DifficultyModel,
     assign_buckets,
+    fit_difficulty_model,
     plot_curves,
     stable_hash01,
 )
 from pipelines.generation import SamplingConfig
 from pipelines.replay import BUDGET_UNITS, OBJECTIVES, ReplayTable, build_table
 from pipelines.replay_adaptive import (
+    PILOT_SIGNALS,
     AdaptiveConfig,
     _caps,
     _grid,
@@ -53,7 +59,8 @@ from pipelines.replay_adaptive import (
 from pipelines.stopping import first_stop
 from pipelines.tiers import RowState, Tier
 
-STOP_REASONS = ("agreed", "verified", "yield_reached", "gave_up", "cap", "no_headroom", "no_samples")
+STOP_REASONS = ("agreed", "verified", "yield_reached", "gave_up", "cap", "no_headroom", "no_samples", "gated")
+VERIFIED = 1.0  # a verifier's top score: calibration rows stop at a sample that reaches it (CalibrationTier)
 _ALLOC_RESOLUTION = 100_000  # rows the allocator splits bucket shares into (finer split probabilities)
 
 
@@ -160,6 +167,8 @@ class AdaptivePlan:
         seed: Seeds the per-row hash that splits a bucket between its two rules.
         yield_cap / verifier_pass: verified_yield's c, and the score at which a sample verifies (a row
             stops once c samples reach it); the other objectives ignore them.
+        gate: Rows whose features alone (no sample) predict no headroom skip the pilot (``RowGate``);
+            None: every row gets a pilot.
     """
 
     pilot: int
@@ -176,6 +185,7 @@ class AdaptivePlan:
     seed: int = 0
     yield_cap: int = 4
     verifier_pass: float = 0.5
+    gate: RowGate | None = None
 
     @property
     def signal(self) -> str:
@@ -193,8 +203,17 @@ class AdaptivePlan:
 
     @property
     def expected_cost_per_row(self) -> float:
-        """Pilot plus the bucket-share-weighted extra, in ``unit``."""
+        """Per row the gate lets through: pilot plus the bucket-share-weighted extra, in ``unit``."""
         return self.pilot_cost + sum(b.share * b.expected_cost for b in self.buckets)
+
+    def gated(self, table: ReplayTable) -> tuple[np.ndarray, np.ndarray]:
+        """([rows] bool: rows the gate skips (no sample at all), [rows] their features-only difficulty),
+        from features known before any sample."""
+        if self.gate is None:
+            return np.zeros(table.shape[0], dtype=bool), np.full(table.shape[0], np.nan)
+        success = self.gate.model.predict(
+            _pilot_features(table, 0, np.zeros(table.shape[0], np.int64), self.gate.model.names)[0])
+        return success <= self.gate.below, 1.0 - success
 
     def classify(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """([rows] difficulty, [rows] bucket) from [rows, len(feature_names)] pilot features."""
@@ -212,6 +231,7 @@ class AdaptivePlan:
                 "buckets": [b.to_dict() for b in self.buckets], "weighted": self.weighted,
                 "pilot_cost": self.pilot_cost, "labels": self.labels, "seed": self.seed,
                 "yield_cap": self.yield_cap, "verifier_pass": self.verifier_pass,
+                "gate": self.gate and self.gate.to_dict(),
                 "expected_cost_per_row": self.expected_cost_per_row}
 
     @classmethod
@@ -220,7 +240,102 @@ class AdaptivePlan:
         return cls(int(d["pilot"]), int(d["round_size"]), d["objective"], d["unit"], tuple(d["feature_names"]),
                    model, tuple(float(e) for e in d["edges"]), tuple(BucketPlan.from_dict(b) for b in d["buckets"]),
                    bool(d["weighted"]), float(d["pilot_cost"]), d.get("labels", "gold"), int(d.get("seed", 0)),
-                   int(d.get("yield_cap", 4)), float(d.get("verifier_pass", 0.5)))
+                   int(d.get("yield_cap", 4)), float(d.get("verifier_pass", 0.5)),
+                   RowGate.from_dict(d["gate"]) if d.get("gate") else None)
+
+
+# eq=False: the model holds numpy arrays.
+@dataclass(frozen=True, eq=False)
+class RowGate:
+    """Rows whose features alone say they have no headroom skip the pilot: they draw nothing, cost
+    nothing, and are written with ``tier = skip``, ``stop_reason = gated`` and no answer.
+
+    A features-only model (prompt length, ``feature_*`` columns, ``difficulty_hint``: known before any
+    sample) predicts each row's success; a row is gated when the prediction is at most ``below``, the
+    level under which every calibration row failed every one of its samples (``fit_gate``), and its
+    features lie in the region those rows span (``low``..``high`` per feature, open on the side away
+    from every solved row): a smooth model fit on a few dozen rows must not gate combinations of
+    features calibration never measured. The pilot of such a row buys nothing the plan would use.
+
+    Attributes:
+        model: The features-only model.
+        below: Gate rows whose predicted success is at most this.
+        low / high: Per feature, the region the gated calibration rows span (-inf / inf: open).
+        calibration_rows: Calibration rows under the level (all of them without a correct sample).
+        share: Their share of the calibration rows: the expected share of gated rows.
+    """
+
+    model: DifficultyModel
+    below: float
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    calibration_rows: int
+    share: float
+
+    def skips(self, features: np.ndarray) -> np.ndarray:
+        """[rows] bool from [rows, len(model.names)] features (a row with an unknown feature is not gated)."""
+        x = np.asarray(features, dtype=np.float64)
+        inside = ((x >= np.asarray(self.low)) & (x <= np.asarray(self.high))).all(axis=1)
+        return inside & (self.model.predict(x) <= self.below)
+
+    def to_dict(self) -> dict:
+        def finite(v: tuple[float, ...]) -> list:
+            return [x if math.isfinite(x) else None for x in v]
+
+        return {"model": self.model.to_dict(), "below": self.below, "low": finite(self.low),
+                "high": finite(self.high), "calibration_rows": self.calibration_rows, "share": self.share}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RowGate:
+        return cls(DifficultyModel.from_dict(d["model"]), float(d["below"]),
+                   tuple(-math.inf if x is None else float(x) for x in d["low"]),
+                   tuple(math.inf if x is None else float(x) for x in d["high"]),
+                   int(d["calibration_rows"]), float(d["share"]))
+
+
+def fit_gate(table: ReplayTable, names: list[str] | tuple[str, ...], min_rows: int | None) -> RowGate | None:
+    """The features-only gate learned on calibration rows (``RowGate``), or None.
+
+    Fits success (share of correct samples, weighted by samples) on the features known before any
+    sample, orders calibration rows by predicted success, and sets the gate's level just below the
+    lowest prediction of any row with a correct sample; the region the gated rows span (per feature)
+    must hold no solved row, else the least hopeless-looking of them leave the gate. Only that measured,
+    all-failing region is gated, and only when it holds at least ``min_rows`` calibration rows.
+
+    Args:
+        table: Calibration rows (``correct`` filled, see ``label_calibration``).
+        names: The plan's difficulty features; the gate reads those that need no sample.
+        min_rows: Fewest calibration rows under the level; None: no gate.
+    """
+    free = [n for n in names if n not in PILOT_SIGNALS]
+    q = table.shape[0]
+    if min_rows is None or not free or q == 0:
+        return None
+    feats = _pilot_features(table, 0, np.zeros(q, np.int64), free)[0]
+    hits, n_av = table.correct.sum(axis=1), table.n_available
+    model = fit_difficulty_model(feats, hits / np.maximum(n_av, 1), free, weights=n_av)
+    pred = model.predict(feats)
+    solved = hits > 0
+    if solved.all():
+        return None
+    lowest_solved = pred[solved].min() if solved.any() else np.inf
+    candidates = np.flatnonzero(pred < lowest_solved)
+    candidates = candidates[np.argsort(pred[candidates], kind="stable")]
+    # The region the gated rows span must hold no solved row: where it does, the model's ordering alone
+    # would decide, so the least hopeless-looking rows leave the gate until it holds none.
+    for m in range(len(candidates), max(min_rows, 1) - 1, -1):
+        under = candidates[:m]
+        low, high = np.nanmin(feats[under], axis=0), np.nanmax(feats[under], axis=0)
+        if solved.any():  # open the region on a feature's side away from every solved row
+            s_low, s_high = np.nanmin(feats[solved], axis=0), np.nanmax(feats[solved], axis=0)
+            high = np.where(s_high < low, np.inf, high)
+            low = np.where(s_low > high, -np.inf, low)
+        gate = RowGate(model, float(pred[under].max()), tuple(low.tolist()), tuple(high.tolist()), 0, 0.0)
+        inside = ((feats >= low) & (feats <= high)).all(axis=1)
+        gated = gate.skips(feats)  # the level and the region: what live rows will see
+        if not (inside & solved).any() and gated.sum() >= max(min_rows, 1):
+            return replace(gate, calibration_rows=int(gated.sum()), share=float(gated.mean()))
+    return None
 
 
 def label_calibration(samples: pl.DataFrame, verifier_pass: float = 0.5) -> tuple[pl.DataFrame, str]:
@@ -306,31 +421,45 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
     warnings = []
     if q < cfg.min_calibration_queries:
         warnings.append(f"only {q} calibration rows (< {cfg.min_calibration_queries}): curves are noisy")
-    rows, n_av = np.arange(q), table.n_available
+    n_av = table.n_available
+    pilot = min(pilot_size(cfg, objective, table.verifier_score is not None), width)
+    names = feature_names(table, pilot, cfg)
+    # Rows the features alone call hopeless skip the pilot; the plan is for the others.
+    gate = fit_gate(table, names, cfg.gate_min_rows)
+    gated = gate.skips(_pilot_features(table, 0, np.zeros(q, np.int64), gate.model.names)[0]) if gate \
+        else np.zeros(q, dtype=bool)
+    rows = np.flatnonzero(~gated)
+    rows_run = rows_remaining * (1.0 - (gate.share if gate else 0.0))
 
     def pilot_cost(p: int) -> float:
-        return float(table.cumcost(unit)[rows, np.minimum(p, n_av)].mean())
+        return float(table.cumcost(unit)[rows, np.minimum(p, n_av[rows])].mean())
 
-    pilot = min(pilot_size(cfg, objective, table.verifier_score is not None), width)
-    while pilot > 1 and rows_remaining * pilot_cost(pilot) > budget_remaining:
+    while pilot > 1 and rows_run * pilot_cost(pilot) > budget_remaining:
         pilot -= 1  # as replay: a smaller pilot before rows go without one
     pilot_row = pilot_cost(pilot)
-    extra_budget = budget_remaining - rows_remaining * pilot_row
+    extra_budget = budget_remaining - rows_run * pilot_row
     if extra_budget < 0:
         warnings.append("the budget cannot pay a pilot sample for every remaining row; the ledger will refuse some")
-    names = feature_names(table, pilot, cfg)
     thresholds = _stop_signal(table, objective, cfg)[1]
+    keep_order = None
+    if verifier_driven(objective, table.verifier_score is not None) and (n_av < width).any():
+        # Calibration stopped rows at a verified sample (``CalibrationTier``): every finite threshold
+        # (a verifier score, at most VERIFIED) stops them there too, so their curves are exact; "never
+        # stop early" would read samples that were not drawn, so it is not offered. Such rows' samples
+        # are not exchangeable (the last one verified), so they replay in their recorded order only.
+        thresholds = tuple(t for t in thresholds if math.isfinite(t)) or thresholds
+        keep_order = (np.nan_to_num(table.verifier_score, nan=-np.inf) >= VERIFIED).any(axis=1)
     levels = give_up_levels(table, objective, cfg, thresholds)
     model, edges, curves, options, difficulty, _ = calibrate_buckets(
-        table, rows, pilot, unit, objective, cfg, thresholds, names, round_size, levels, model)
+        table, rows, pilot, unit, objective, cfg, thresholds, names, round_size, levels, model, keep_order)
     counts = np.bincount(assign_buckets(difficulty, edges), minlength=len(curves)).astype(np.float64)
-    copies = max(len(difficulty) // q, 1)
+    copies = max(len(difficulty) // len(rows), 1)
     if price is not None:  # never buy past a bucket's knee at this price
         options = [tuple(o for o in opts if o.cost <= c.curve.compute[c.curve.knee(price)]) or opts
                    for opts, c in zip(options, curves)]
     scale = max(1, math.ceil(_ALLOC_RESOLUTION / counts.sum()))
     units = (counts * scale).astype(np.int64)
-    per_row = max(extra_budget, 0.0) / rows_remaining if rows_remaining else 0.0
+    per_row = max(extra_budget, 0.0) / rows_run if rows_run else 0.0
     alloc = allocate([BucketOptions(b, int(units[b]), options[b]) for b in range(len(curves))],
                      per_row * float(units.sum()))
     specs = rule_specs(thresholds, pilot, width, cfg.give_up_at, levels)
@@ -342,7 +471,7 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
         return StopRule(float(t), g, cap, tier_name(cap, pilot, weighted), below)
 
     plans, report_buckets = [], []
-    for b, (bc, opts, ba) in enumerate(zip(curves, options, alloc.buckets)):
+    for b, (opts, ba) in enumerate(zip(options, alloc.buckets)):
         by_name = {o.name: o for o in opts}  # every bucket has rows, so the cheaper option keeps some
         used = sorted(((by_name[k], v / units[b]) for k, v in ba.counts.items() if v), key=lambda ow: ow[0].cost)
         alt = rule(int(used[1][0].name)) if len(used) > 1 else None
@@ -350,20 +479,73 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
                         float(sum(o.cost * w for o, w in used)), float(sum(o.score * w for o, w in used)),
                         alt, float(used[1][1]) if alt else 0.0)
         plans.append(bp)
-        report_buckets.append(_bucket_report(bp, bc.curve, price, rows_remaining, edges, bc.n_calibration_rows))
+    slack = per_row - sum(b.share * b.expected_cost for b in plans)
+    if price is None and alloc.price == 0 and slack > 0:
+        richest = _richest_option(specs, grid_t, grid_c)
+        if richest is not None:
+            plans = _spend_slack(plans, curves, richest, rule(richest), slack)
+    for bp, bc in zip(plans, curves):
+        report_buckets.append(_bucket_report(bp, bc.curve, price, rows_run, edges, bc.n_calibration_rows))
     plan = AdaptivePlan(pilot, round_size, objective, unit, tuple(names), model, tuple(float(e) for e in edges),
-                        tuple(plans), weighted, pilot_row, labels, seed, cfg.yield_cap, cfg.verifier_pass)
-    extra_spend = rows_remaining * sum(b.share * b.expected_cost for b in plans)
-    money = {"budget_remaining": budget_remaining, "rows_remaining": rows_remaining, "pilot_cost_per_row": pilot_row,
-             "pilot_total": rows_remaining * pilot_row, "extra_budget": max(extra_budget, 0.0),
-             "expected_extra_total": extra_spend, "expected_total": rows_remaining * pilot_row + extra_spend,
+                        tuple(plans), weighted, pilot_row, labels, seed, cfg.yield_cap, cfg.verifier_pass, gate)
+    extra_spend = rows_run * sum(b.share * b.expected_cost for b in plans)
+    money = {"budget_remaining": budget_remaining, "rows_remaining": rows_remaining, "rows_gated": rows_remaining - rows_run,
+             "pilot_cost_per_row": pilot_row,
+             "pilot_total": rows_run * pilot_row, "extra_budget": max(extra_budget, 0.0),
+             "expected_extra_total": extra_spend, "expected_total": rows_run * pilot_row + extra_spend,
              "expected_cost_per_row": plan.expected_cost_per_row, "price": alloc.price, "knee_price": price,
              "expected_score_per_row": sum(b.share * b.expected_score for b in plans)}
     return plan, {"unit": unit, "objective": objective, "labels": labels, "pilot": pilot, "round_size": round_size,
                   "calibration_rows": q, "calibration_samples_per_row": width, "calibration_orders": copies,
+                  "gate": gate and {"below": gate.below, "calibration_rows": gate.calibration_rows,
+                                    "share": gate.share, "features": list(gate.model.names)},
                   "signal": plan.signal, "weighted": weighted,
                   **({"yield_cap": cfg.yield_cap} if objective == "verified_yield" else {}), "feature_names": list(names), "budget": money,
                   "buckets": report_buckets, "warnings": warnings}
+
+
+def _richest_option(specs: list, grid_t: np.ndarray, grid_c: np.ndarray) -> int | None:
+    """Grid index of the richest rule that still stops on its signal: the strictest finite threshold,
+    no give-up, the largest cap (None when no threshold is finite)."""
+    finite = [t for t, _, _ in specs if math.isfinite(t)]
+    if not finite:
+        return None
+    j = specs.index((max(finite), None, None))
+    hit = np.flatnonzero((grid_t == j) & (grid_c == grid_c.max()))
+    return int(hit[0]) if hit.size else None
+
+
+def _spend_slack(plans: list[BucketPlan], curves: list[BucketCalibration], richest: int, rich_rule: StopRule,
+                 slack: float) -> list[BucketPlan]:
+    """Spend budget the allocator left over (every bucket at its measured peak) instead of returning it.
+
+    A curve measured on a few dozen calibration rows per bucket cannot see the small gains of late
+    samples, so its peak often sits below the largest cap with the same score: with ``slack`` (extra per
+    remaining row) left, buckets whose curve rose move rows to the richest rule (``_richest_option``)
+    while its measured score is no lower, buckets with the steepest measured rise first, via the
+    per-row split (``alt_rule``/``alt_share``). As replay's ``_extend_contested``.
+    """
+    out = list(plans)
+    rate = {}
+    for b, (bp, bc) in enumerate(zip(plans, curves)):
+        cv = bc.curve
+        c_r, s_r = float(cv.compute[richest]), float(cv.score[richest])
+        rise = float(cv.score[cv.peak] - cv.score[int(np.argmin(cv.compute))])
+        headroom = cv.score[cv.peak] < 1.0 - 1e-9  # some calibration rows were still not solved
+        if bp.alt_rule is None and rise > 0 and headroom and c_r > bp.expected_cost and s_r >= bp.expected_score - 1e-12:
+            rate[b] = rise / c_r
+    for b in sorted(rate, key=lambda k: -rate[k]):
+        bp, cv = out[b], curves[b].curve
+        need = bp.share * (float(cv.compute[richest]) - bp.expected_cost)
+        take = min(1.0, slack / need)
+        if take <= 0:
+            break
+        cost, score = (1 - take) * bp.expected_cost + take * float(cv.compute[richest]), \
+            (1 - take) * bp.expected_score + take * float(cv.score[richest])
+        out[b] = replace(bp, rule=rich_rule, expected_cost=cost, expected_score=score) if take >= 1.0 else \
+            replace(bp, alt_rule=rich_rule, alt_share=take, expected_cost=cost, expected_score=score)
+        slack -= take * need
+    return out
 
 
 def _bucket_report(bp: BucketPlan, curve: CurveFit, price: float | None, rows_remaining: int, edges: np.ndarray,
@@ -466,6 +648,11 @@ class AdaptiveTier(Tier):
         plan, k = self.plan, len(state.samples)
         if state.stop_reason is not None:
             return None
+        if state.rounds == 0 and plan.gate is not None:
+            gated, difficulty = plan.gated(row_table(state, plan))
+            if gated[0]:  # no sample: the features alone say no headroom
+                state.tier, state.stop_reason, state.difficulty = "skip", "gated", float(difficulty[0])
+                return None
         if state.rounds == 0:  # the pilot's log-probs are a difficulty feature when the plan reads them
             return replace(self._round, n=plan.pilot, seed=seed,
                            logprobs=self.logprobs or "mean_logprob" in plan.feature_names)
@@ -506,6 +693,55 @@ class AdaptiveTier(Tier):
         return "gave_up"
 
 
+@dataclass(frozen=True)
+class CalibrationTier(Tier):
+    """Calibration rows: up to ``n`` (K) samples, a first round of ``pilot`` then rounds of ``round_size``.
+
+    With ``stop_on_verified`` (accuracy or coverage with a verifier) a row stops after the round in which
+    a sample reaches the verifier's top score (``VERIFIED``): every stop rule a plan offers there (a
+    finite threshold on the best score so far) would stop it at that sample, so its curves stay exact,
+    and the difficulty model's binomial fit stays the likelihood (``fit_difficulty_model``). The plan
+    offers no "never stop early" rule then (``plan_from_calibration``). Easy rows then cost one sample
+    instead of K. Without it, the K samples go out in one request.
+    """
+
+    name: str = "calibration"
+    temperature: float = 0.7
+    pilot: int = 1
+    round_size: int = 2
+    stop_on_verified: bool = False
+
+    def next_request(self, state: RowState, seed: int | None) -> SamplingConfig | None:
+        if not self.stop_on_verified:
+            return super().next_request(state, seed)
+        k = len(state.samples)
+        if state.stop_reason is not None:
+            return None
+        if state.rounds:
+            if k == 0:
+                state.stop_reason = "no_samples"
+            elif any(x is not None and x >= VERIFIED for x in state.scores):
+                state.stop_reason = "verified"
+            elif k >= self.n:
+                state.stop_reason = "done"
+            if state.stop_reason is not None:
+                return None
+        n = min(self.pilot if state.rounds == 0 else self.round_size, self.n - k)
+        return SamplingConfig(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                              seed=seed, logprobs=self.logprobs)
+
+    def per_round_prompt(self, samples: pl.DataFrame) -> pl.DataFrame:
+        """Calibration samples (``samples.output_to_samples``) with ``prompt_tokens`` of one request: a row
+        that ran r rounds paid its prompt r times, and the output's ``prompt_tokens`` holds the sum. The
+        replay schema (and ``log_prompt_tokens``, a difficulty feature) wants it once, as live rows read it.
+        A row of n samples ran ``1 + ceil((n - pilot) / round_size)`` rounds (one without stopping)."""
+        if not self.stop_on_verified:
+            return samples
+        n = pl.len().over("query_id")
+        rounds = ((n - self.pilot).clip(lower_bound=0) + self.round_size - 1) // self.round_size + 1
+        return samples.with_columns((pl.col("prompt_tokens") // rounds).cast(pl.Int64).alias("prompt_tokens"))
+
+
 def plan_draws(plan: AdaptivePlan, samples: pl.DataFrame | ReplayTable) -> pl.DataFrame:
     """Replay a plan over recorded samples, columnar: what each row would draw live.
 
@@ -530,6 +766,7 @@ def plan_draws(plan: AdaptivePlan, samples: pl.DataFrame | ReplayTable) -> pl.Da
     signal = stop_signal(table, plan.objective, plan.yield_cap, plan.verifier_pass)
     drawn = p_n.astype(np.int64)
     tiers = np.empty(len(drawn), dtype=object)
+    gated, gate_difficulty = plan.gated(table)
     for b, bp in enumerate(plan.buckets):
         for rule, mask in ((bp.rule, (bucket == b) & ~alt), (bp.alt_rule, (bucket == b) & alt)):
             if rule is None or not mask.any():
@@ -539,6 +776,8 @@ def plan_draws(plan: AdaptivePlan, samples: pl.DataFrame | ReplayTable) -> pl.Da
             n = np.minimum(round_draws(n, p_n, plan.round_size, n_av), rule.cap)
             drawn[mask] = np.clip(n, p_n, n_av)[mask]
             tiers[mask] = rule.tier
-    return pl.DataFrame({"query_id": table.query_ids, "difficulty": difficulty, "bucket": bucket,
+    drawn[gated], tiers[gated] = 0, "skip"
+    return pl.DataFrame({"query_id": table.query_ids, "difficulty": np.where(gated, gate_difficulty, difficulty),
+                         "bucket": pl.Series(np.where(gated, None, bucket).tolist(), dtype=pl.Int32),
                          "tier": pl.Series(tiers.tolist(), dtype=pl.String), "n_drawn": drawn})
 

@@ -236,13 +236,17 @@ class DifficultyModel:
 
 
 def fit_difficulty_model(features: np.ndarray, success: np.ndarray, names: list[str],
-                         l2: float = 1e-2, iterations: int = 30) -> DifficultyModel:
+                         l2: float = 1e-2, iterations: int = 30, weights: np.ndarray | None = None) -> DifficultyModel:
     """Fit ``DifficultyModel`` by Newton's method on the (fractional) logistic log-likelihood.
 
     Args:
         features: [rows, k] signals per calibration row; NaN means unknown.
         success: [rows] target in [0, 1], e.g. the fraction of a row's samples that are correct.
         names: k feature names.
+        weights: [rows] weight of each row's term, e.g. its sample count: with ``success`` the share of
+            correct samples that is the binomial likelihood, which stays the likelihood when a row's
+            sampling stopped on what it saw (a verified sample), where the share alone is biased.
+            Normalized to mean 1, so equal weights fit as None does.
         l2: Ridge penalty on the coefficients (per row), keeps collinear or constant features finite.
         iterations: Newton steps (converges in well under 30 on this problem size).
     """
@@ -255,13 +259,15 @@ def fit_difficulty_model(features: np.ndarray, success: np.ndarray, names: list[
         return model
     design = np.hstack([model._design(x), np.ones((len(x), 1))])
     y = np.clip(np.asarray(success, dtype=np.float64), 0.0, 1.0)
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.mean() if w.sum() > 0 else np.ones(len(x))
     beta = np.zeros(design.shape[1])
     ridge = l2 * len(x) * np.eye(design.shape[1])
     ridge[-1, -1] = 0.0
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-np.clip(design @ beta, -30, 30)))
-        grad = design.T @ (p - y) + ridge @ beta
-        hess = (design * (p * (1 - p) + 1e-9)[:, None]).T @ design + ridge
+        grad = design.T @ (w * (p - y)) + ridge @ beta
+        hess = (design * (w * p * (1 - p) + 1e-9)[:, None]).T @ design + ridge
         step = np.linalg.solve(hess, grad)
         beta -= step
         if math.isfinite(step.max()) and np.abs(step).max() < 1e-8:

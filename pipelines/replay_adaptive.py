@@ -85,6 +85,9 @@ class AdaptiveConfig:
             min(correct, c) / c and a query stops once c samples pass the verifier.
         verifier_pass: For verified_yield: the verifier score at which a sample counts as verified (the
             stop signal; ``adaptive.label_calibration`` labels calibration samples at the same level).
+        gate_min_rows: The live plan's features-only gate (``adaptive.fit_gate``): rows predicted below
+            the level where at least this many calibration rows never got a sample right skip the pilot.
+            None: no gate. Needs a free estimator (``features`` or ``column``).
     """
 
     pilot_samples: int | None = None
@@ -103,6 +106,7 @@ class AdaptiveConfig:
     estimators: tuple[str, ...] = ("pilot", "column")
     yield_cap: int = 4
     verifier_pass: float = 0.5
+    gate_min_rows: int | None = 8
 
     def __post_init__(self) -> None:
         if self.yield_cap < 1:
@@ -305,14 +309,21 @@ def _stop_rules(table: ReplayTable, signal: np.ndarray, thresholds: tuple[float,
     return np.stack(stops), labels, strict
 
 
-def _reordered(table: ReplayTable, rows: np.ndarray, copies: int, seed: int = 0) -> ReplayTable:
-    """``copies`` replays of each of ``rows`` with samples shuffled (copy 0 keeps the recorded order)."""
+def _reordered(table: ReplayTable, rows: np.ndarray, copies: int, seed: int = 0,
+               keep_order: np.ndarray | None = None) -> ReplayTable:
+    """``copies`` replays of each of ``rows`` with samples shuffled (copy 0 keeps the recorded order).
+
+    ``keep_order`` ([table rows] bool) marks rows replayed in their recorded order in every copy: rows
+    whose sampling stopped on what it saw (a verified sample) are not exchangeable histories.
+    """
     from pipelines.replay import ReplayTable
 
     r = np.tile(rows, max(copies, 1))
     n_av, width = table.n_available[r], table.shape[1]
     keys = np.random.default_rng(seed).random((len(r), width))
     keys[: len(rows)] = np.arange(width) / max(width, 1)
+    if keep_order is not None:
+        keys[keep_order[r]] = np.arange(width) / max(width, 1)
     keys[np.arange(width)[None, :] >= n_av[:, None]] = np.inf  # missing samples stay at the end
     perm = np.argsort(keys, axis=1, kind="stable")
 
@@ -407,7 +418,7 @@ def round_cumcost(table: ReplayTable, unit: str, pilot: int, round_size: int) ->
 def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, unit: str, objective: str,
                       cfg: AdaptiveConfig, thresholds: tuple[float, ...], names: list[str],
                       round_size: int | None = None, levels: tuple[float | None, ...] = (None,),
-                      model: DifficultyModel | None = None) -> tuple:
+                      model: DifficultyModel | None = None, keep_order: np.ndarray | None = None) -> tuple:
     """Difficulty model, bucket edges and per-bucket curves from fully sampled calibration queries.
 
     Each of ``deep_rows`` is replayed in ``cfg.calibration_orders`` sample orders; the model maps pilot
@@ -417,6 +428,7 @@ def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, uni
     Args:
         levels: Give-up checks offered (``give_up_levels``, from the whole table as ``thresholds``).
         model: A difficulty model learned earlier (the ``learned`` estimator); None: fit one here.
+        keep_order: [table rows] bool: rows replayed in their recorded order only (see ``_reordered``).
         round_size: None for replay (a query stops at the exact sample its rule fires, the prompt is
             paid once). A live run samples in rounds: stop points are rounded up to the round's end
             (``round_draws``) and token costs pay the prompt once per round (``round_cumcost``).
@@ -425,12 +437,12 @@ def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, uni
         (model, bucket edges, per-bucket ``BucketCalibration``, per-bucket allocator options,
         [rows] predicted difficulty of the reordered calibration rows, the reordered table).
     """
-    cal = _reordered(table, deep_rows, cfg.calibration_orders)
+    cal = _reordered(table, deep_rows, cfg.calibration_orders, keep_order=keep_order)
     p_n = np.minimum(pilot, cal.n_available)
     cal_feats = _pilot_features(cal, pilot, p_n, names)[0]
     success = cal.correct.sum(axis=1) / np.maximum(cal.n_available, 1)  # calibration rows only
-    if model is None:
-        model = fit_difficulty_model(cal_feats, success, names)
+    if model is None:  # weighted by samples: the binomial likelihood, exact when calibration stopped rows early
+        model = fit_difficulty_model(cal_feats, success, names, weights=cal.n_available)
     elif list(model.names) != list(names):
         raise ValueError(f"the learned difficulty model reads {list(model.names)}; this run has {list(names)}")
     cal_stops = _stop_rules(cal, _stop_signal(cal, objective, cfg, thresholds)[0], thresholds, pilot, cfg, levels)[0]

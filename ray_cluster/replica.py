@@ -212,7 +212,7 @@ class ReplicaActor:
                                           if q.prefix else r.samples, ledger)
                       for q, r in zip(requests, results)]
             tier.absorb(state, requests, results, extract, scores)
-        if not state.samples:
+        if not state.samples and state.stop_reason != "gated":  # gated: the tier chose no sample (adaptive)
             return records.empty_record(row_id, "skipped_budget", None, n_prompt)
         answer, votes = tier.select(state)
         lps = [s.mean_logprob for s in state.samples if s.mean_logprob is not None]

@@ -33,7 +33,12 @@ def test_adaptive_job_end_to_end(tmp_path, shared_pool):
     assert out.height == ROWS and out["id"].n_unique() == ROWS
     assert report["spent"] <= budget
     cal = out.filter(pl.col("tier") == "calibration")
-    assert cal.height > 0 and (cal["n_samples"] == 8).all()
+    assert cal.height > 0 and (cal["n_samples"] <= 8).all()
+    # Calibration rows stop at the round with a verified sample (CalibrationTier), else draw all 8.
+    best = cal["verifier_scores"].list.max()
+    assert ((cal["stop_reason"] == "verified") == (best >= 1.0)).all()
+    assert (cal.filter(pl.col("stop_reason") != "verified")["n_samples"] == 8).all()
+    assert cal.filter(pl.col("digits") <= 3)["n_samples"].mean() < 2
     # Only the parts that ran as calibration count as calibration (the slice may stop early).
     assert report["adaptive"]["calibration_spent"] == pytest.approx(cal["cost"].sum())
     rest = out.filter((pl.col("tier") != "calibration") & (pl.col("status") == "ok"))
@@ -79,6 +84,11 @@ def test_difficulty_estimators_features_column_and_learned(tmp_path, shared_pool
     live = out.filter(pl.col("difficulty").is_not_null())
     # The estimate orders rows as the regimes do: 7-8 digit rows (hopeless) look harder than 1-3 digit ones.
     assert live.filter(pl.col("digits") >= 7)["difficulty"].mean() > live.filter(pl.col("digits") <= 3)["difficulty"].mean()
+    # Rows the features-only gate skips (the digits column says hopeless) are written, unsampled and free.
+    gated = out.filter(pl.col("stop_reason") == "gated")
+    assert (gated["digits"] >= 7).all() and (gated["status"] == "ok").all() and (gated["tier"] == "skip").all()
+    assert (gated["n_samples"] == 0).all() and (gated["cost"] == 0).all() and gated["answer"].is_null().all()
+    assert (first["plan"]["gate"] is not None) == (gated.height > 0)
 
     second = run("b", {"estimators": ["pilot", "features", "column", "learned"], "column": "digits",
                        "learned": str(tmp_path / "a" / "difficulty_model.json")})

@@ -86,10 +86,16 @@ def test_zero_budget_skips_every_bucket(calibration):
 
 
 def test_huge_budget_takes_each_buckets_peak(calibration):
+    """Every bucket reaches its measured peak; a bucket whose curve rose and still has unsolved rows
+    takes the richest rule (``_spend_slack``: calibration misses small late gains) instead."""
     plan, report = _plan(calibration, 1e6)
+    richest = max((b.rule for b in plan.buckets), key=lambda r: (r.cap, r.threshold if np.isfinite(r.threshold) else 0))
+    assert any(b.rule == richest for b in plan.buckets)
     for b, rb in zip(plan.buckets, report["buckets"]):
-        assert b.alt_rule is None and b.rule.label == rb["peak"]["label"]
+        assert b.alt_rule is None and b.rule.label in (rb["peak"]["label"], richest.label)
         assert b.expected_score == pytest.approx(max(p["score"] for p in rb["points"]))
+        if b.rule.label != rb["peak"]["label"]:
+            assert rb["peak"]["score"] < 1.0
     # A price stops each bucket at its knee instead, spending less for most of the score.
     priced, rep = _plan(calibration, 1e6, price=0.01)
     assert priced.expected_cost_per_row < plan.expected_cost_per_row
@@ -278,7 +284,9 @@ def test_live_tier_draws_what_replay_draws(objective, verifier, round_size, unit
     assert (got["n_drawn"] == got["live_n"]).all()
     assert (got["bucket"] == got["live_bucket"]).all() and (got["tier"] == got["live_tier"]).all()
     assert got["n_drawn"].n_unique() > 2 and set(got["reason"]) <= {"agreed", "verified", "yield_reached",
-                                                                     "gave_up", "cap", "no_headroom"}
+                                                                     "gave_up", "cap", "no_headroom", "gated"}
+    # Rows the features-only gate skips draw nothing, live and replayed.
+    assert set(got.filter(pl.col("reason") == "gated")["n_drawn"]) <= {0}
     if objective == "verified_yield":
         assert plan.signal == "verified_count" and "yield_reached" in set(got["reason"])
     if verifier and estimators:
@@ -293,8 +301,10 @@ def test_live_tier_draws_what_replay_draws(objective, verifier, round_size, unit
         signal = stop_signal(table, objective, plan.yield_cap, plan.verifier_pass)
         stops, labels, _ = _stop_rules(table, signal, thresholds, plan.pilot, cfg, levels)
         drawn = dict(zip(replayed["query_id"], replayed["n_drawn"]))
-        alt = plan.takes_alt(table.query_ids, replayed["bucket"].to_numpy())
+        alt = plan.takes_alt(table.query_ids, replayed["bucket"].fill_null(0).to_numpy())
         for i, (qid, b) in enumerate(zip(table.query_ids, replayed["bucket"])):
+            if b is None:  # gated
+                continue
             r = plan.buckets[b].alt_rule if alt[i] else plan.buckets[b].rule
             want = min(int(stops[labels.index(r.label.rsplit(",cap=", 1)[0]), i]), r.cap)
             assert drawn[qid] == (want if r.cap > plan.pilot else plan.pilot)
