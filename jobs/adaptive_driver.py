@@ -121,10 +121,7 @@ class AdaptiveDriver:
                     current[0] = self._adaptive_tier(self._plan(session, left))
                     self.replans += 1
 
-        # Parts carry the plan they were sent with: keep few ahead (parts_per_replica, 2 by
-        # default, each), so that a re-plan reaches the rows it was made for.
-        ahead = self.spec.replicas.count * (self.spec.replicas.parts_per_replica or 2)
-        unsent = session.run_parts(main, tier=lambda: current[0], on_part=on_part, max_inflight=ahead)
+        unsent = session.run_parts(main, tier=lambda: current[0], on_part=on_part)
         self.report["adaptive"] |= {"replans": self.replans}
         return unsent
 

@@ -53,9 +53,7 @@ class ReplicaSpec(_Strict):
     max_rows_in_flight: int | None = Field(
         None, ge=1, description="rows a replica keeps in its engine at once (default: 1.5 x the engine's "
                                 "max_num_seqs, so its queue never runs dry while rows change over)")
-    parts_per_replica: int | None = Field(None, ge=1, description="parts each replica holds at once; null "
-                                          "(default): at least 2, and more while they hold fewer than twice its "
-                                          "rows in flight (a part commits when its last row finishes)")
+    parts_per_replica: int = Field(2, ge=1)
     max_part_retries: int = Field(3, ge=0)
 
 

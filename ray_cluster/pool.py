@@ -1,11 +1,10 @@
 """ReplicaPool: keeps every replica busy with a bounded number of parts in flight.
 
 Parts are deterministic slices of the input (``pipelines.io.Part``); each replica
-holds a bounded number of them at once (``parts_per_replica``; by default enough
-for twice the rows it keeps in flight), so memory stays flat however large
-the input is, and parts overlap on each engine so its batch stays full between
-parts. A replica that dies is replaced and its parts retried (bounded, with
-backoff); its budget reservations are released. A part that keeps failing is
+holds at most ``parts_per_replica`` of them at once, so memory stays flat however
+large the input is, and two parts overlap on each engine so it never drains
+between parts. A replica that dies is replaced and its parts retried (bounded,
+with backoff); its budget reservations are released. A part that keeps failing is
 committed as row-level ``error`` records, never dropped.
 
 The pool knows engines, not jobs: the job's context, row program and ledger go
@@ -40,7 +39,7 @@ class PoolConfig:
     replicas: int = 1
     num_cpus: float = 1
     num_gpus: float = 0
-    parts_per_replica: int | None = None  # None: at least 2, more while under 2 x rows in flight
+    parts_per_replica: int = 2
     max_part_retries: int = 3
     retry_backoff_s: float = 1.0
     max_rows_in_flight: int | None = None  # None: 1.5 x the engine's max_num_seqs
@@ -58,10 +57,9 @@ class ReplicaPool:
         self._serial = 0
         self.actors: dict[str, object] = {}
         self.replaced = 0
-        self._rows_in_flight: dict[str, int] = {}  # per replica, from its engine
         for _ in range(config.replicas):
             self._spawn()
-        self._started(list(self.actors))  # engines start in parallel
+        ray.get([a.start.remote() for a in self.actors.values()])  # engines start in parallel
 
     def _spawn(self) -> str:
         name = f"replica-{self._serial}"
@@ -70,20 +68,6 @@ class ReplicaPool:
             num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus, max_concurrency=1000,
         ).remote(self.engine, name, self.cfg.max_rows_in_flight, self.judge)
         return name
-
-    def _started(self, names: list[str]) -> None:
-        infos = ray.get([self.actors[n].start.remote() for n in names])
-        self._rows_in_flight.update({n: i["max_rows_in_flight"] for n, i in zip(names, infos)})
-
-    def _wants_more(self, name: str, inflight: dict) -> bool:
-        """Whether a replica takes another part: below ``parts_per_replica`` parts when it is
-        set; by default while it holds fewer than 2 parts or fewer rows than twice what it
-        keeps in flight (a part commits only when its last row finishes, and the rows
-        queued behind keep the engine's batch full meanwhile)."""
-        mine = [part for n, part, _ in inflight.values() if n == name]
-        if self.cfg.parts_per_replica is not None:
-            return len(mine) < self.cfg.parts_per_replica
-        return len(mine) < 2 or sum(p.length for p in mine) < 2 * self._rows_in_flight.get(name, 0)
 
     def info(self) -> dict[str, dict]:
         """Each replica's node, pid and engine context length."""
@@ -96,8 +80,8 @@ class ReplicaPool:
             log.warning("replaced %s; released %.6g of its reservations", name, released)
             ray.kill(dead, no_restart=True)
         self.replaced += 1
-        self._rows_in_flight.pop(name, None)
-        self._started([self._spawn()])
+        new = self._spawn()
+        ray.get(self.actors[new].start.remote())
 
     def run(self, job: JobContext, ledger, parts: Iterable[Part], tier: Callable[[], object],
             on_done: Callable[[dict], None], on_failed: Callable[[Part, str], None],
@@ -115,17 +99,14 @@ class ReplicaPool:
         queue: deque[tuple[Part, int]] = deque((p, 0) for p in parts)
         inflight: dict[ray.ObjectRef, tuple[str, Part, int]] = {}
         while (queue and not stopping()) or inflight:
-            # One part per replica per pass, so that replicas share a short input evenly.
-            sending = True
-            while sending and queue and not stopping() and (max_inflight is None or len(inflight) < max_inflight):
-                sending = False
-                for name in list(self.actors):
-                    if queue and self._wants_more(name, inflight) and (
-                            max_inflight is None or len(inflight) < max_inflight):
-                        part, tries = queue.popleft()
-                        ref = self.actors[name].process_part.remote(part, job, tier(), ledger)
-                        inflight[ref] = (name, part, tries)
-                        sending = True
+            for name in list(self.actors) if not stopping() else []:
+                load = sum(1 for n, _, _ in inflight.values() if n == name)
+                while queue and load < self.cfg.parts_per_replica and (
+                        max_inflight is None or len(inflight) < max_inflight) and not stopping():
+                    part, tries = queue.popleft()
+                    ref = self.actors[name].process_part.remote(part, job, tier(), ledger)
+                    inflight[ref] = (name, part, tries)
+                    load += 1
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
             if poll is not None:
                 poll()
