@@ -111,6 +111,9 @@ def calibrate_rungs(spec: JobSpec, session, cal_parts: list[io.Part], samples: p
         summary[tier.name] = {"rows": m.height, "spent": float(sum(costs)), "labels": labels,
                               "mean_cost_tokens": float(m["cost"].mean()) if m.height else None,
                               "mean_score": float(m["score"].mean()) if m.height else None}
+        if not m.height:
+            log.warning("rung %s was measured on no row (calibration budget share spent): the plan leaves it out",
+                        tier.name)
         log.info("rung %s measured on %d rows: %.1f tokens/row, score %.3f", tier.name, m.height,
                  summary[tier.name]["mean_cost_tokens"] or 0.0, summary[tier.name]["mean_score"] or 0.0)
     return pl.concat(measures), summary

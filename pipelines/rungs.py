@@ -58,7 +58,8 @@ def rung_measures(output: pl.DataFrame, rung: str, *, objective: str, unit: str 
     Args:
         output: The rung run's output rows (tierwise records: ``id``, ``status``, ``answer``,
             ``prompt_tokens``, ``output_tokens``, ``n_samples``, ``sample_answers``, ``verifier_scores``).
-            Rows that did not finish ``ok`` (the budget, an error) keep their cost and score 0.
+            Only ``ok`` rows count: a row the budget skipped (or an error) ran nothing and says nothing
+            about the rung; a row the budget stopped part-way counts with what it spent and answered.
         rung: Its name (``think``, ``search``).
         objective: ``accuracy`` (the row's answer is right), ``coverage`` (some answered sample is right) or
             ``verified_yield`` (right answered samples, up to ``yield_cap``, over ``yield_cap``).
@@ -76,11 +77,12 @@ def rung_measures(output: pl.DataFrame, rung: str, *, objective: str, unit: str 
     """
     if unit not in ("tokens", "samples") or objective not in ("accuracy", "coverage", "verified_yield"):
         raise ValueError(f"rung_measures: unknown unit {unit!r} or objective {objective!r}")
+    output = output.filter(pl.col("status") == "ok") if "status" in output.columns else output
     if output.is_empty():
         return pl.DataFrame(schema=MEASURE_SCHEMA), "gold" if gold is not None else "verifier"
     scored = "verifier_scores" in output.columns and output["verifier_scores"].is_not_null().any()
     rows = output.select(
-        pl.col("id").cast(pl.String).alias("query_id"), "status", "answer",
+        pl.col("id").cast(pl.String).alias("query_id"), "answer",
         (pl.col("prompt_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)).cast(pl.Float64).alias("tokens"),
         pl.col("n_samples").fill_null(0).cast(pl.Float64).alias("samples"),
         pl.col("sample_answers").fill_null([]),
@@ -95,7 +97,7 @@ def rung_measures(output: pl.DataFrame, rung: str, *, objective: str, unit: str 
     else:
         raise ValueError("rung_measures: no gold, verifier scores or majority answers to label samples with")
     if ref is not None:
-        rows = rows.join(ref, on="query_id", how="left")
+        rows = rows.join(ref, on="query_id", how="left", maintain_order="left")
     per_sample = [pl.col("sample_answers").alias("s_answer")] + ([pl.col("scores").alias("s_score")] if scored else [])
     samples = rows.select("query_id", "answer", *(["ref"] if ref is not None else []), *per_sample)
     samples = samples.explode([c.meta.output_name() for c in per_sample]).filter(pl.col("s_answer").is_not_null())
@@ -103,7 +105,7 @@ def rung_measures(output: pl.DataFrame, rung: str, *, objective: str, unit: str 
     per_row = samples.with_columns(right=right.fill_null(False)).group_by("query_id").agg(
         n_right=pl.col("right").sum(),
         answer_right=(pl.col("right") & (pl.col("s_answer") == pl.col("answer"))).any())
-    rows = rows.join(per_row, on="query_id", how="left").with_columns(
+    rows = rows.join(per_row, on="query_id", how="left", maintain_order="left").with_columns(
         pl.col("n_right").fill_null(0), pl.col("answer_right").fill_null(False))
     if objective == "accuracy":
         score = pl.col("answer_right").cast(pl.Float64)
@@ -111,9 +113,8 @@ def rung_measures(output: pl.DataFrame, rung: str, *, objective: str, unit: str 
         score = (pl.col("n_right") > 0).cast(pl.Float64)
     else:
         score = pl.min_horizontal(pl.col("n_right"), yield_cap).cast(pl.Float64) / yield_cap
-    ok = pl.col("status") == "ok"
     return rows.select("query_id", pl.lit(rung).alias("rung"), pl.col(unit).alias("cost"),
-                       pl.when(ok).then(score).otherwise(0.0).alias("score")), source
+                       score.alias("score")), source
 
 
 def rung_options(measures: pl.DataFrame, query_ids: pl.Series, difficulty: np.ndarray, edges: np.ndarray,
@@ -146,7 +147,7 @@ def rung_options(measures: pl.DataFrame, query_ids: pl.Series, difficulty: np.nd
                for b in range(n_buckets)]
     index = pl.DataFrame({"query_id": query_ids.cast(pl.String), "_i": np.arange(q)})
     for rung in measures["rung"].unique(maintain_order=True).to_list():
-        m = measures.filter(pl.col("rung") == rung).join(index, on="query_id", how="inner")
+        m = measures.filter(pl.col("rung") == rung).join(index, on="query_id", how="inner", maintain_order="left")
         if m.is_empty():
             continue
         pairs = (m["_i"].to_numpy()[None, :] + q * np.arange(orders)[:, None]).ravel()

@@ -31,7 +31,7 @@ ROWS = 3000
 
 def _output() -> pl.DataFrame:
     """Three rung rows as the replica writes them: a: right, b: wrong answer but one right sample, c: the
-    budget stopped it before any sample."""
+    budget skipped it (it ran nothing: not a measurement)."""
     return pl.DataFrame({
         "id": ["a", "b", "c"], "status": ["ok", "ok", "skipped_budget"], "answer": ["5", "7", None],
         "prompt_tokens": [10, 30, 12], "output_tokens": [50, 90, 0], "n_samples": [1, 3, 0],
@@ -44,15 +44,16 @@ def test_rung_measures_cost_everything_sent_and_score_the_final_answer():
     gold = pl.DataFrame({"id": ["a", "b", "c"], "gold": ["5", " 6", "1"]})
     m, labels = rung_measures(_output(), "think", objective="accuracy", gold=gold)
     assert labels == "gold" and m.columns == ["query_id", "rung", "cost", "score"]
-    assert m["cost"].to_list() == [60.0, 120.0, 12.0] and m["score"].to_list() == [1.0, 0.0, 0.0]
+    assert m["query_id"].to_list() == ["a", "b"]
+    assert m["cost"].to_list() == [60.0, 120.0] and m["score"].to_list() == [1.0, 0.0]
     assert (m["rung"] == "think").all()
     cov = rung_measures(_output(), "think", objective="coverage", gold=gold, unit="samples")[0]
-    assert cov["score"].to_list() == [1.0, 1.0, 0.0] and cov["cost"].to_list() == [1.0, 3.0, 0.0]
+    assert cov["score"].to_list() == [1.0, 1.0] and cov["cost"].to_list() == [1.0, 3.0]
     # Without gold, a verifier pass labels a sample; the unanswered sample (score 0.9) never counts.
     ver, labels = rung_measures(_output(), "search", objective="verified_yield", yield_cap=2)
-    assert labels == "verifier" and ver["score"].to_list() == [0.5, 0.5, 0.0]
+    assert labels == "verifier" and ver["score"].to_list() == [0.5, 0.5]
     acc = rung_measures(_output(), "search", objective="accuracy")[0]
-    assert acc["score"].to_list() == [1.0, 0.0, 0.0]  # b's answer 7 scores 0.2
+    assert acc["score"].to_list() == [1.0, 0.0]  # b's answer 7 scores 0.2
 
 
 def test_rung_measures_without_gold_or_verifier_use_the_calibration_majority():
@@ -62,7 +63,7 @@ def test_rung_measures_without_gold_or_verifier_use_the_calibration_majority():
     assert dict(maj.iter_rows()) == {"a": "5", "b": "6"}
     out = _output().drop("verifier_scores")
     m, labels = rung_measures(out, "think", objective="accuracy", majority=maj)
-    assert labels == "majority" and m["score"].to_list() == [1.0, 0.0, 0.0]
+    assert labels == "majority" and m["score"].to_list() == [1.0, 0.0]
     with pytest.raises(ValueError, match="no gold, verifier scores or majority"):
         rung_measures(out, "think", objective="accuracy")
 
