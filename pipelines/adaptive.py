@@ -335,7 +335,7 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
     names = feature_names(table, pilot, cfg)
     thresholds = _stop_signal(table, objective, cfg)[1]
     levels = give_up_levels(table, objective, cfg, thresholds)
-    model, edges, curves, options, difficulty, _ = calibrate_buckets(
+    model, edges, curves, options, difficulty, cal = calibrate_buckets(
         table, rows, pilot, unit, objective, cfg, thresholds, names, round_size, levels, model)
     counts = np.bincount(assign_buckets(difficulty, edges), minlength=len(curves)).astype(np.float64)
     copies = max(len(difficulty) // q, 1)
@@ -347,7 +347,9 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
     if not sampling:  # the ladder has no sampling rung: the pilot alone (cap = pilot) stays
         options = [tuple(o for o in opts if grid_c[int(o.name)] <= pilot) for opts in options]
     measured = rung_options(rungs if rungs is not None else pl.DataFrame(schema=MEASURE_SCHEMA), table.query_ids,
-                            difficulty, edges)
+                            difficulty, edges, pilot_score=cal.scores(objective, cfg.yield_cap)[
+                                np.arange(len(difficulty)), np.minimum(pilot, cal.n_available)].astype(np.float64),
+                            reference=[min(opts, key=lambda o: o.cost).score for opts in options])
     options = [opts + tuple(o for o, _ in extra.values()
                             if price is None or o.cost <= _knee_cost(opts) or o.score - price * o.cost
                             >= max(p.score - price * p.cost for p in opts))

@@ -118,7 +118,8 @@ def rung_measures(output: pl.DataFrame, rung: str, *, objective: str, unit: str 
 
 
 def rung_options(measures: pl.DataFrame, query_ids: pl.Series, difficulty: np.ndarray, edges: np.ndarray,
-                 min_rows: int = 8) -> list[dict[str, tuple[Option, int]]]:
+                 min_rows: int = 8, pilot_score: np.ndarray | None = None,
+                 reference: list[float] | None = None) -> list[dict[str, tuple[Option, int]]]:
     """Per bucket, one allocator option per measured rung, with the rows it was measured on.
 
     Calibration replays each calibration row in several sample orders (``difficulty`` holds one prediction
@@ -127,12 +128,19 @@ def rung_options(measures: pl.DataFrame, query_ids: pl.Series, difficulty: np.nd
     averages the measured (row, order) pairs in the bucket; when fewer than ``min_rows`` rows' worth fall
     there, the pairs nearest the bucket's median difficulty (over all calibration pairs) fill it up.
 
+    Paired with the pilot: the stop rules' curve of a bucket is measured on more calibration rows than a
+    rung (a sub-slice), so a rung's raw mean would compare a few rows against many. With ``pilot_score`` and
+    ``reference``, a rung's score is the bucket's pilot-only score plus the rung's mean gain over the pilot
+    on its own rows (clipped to [0, 1]): both options then stand on the same rows' baseline.
+
     Args:
         measures: ``query_id, rung, cost, score`` (``rung_measures``, several rungs stacked).
         query_ids: [Q] the calibration rows, in the order ``difficulty`` repeats them.
         difficulty: [Q * orders] predicted difficulty.
         edges: Inner bucket edges.
         min_rows: Fewest measured rows a bucket's option averages over (fewer if fewer were measured).
+        pilot_score: [Q * orders] each pair's score with its pilot samples alone (the calibration replay).
+        reference: Per bucket, the pilot-only option's score (the curve's cost-0 point).
 
     Returns:
         Per bucket, ``{rung: (Option(rung, cost, score), rows measured)}``; empty dicts without measures.
@@ -161,6 +169,8 @@ def rung_options(measures: pl.DataFrame, query_ids: pl.Series, difficulty: np.nd
             if members.size < want:
                 center = centers[b] if np.isfinite(centers[b]) else float(np.median(d))
                 members = np.argsort(np.abs(d - center), kind="stable")[:want]
-            out[b][rung] = (Option(rung, float(cost[members].mean()), float(score[members].mean())),
-                            int(np.unique(pairs[members] % q).size))
+            value = float(score[members].mean())
+            if pilot_score is not None and reference is not None:
+                value = float(np.clip(reference[b] + value - pilot_score[pairs[members]].mean(), 0.0, 1.0))
+            out[b][rung] = (Option(rung, float(cost[members].mean()), value), int(np.unique(pairs[members] % q).size))
     return out

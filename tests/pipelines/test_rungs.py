@@ -82,6 +82,19 @@ def test_rung_options_average_rows_in_or_nearest_each_bucket():
     assert rung_options(measures.clear(), ids, difficulty, np.array([0.5])) == [{}, {}]
 
 
+def test_rung_score_is_paired_with_the_pilot_on_the_rungs_own_rows():
+    """A rung measured only on rows its pilot already gets right gains nothing: the bucket's pilot-only score
+    (measured on all its rows) plus that zero gain, not the sub-slice's raw 1.0."""
+    ids = pl.Series(["q0", "q1", "q2", "q3"])
+    measures = pl.DataFrame({"query_id": ["q0", "q1"], "rung": ["search"] * 2, "cost": [5.0, 7.0], "score": [1.0, 1.0]})
+    args = (measures, ids, np.full(4, 0.5), np.array([]))
+    assert rung_options(*args)[0]["search"][0].score == 1.0
+    paired = rung_options(*args, pilot_score=np.array([1.0, 1.0, 0.0, 0.0]), reference=[0.5])[0]["search"][0]
+    assert (paired.cost, paired.score) == (6.0, 0.5)
+    gain = rung_options(*args, pilot_score=np.array([0.0, 0.5, 0.0, 0.0]), reference=[0.9])[0]["search"][0]
+    assert gain.score == 1.0  # 0.9 + 0.75, clipped
+
+
 # ---- planning with rungs --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
