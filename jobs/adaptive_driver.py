@@ -79,6 +79,8 @@ class AdaptiveDriver:
         self.report: dict = {}
         self.replans = 0
         self._samples: pl.DataFrame | None = None
+        self._rungs: pl.DataFrame | None = None  # think / search measured on calibration rows (policy.ladder)
+        self._rung_summary: dict = {}
 
     # -------------------------------------------------------------- phases
     def run(self, session) -> int:
@@ -110,6 +112,14 @@ class AdaptiveDriver:
             fs, root = io.filesystem(out, so)
             with fs.open(f"{root.rstrip('/')}/calibration_samples.parquet", "wb") as fh:
                 self._samples.write_parquet(fh)
+            if self.pol.rungs:  # the ladder's think / search rungs, measured on a sub-slice of these rows
+                from jobs.rung_calibration import calibrate_rungs
+
+                spent = sum(session.summaries[p.part_id]["cost"] for p in cal_parts)
+                self._rungs, self._rung_summary = calibrate_rungs(self.spec, session, cal_parts, self._samples,
+                                                                  cal_cap, spent)
+                if session.stopping:
+                    return len(main)
         current = [self._adaptive_tier(self._plan(session, main, write=True))]
         done = [0]
 
@@ -155,18 +165,20 @@ class AdaptiveDriver:
         plan, report = plan_from_calibration(
             self._samples, rows_remaining=rows_left, budget_remaining=tokens_left, unit="tokens",
             objective=self.pol.objective, config=self.config, price=self.pol.price,
-            round_size=self.pol.round_size, seed=self.spec.sampling.seed, model=self.model)
+            round_size=self.pol.round_size, seed=self.spec.sampling.seed, model=self.model,
+            rungs=self._rungs, sampling=self.pol.sampling_rung)
         summary = {
             "calibration_parts": len(self.cal_ids & set(session.summaries)),
             "calibration_rows": int(self._samples["query_id"].n_unique()),
             "calibration_spent": float(sum(session.summaries[i]["cost"] for i in self.cal_ids
-                                           if i in session.summaries)),
+                                           if i in session.summaries)
+                                       + sum(r["spent"] for r in self._rung_summary.values())),
             "labels": plan.labels,
             "buckets": [{"bucket": i, "tier": b.tier, "share": b.share, "cap": b.rule.cap,
                          "expected_cost": b.expected_cost, "expected_score": b.expected_score}
                         for i, b in enumerate(plan.buckets)],
             "expected_cost_per_row": plan.expected_cost_per_row,
-        }
+        } | ({"rungs": self._rung_summary} if self._rung_summary else {})
         self.report["adaptive"] = summary
         if write:
             out, so = self.spec.output.path, self.spec.output.storage_options
@@ -179,11 +191,13 @@ class AdaptiveDriver:
         return plan
 
     def _adaptive_tier(self, plan) -> Tier:
+        from jobs.rung_calibration import rung_tiers
         from pipelines.adaptive import AdaptiveTier
 
         s = self.spec.sampling
         return AdaptiveTier(plan=plan, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                            weighted=self.pol.select == "verifier", logprobs=bool(s.logprobs))
+                            weighted=self.pol.select == "verifier", logprobs=bool(s.logprobs),
+                            rungs=rung_tiers(self.spec))
 
     @staticmethod
     def _write_plot(report: dict, out: str, so: dict) -> None:

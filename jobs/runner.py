@@ -216,6 +216,31 @@ class Session:
         self.save_ledger(force=True)
         return unsent
 
+    def run_side_parts(self, parts: list[io.Part], tier: Callable[[], Tier], job,
+                       stop_when: Callable[[], bool] = lambda: False,
+                       on_part: Callable[[dict], None] | None = None) -> dict[int, dict]:
+        """Streams parts that are not the job's rows (the adaptive ladder's rung calibration) through the
+        same pool and ledger, with their own ``job`` context (its output location); returns their
+        summaries. They never enter ``summaries`` or the progress rows; a part whose retries are exhausted
+        is left out (logged)."""
+        done: dict[int, dict] = {}
+
+        def on_done(summary: dict) -> None:
+            done[summary["part_id"]] = summary
+            if on_part is not None:
+                on_part(summary)
+
+        def on_failed(part: io.Part, reason: str) -> None:
+            log.warning("side part %d (%s) failed: %s", part.part_id, job.output_uri, reason)
+
+        t0 = time.monotonic()
+        self.pool.run(job, self.ledger, parts, tier, on_done, on_failed,
+                      poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
+                      stopping=lambda: self.stopping or stop_when())
+        self.generate_wall_s += time.monotonic() - t0
+        self.save_ledger(force=True)
+        return done
+
 
 def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = True,
             strict: bool = False, pool=None) -> dict:

@@ -190,11 +190,63 @@ class AdaptivePolicy(_Strict):
     calibration_from: str | None = Field(
         None, description="samples table of an earlier run (its calibration_samples.parquet, or any "
                           "`tierwise sample` output): plan from it and skip this run's calibration")
+    ladder: list[Literal["skip", "vote", "best_of_n", "think", "search"]] | None = Field(
+        None, min_length=1,
+        description="the rungs a bucket may get after its pilot: skip (nothing more; always offered), the "
+                    "sampling rung (vote, or best_of_n with select 'verifier': stop rules x sample caps), "
+                    "think (think_samples samples of think_max_tokens) and search (step-level beam search, "
+                    "`search`); think and search are measured on rung_calibration_rows calibration rows. "
+                    "null: skip and the sampling rung")
+    think_max_tokens: int | None = Field(None, ge=1, description="tokens per sample of the 'think' rung "
+                                         "(default: 4 x sampling.max_tokens)")
+    think_samples: int = Field(1, ge=1, le=64, description="samples of the 'think' rung (1: one greedy pass)")
+    search: SearchSpec | None = Field(None, description="beam search settings of the 'search' rung")
+    rung_calibration_rows: int = Field(
+        32, ge=4, description="calibration rows on which each think/search rung is run and measured (cost, "
+                              "score): a sub-slice of the calibration rows, to bound what the measuring costs")
 
     @model_validator(mode="after")
     def _pilot_fits(self):
         if self.pilot_samples is not None and self.pilot_samples > self.calibration_samples:
             raise ValueError("policy.pilot_samples must not exceed policy.calibration_samples")
+        return self
+
+    @property
+    def rungs(self) -> tuple[str, ...]:
+        """The ladder's rungs beyond the pilot's samples (think, search), in ladder order."""
+        return tuple(r for r in self.ladder or () if r in ("think", "search"))
+
+    @property
+    def sampling_rung(self) -> bool:
+        """Whether buckets may sample more after the pilot (vote / best_of_n stop rules and caps)."""
+        return self.ladder is None or bool({"vote", "best_of_n"} & set(self.ladder))
+
+    @property
+    def search_spec(self) -> SearchSpec:
+        """The search rung's settings, defaults filled in."""
+        return self.search or SearchSpec()
+
+    @model_validator(mode="after")
+    def _ladder_rules(self):
+        ladder = self.ladder or []
+        if dup := sorted({r for r in ladder if ladder.count(r) > 1}):
+            raise ValueError(f"policy.ladder lists {dup} more than once")
+        if self.ladder is not None and set(ladder) <= {"skip"}:
+            raise ValueError("policy.ladder needs a rung beyond 'skip' (vote, best_of_n, think or search)")
+        if "best_of_n" in ladder and self.select != "verifier":
+            raise ValueError("policy.ladder: 'best_of_n' is the verifier-weighted vote and needs policy.select "
+                             "'verifier' (the majority vote's rung is 'vote')")
+        if "vote" in ladder and self.select == "verifier":
+            raise ValueError("policy.ladder: with policy.select 'verifier' the sampling rung is 'best_of_n', "
+                             "not 'vote'")
+        if (self.think_max_tokens is not None or self.think_samples != 1) and "think" not in ladder:
+            raise ValueError("policy.think_max_tokens / policy.think_samples apply only with 'think' in "
+                             "policy.ladder")
+        if self.search is not None and "search" not in ladder:
+            raise ValueError("policy.search applies only with 'search' in policy.ladder")
+        if self.rungs and self.calibration_from:
+            raise ValueError(f"policy.ladder rungs {list(self.rungs)} are measured on this run's calibration "
+                             "rows: they cannot be planned from policy.calibration_from")
         return self
 
 
@@ -340,6 +392,17 @@ class JobSpec(_Strict):
             raise ValueError("input.gold_column must differ from the id and prompt columns")
         if self.policy.kind == "adaptive" and self.input.gold_column in difficulty_columns(self).values():
             raise ValueError("policy.difficulty must not read input.gold_column: no estimator may see gold")
+        return self
+
+    @model_validator(mode="after")
+    def _ladder_needs(self):
+        if "search" not in getattr(self.policy, "rungs", ()):
+            return self
+        if not self.verifier:
+            raise ValueError("policy.ladder 'search' needs a `verifier` (it scores every partial trace)")
+        if self.sampling.temperature == 0 and self.policy.search_spec.expansions > 1:
+            raise ValueError("policy.ladder 'search' with policy.search.expansions > 1 needs "
+                             "sampling.temperature > 0 (greedy expansions are all the same)")
         return self
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from pipelines.allocation import BucketOptions, allocate
+from pipelines.answers import Extractor
 from pipelines.calibration import (
     BucketCalibration,
     CurveFit,
@@ -36,7 +37,7 @@ from pipelines.calibration import (
     plot_curves,
     stable_hash01,
 )
-from pipelines.generation import SamplingConfig
+from pipelines.generation import GenResult, SamplingConfig
 from pipelines.replay import BUDGET_UNITS, OBJECTIVES, ReplayTable, build_table
 from pipelines.replay_adaptive import (
     PILOT_SIGNALS,
@@ -56,6 +57,7 @@ from pipelines.replay_adaptive import (
     stop_signal,
     verifier_driven,
 )
+from pipelines.rungs import MEASURE_SCHEMA, RUNGS, RungRun, rung_options
 from pipelines.stopping import first_stop
 from pipelines.tiers import RowState, Tier
 
@@ -84,6 +86,8 @@ class StopRule:
         tier: What the row's ``tier`` column says (see ``tier_name``).
         give_up_below: The give-up level on the best verifier score (with a verifier); None:
             the vote check (``replay_adaptive.give_up_cut``).
+        rung: A ladder rung (``think``, ``search``; see ``pipelines.rungs``) the row runs after its pilot
+            instead of sampling more; ``tier`` names it and ``cap`` is the pilot. None: a stop rule.
     """
 
     threshold: float
@@ -91,20 +95,24 @@ class StopRule:
     cap: int
     tier: str
     give_up_below: float | None = None
+    rung: str | None = None
 
     @property
     def label(self) -> str:
+        if self.rung is not None:
+            return self.rung
         return f"{rule_label(self.threshold, self.give_up, self.give_up_below)},cap={self.cap}"
 
     def to_dict(self) -> dict:
         return {"threshold": self.threshold if math.isfinite(self.threshold) else None, "give_up": self.give_up,
-                "cap": self.cap, "tier": self.tier, "give_up_below": self.give_up_below}
+                "cap": self.cap, "tier": self.tier, "give_up_below": self.give_up_below} | (
+                    {"rung": self.rung} if self.rung is not None else {})
 
     @classmethod
     def from_dict(cls, d: dict) -> StopRule:
         below = d.get("give_up_below")
         return cls(math.inf if d["threshold"] is None else float(d["threshold"]), d["give_up"], int(d["cap"]), d["tier"],
-                   None if below is None else float(below))
+                   None if below is None else float(below), d.get("rung"))
 
 
 @dataclass(frozen=True)
@@ -370,7 +378,8 @@ def label_calibration(samples: pl.DataFrame, verifier_pass: float = 0.5) -> tupl
 def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_remaining: float, unit: str,
                           objective: str, config: AdaptiveConfig | None = None, price: float | None = None,
                           round_size: int = 2, seed: int = 0, verifier_pass: float | None = None,
-                          model: DifficultyModel | None = None) -> tuple[AdaptivePlan, dict]:
+                          model: DifficultyModel | None = None, rungs: pl.DataFrame | None = None,
+                          sampling: bool = True) -> tuple[AdaptivePlan, dict]:
     """Learn an ``AdaptivePlan`` from calibration samples and fit it to the remaining budget.
 
     Args:
@@ -393,6 +402,11 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
             in verified_yield's stop signal. None: ``config.verifier_pass`` (0.5).
         model: A difficulty model saved by an earlier run (the ``learned`` estimator, see
             ``load_difficulty_model``); None: fit one on this calibration.
+        rungs: Ladder rungs measured on calibration rows (``rungs.rung_measures``: ``query_id, rung, cost,
+            score``, cost in ``unit``): each bucket gets one more option per rung (``rungs.rung_options``);
+            rows of a bucket planned for a rung run it after the pilot. None: stop rules only.
+        sampling: Offer the sampling options (stop rule x cap) beyond the pilot; False leaves each bucket
+            the pilot alone and the ``rungs``.
 
     Returns:
         (plan, report): the report is JSON-ready (per bucket: calibration rows, curve points per option,
@@ -450,32 +464,44 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
         thresholds = tuple(t for t in thresholds if math.isfinite(t)) or thresholds
         keep_order = (np.nan_to_num(table.verifier_score, nan=-np.inf) >= VERIFIED).any(axis=1)
     levels = give_up_levels(table, objective, cfg, thresholds)
-    model, edges, curves, options, difficulty, _ = calibrate_buckets(
+    model, edges, curves, options, difficulty, cal = calibrate_buckets(
         table, rows, pilot, unit, objective, cfg, thresholds, names, round_size, levels, model, keep_order)
     counts = np.bincount(assign_buckets(difficulty, edges), minlength=len(curves)).astype(np.float64)
     copies = max(len(difficulty) // len(rows), 1)
+    specs = rule_specs(thresholds, pilot, width, cfg.give_up_at, levels)
+    grid_t, grid_c = _grid(len(specs), _caps(pilot, width, cfg))
     if price is not None:  # never buy past a bucket's knee at this price
         options = [tuple(o for o in opts if o.cost <= c.curve.compute[c.curve.knee(price)]) or opts
                    for opts, c in zip(options, curves)]
+    if not sampling:  # the ladder has no sampling rung: the pilot alone (cap = pilot) stays
+        options = [tuple(o for o in opts if grid_c[int(o.name)] <= pilot) for opts in options]
+    measured = rung_options(rungs if rungs is not None else pl.DataFrame(schema=MEASURE_SCHEMA), table.query_ids.gather(rows),
+                            difficulty, edges, pilot_score=cal.scores(objective, cfg.yield_cap)[
+                                np.arange(len(difficulty)), np.minimum(pilot, cal.n_available)].astype(np.float64),
+                            reference=[min(opts, key=lambda o: o.cost).score for opts in options])
+    options = [opts + tuple(o for o, _ in extra.values()
+                            if price is None or o.cost <= _knee_cost(opts) or o.score - price * o.cost
+                            >= max(p.score - price * p.cost for p in opts))
+               for opts, extra in zip(options, measured)]
     scale = max(1, math.ceil(_ALLOC_RESOLUTION / counts.sum()))
     units = (counts * scale).astype(np.int64)
     per_row = max(extra_budget, 0.0) / rows_run if rows_run else 0.0
     alloc = allocate([BucketOptions(b, int(units[b]), options[b]) for b in range(len(curves))],
                      per_row * float(units.sum()))
-    specs = rule_specs(thresholds, pilot, width, cfg.give_up_at, levels)
-    grid_t, grid_c = _grid(len(specs), _caps(pilot, width, cfg))
     weighted = table.verifier_score is not None
 
-    def rule(i: int) -> StopRule:
-        (t, g, below), cap = specs[grid_t[i]], int(grid_c[i])
+    def rule(name: str) -> StopRule:
+        if name in RUNGS:  # a ladder rung after the pilot, not a stop rule
+            return StopRule(math.inf, None, pilot, name, rung=name)
+        (t, g, below), cap = specs[grid_t[int(name)]], int(grid_c[int(name)])
         return StopRule(float(t), g, cap, tier_name(cap, pilot, weighted), below)
 
     plans, report_buckets = [], []
     for b, (opts, ba) in enumerate(zip(options, alloc.buckets)):
         by_name = {o.name: o for o in opts}  # every bucket has rows, so the cheaper option keeps some
         used = sorted(((by_name[k], v / units[b]) for k, v in ba.counts.items() if v), key=lambda ow: ow[0].cost)
-        alt = rule(int(used[1][0].name)) if len(used) > 1 else None
-        bp = BucketPlan(b, float(counts[b] / copies), float(counts[b] / counts.sum()), rule(int(used[0][0].name)),
+        alt = rule(used[1][0].name) if len(used) > 1 else None
+        bp = BucketPlan(b, float(counts[b] / copies), float(counts[b] / counts.sum()), rule(used[0][0].name),
                         float(sum(o.cost * w for o, w in used)), float(sum(o.score * w for o, w in used)),
                         alt, float(used[1][1]) if alt else 0.0)
         plans.append(bp)
@@ -484,8 +510,11 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
         richest = _richest_option(specs, grid_t, grid_c)
         if richest is not None:
             plans = _spend_slack(plans, curves, richest, rule(richest), slack)
-    for bp, bc in zip(plans, curves):
+    for b, (bp, bc) in enumerate(zip(plans, curves)):
         report_buckets.append(_bucket_report(bp, bc.curve, price, rows_run, edges, bc.n_calibration_rows))
+        if measured[b]:  # the rungs' measured points, beside the stop rules' curve
+            report_buckets[-1]["rungs"] = [{"label": k, "cost": o.cost, "score": o.score, "rows": n}
+                                           for k, (o, n) in measured[b].items()]
     plan = AdaptivePlan(pilot, round_size, objective, unit, tuple(names), model, tuple(float(e) for e in edges),
                         tuple(plans), weighted, pilot_row, labels, seed, cfg.yield_cap, cfg.verifier_pass, gate)
     extra_spend = rows_run * sum(b.share * b.expected_cost for b in plans)
@@ -500,6 +529,7 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
                   "gate": gate and {"below": gate.below, "calibration_rows": gate.calibration_rows,
                                     "share": gate.share, "features": list(gate.model.names)},
                   "signal": plan.signal, "weighted": weighted,
+                  **({"rungs": sorted(set(rungs["rung"].to_list()))} if rungs is not None and rungs.height else {}),
                   **({"yield_cap": cfg.yield_cap} if objective == "verified_yield" else {}), "feature_names": list(names), "budget": money,
                   "buckets": report_buckets, "warnings": warnings}
 
@@ -564,18 +594,25 @@ def _bucket_report(bp: BucketPlan, curve: CurveFit, price: float | None, rows_re
             "operating_point": {"cost": bp.expected_cost, "score": bp.expected_score, "tier": bp.tier}}
 
 
+def _knee_cost(options: tuple) -> float:
+    """The dearest of a bucket's (price-filtered) options: a rung no dearer stays on offer."""
+    return max((o.cost for o in options), default=0.0)
+
+
 def plot_plan(report: dict, path: str) -> None:
-    """Write a PNG of score vs extra compute per bucket, with the chosen operating points starred."""
+    """Write a PNG of score vs extra compute per bucket, with the chosen operating points starred; ladder
+    rungs (think, search) are drawn as labelled diamonds beside their bucket's curve (the hull stays the
+    stop rules')."""
     buckets = []
     for b in report["buckets"]:
-        pts = b["points"]
+        pts = b["points"] + b.get("rungs", [])
         curve = CurveFit(np.array([p["cost"] for p in pts]), np.array([p["score"] for p in pts]),
                          np.array(b["hull"], dtype=np.int64), [p["label"] for p in pts])
         chosen = {k: max(1, round(v * b["expected_rows"])) for k, v in b["chosen"].items() if v > 0}
         buckets.append(BucketCalibration(b["bucket"], round(b["calibration_rows"]), round(b["expected_rows"]),
                                          curve, chosen))
     plot_curves(buckets, path, x_label=f"extra {report['unit']} per row beyond the pilot",
-                title=f"adaptive plan: {report['objective']} vs compute per bucket")
+                title=f"adaptive plan: {report['objective']} vs compute per bucket", marked=RUNGS)
 
 
 def row_table(state: RowState, plan: AdaptivePlan, n_available: int | None = None) -> ReplayTable:
@@ -627,27 +664,42 @@ class AdaptiveTier(Tier):
 
     Seeds: the replica passes ``base + samples drawn so far`` and vLLM seeds sample i of a request
     ``seed + i``, so every sample of the row gets its own seed across rounds.
+
+    Ladder rungs: a row whose rule names a rung (``StopRule.rung``: ``think``, ``search``) runs that rung's row
+    program from ``rungs`` (``pipelines.tiers.think_tier``, ``pipelines.search.SearchTier``) after its pilot,
+    on a fresh view of the row (``pipelines.rungs.RungRun`` in ``state.scratch``); ``state.tier`` is the rung,
+    ``state.stop_reason`` the rung's own, the answer the rung's selection, and the row's samples and cost
+    count the pilot's and the rung's.
     """
 
     name: str = "adaptive"
     temperature: float = 0.7
     plan: AdaptivePlan | None = field(default=None, compare=False)
+    rungs: tuple[Tier, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.plan is None:
             raise ValueError("AdaptiveTier needs a plan (see plan_from_calibration)")
         object.__setattr__(self, "n", self.plan.pilot)
+        named = {r.rung for b in self.plan.buckets for r in (b.rule, b.alt_rule) if r is not None} - {None}
+        if missing := named - {t.name for t in self.rungs}:
+            raise ValueError(f"AdaptiveTier: the plan names rungs {sorted(missing)} without their row programs "
+                             "(rungs=...)")
 
     def rule_for(self, state: RowState) -> StopRule:
         bp = self.plan.buckets[state.bucket]
         alt = bp.alt_rule is not None and bool(self.plan.takes_alt([state.row_id], np.array([state.bucket]))[0])
         rule = bp.alt_rule if alt else bp.rule
+        if rule.rung is not None:
+            return rule
         return replace(rule, tier=tier_name(rule.cap, self.plan.pilot, self.weighted))
 
-    def next_request(self, state: RowState, seed: int | None) -> SamplingConfig | None:
+    def next_request(self, state: RowState, seed: int | None) -> SamplingConfig | list[SamplingConfig] | None:
         plan, k = self.plan, len(state.samples)
         if state.stop_reason is not None:
             return None
+        if isinstance(state.scratch, RungRun):
+            return self._rung_request(state, seed)
         if state.rounds == 0 and plan.gate is not None:
             gated, difficulty = plan.gated(row_table(state, plan))
             if gated[0]:  # no sample: the features alone say no headroom
@@ -664,6 +716,10 @@ class AdaptiveTier(Tier):
             state.difficulty, state.bucket = float(difficulty[0]), int(bucket[0])
         rule = self.rule_for(state)
         state.tier = rule.tier
+        if rule.rung is not None:
+            tier = next(t for t in self.rungs if t.name == rule.rung)
+            state.scratch = RungRun(tier, RowState(state.row_id, state.prompt_tokens, features=state.features))
+            return self._rung_request(state, seed)
         if rule.cap <= plan.pilot:
             state.stop_reason = "no_headroom"
             return None
@@ -673,6 +729,32 @@ class AdaptiveTier(Tier):
             return None
         return replace(self._round, n=min(plan.round_size, rule.cap - k),
                        seed=seed)
+
+    def _rung_request(self, state: RowState, seed: int | None) -> SamplingConfig | list[SamplingConfig] | None:
+        run: RungRun = state.scratch
+        asked = run.tier.next_request(run.state, seed)
+        if asked is None:
+            state.stop_reason = run.state.stop_reason or "done"
+        return asked
+
+    def absorb(self, state: RowState, requests: list[SamplingConfig], results: list[GenResult],
+               extract: Extractor, scores: list[list[float | None] | None] | None = None) -> None:
+        """The pilot and sampling rounds as ``Tier.absorb``; a rung's rounds go to the rung's row program,
+        and its new samples are copied into the row's (accounting, replay columns, seeds)."""
+        if not isinstance(state.scratch, RungRun):
+            return super().absorb(state, requests, results, extract, scores)
+        run: RungRun = state.scratch
+        before = len(run.state.samples)
+        run.tier.absorb(run.state, requests, results, extract, scores)
+        state.rounds += 1
+        state.samples += run.state.samples[before:]
+        state.answers += run.state.answers[before:]
+        state.scores += run.state.scores[before:]
+
+    def select(self, state: RowState) -> tuple[str | None, dict[str, float]]:
+        if isinstance(state.scratch, RungRun):
+            return state.scratch.tier.select(state.scratch.state)
+        return super().select(state)
 
     @property
     def _round(self) -> SamplingConfig:

@@ -176,8 +176,9 @@ class BucketCalibration:
 
 
 def plot_curves(buckets: list[BucketCalibration], path: str, x_label: str = "compute per row",
-                title: str = "score vs compute per bucket") -> None:
-    """Write a PNG: measured points, the fitted majorant and the chosen operating points per bucket."""
+                title: str = "score vs compute per bucket", marked: tuple[str, ...] = ()) -> None:
+    """Write a PNG: measured points, the fitted majorant and the chosen operating points per bucket.
+    Points labelled with one of ``marked`` (the adaptive ladder's rungs) are drawn as labelled diamonds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,6 +190,10 @@ def plot_curves(buckets: list[BucketCalibration], path: str, x_label: str = "com
         line = ax.plot(cv.compute[cv.hull], cv.score[cv.hull], label=f"bucket {b.bucket_id} (n={b.n_rows})")[0]
         ax.scatter(cv.compute, cv.score, s=6, alpha=0.3, color=line.get_color())
         names = cv.labels or []
+        for i, name in enumerate(names):
+            if name in marked:
+                ax.scatter([cv.compute[i]], [cv.score[i]], s=30, marker="D", color=line.get_color(), zorder=3)
+                ax.annotate(name, (cv.compute[i], cv.score[i]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         for name, rows in b.chosen.items():
             if rows and name in names:
                 i = names.index(name)
