@@ -102,7 +102,7 @@ class LedgerClient:
         self._waiting = 0                    # rows waiting at the ledger
         self._mean_worst = 0.0
         self._n = 0
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()  # binds to the running loop on first use (Python >= 3.10)
         self._timer: asyncio.Task | None = None
 
     def _free(self) -> float:
@@ -112,8 +112,6 @@ class LedgerClient:
         """``granted`` (reserved), ``denied`` (it cannot fit even once all work in flight settles)."""
         self._n += 1
         self._mean_worst += (amount - self._mean_worst) / self._n
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         if not self._lock.locked() and self._free() >= amount:
             self.carved += amount
             return GRANTED
@@ -159,8 +157,6 @@ class LedgerClient:
 
     async def drain(self) -> None:
         """Reports every settlement so far to the ledger; raises if one failed."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         async with self._lock:
             if self.pending:
                 await self._roll(need=0.0)
