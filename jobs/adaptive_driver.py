@@ -27,7 +27,7 @@ import tempfile
 import numpy as np
 import polars as pl
 
-from jobs.spec import JobSpec, difficulty_columns
+from jobs.spec import JobSpec, aborts_failed_steps, difficulty_columns
 from pipelines import io
 from pipelines.budget import cost_per_token
 from pipelines.calibration import stable_hash01
@@ -73,7 +73,8 @@ class AdaptiveDriver:
         self.calibration_tier = CalibrationTier(
             "calibration", pol.calibration_samples, s.temperature, s.top_p, s.max_tokens, weighted,
             logprobs=s.logprobs is not False, pilot=pilot_size(self.config, pol.objective, verifier),
-            round_size=pol.round_size, stop_on_verified=verifier and pol.objective in ("accuracy", "coverage"))
+            round_size=pol.round_size, stop_on_verified=verifier and pol.objective in ("accuracy", "coverage"),
+            prompt_per_sample=aborts_failed_steps(spec))
         self.model = load_difficulty_model(pol.difficulty.learned) if "learned" in est else None
         self.cpt = cost_per_token(spec.budget.unit, spec.budget.tokens_per_gpu_hour, spec.budget.usd_per_gpu_hour)
         self.report: dict = {}
@@ -166,7 +167,8 @@ class AdaptiveDriver:
             self._samples, rows_remaining=rows_left, budget_remaining=tokens_left, unit="tokens",
             objective=self.pol.objective, config=self.config, price=self.pol.price,
             round_size=self.pol.round_size, seed=self.spec.sampling.seed, model=self.model,
-            rungs=self._rungs, sampling=self.pol.sampling_rung)
+            rungs=self._rungs, sampling=self.pol.sampling_rung,
+            prompt_per_sample=self.calibration_tier.prompt_per_sample)
         summary = {
             "calibration_parts": len(self.cal_ids & set(session.summaries)),
             "calibration_rows": int(self._samples["query_id"].n_unique()),

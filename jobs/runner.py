@@ -21,7 +21,15 @@ import time
 from collections.abc import Callable
 
 from jobs.progress import Progress
-from jobs.spec import JobSpec, JudgeSpec, SamplingSpec, SpecError, UniformPolicy, difficulty_columns
+from jobs.spec import (
+    JobSpec,
+    JudgeSpec,
+    SamplingSpec,
+    SpecError,
+    UniformPolicy,
+    aborts_failed_steps,
+    difficulty_columns,
+)
 from pipelines import io, records
 from pipelines.budget import cost_per_token
 from pipelines.errors import TierwiseError
@@ -83,7 +91,7 @@ def job_context(spec: JobSpec):
         cost_per_token=cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour),
         extractor=spec.answer_extractor, verifier=verifier, keep_samples=spec.output.keep_samples,
         seed=spec.sampling.seed, input_storage=spec.input.storage_options, output_storage=spec.output.storage_options,
-        row_features=tuple(difficulty_columns(spec).items()),
+        row_features=tuple(difficulty_columns(spec).items()), abort_failed_steps=aborts_failed_steps(spec),
     )
 
 

@@ -110,6 +110,9 @@ class UniformPolicy(_Strict):
     think_max_tokens: int | None = Field(None, ge=1, description="tokens per sample in tier 'think' "
                                          "(default: 4 x sampling.max_tokens)")
     search: SearchSpec | None = Field(None, description="beam search settings of tier 'search'")
+    abort_failed_steps: bool = Field(
+        False, description="stop each sample at its first step the verifier's prefix check fails (a step "
+                           "verifier such as arithmetic_steps); off by default: the plain baseline pays whole samples")
 
     @property
     def search_spec(self) -> SearchSpec:
@@ -201,6 +204,10 @@ class AdaptivePolicy(_Strict):
                                          "(default: 4 x sampling.max_tokens)")
     think_samples: int = Field(1, ge=1, le=64, description="samples of the 'think' rung (1: one greedy pass)")
     search: SearchSpec | None = Field(None, description="beam search settings of the 'search' rung")
+    abort_failed_steps: bool | None = Field(
+        None, description="stop each sample at its first step the verifier's prefix check fails: no token a "
+                          "failed trace still generates can make it verify (null: on when the job's verifier "
+                          "has a prefix check, as arithmetic_steps has)")
     rung_calibration_rows: int = Field(
         32, ge=4, description="calibration rows on which each think/search rung is run and measured (cost, "
                               "score): a sub-slice of the calibration rows, to bound what the measuring costs")
@@ -395,6 +402,13 @@ class JobSpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _abort_needs_a_step_verifier(self):
+        if self.policy.abort_failed_steps and not isinstance(self.verifier, str):
+            raise ValueError("policy.abort_failed_steps needs a `verifier` with a prefix check (arithmetic_steps, "
+                             "or a module:function whose function has a `prefix_ok` attribute)")
+        return self
+
+    @model_validator(mode="after")
     def _ladder_needs(self):
         if "search" not in getattr(self.policy, "rungs", ()):
             return self
@@ -404,6 +418,24 @@ class JobSpec(_Strict):
             raise ValueError("policy.ladder 'search' with policy.search.expansions > 1 needs "
                              "sampling.temperature > 0 (greedy expansions are all the same)")
         return self
+
+
+def aborts_failed_steps(spec: JobSpec) -> bool:
+    """Whether the job's samples stop at their first failed step (``policy.abort_failed_steps``,
+    resolved: adaptive policies turn it on when the verifier has a prefix check)."""
+    from pipelines.verifiers import make_prefix_check
+
+    want = spec.policy.abort_failed_steps
+    if want is False or not isinstance(spec.verifier, str):
+        return False
+    try:
+        has = make_prefix_check(spec.verifier) is not None
+    except ValueError as exc:
+        raise SpecError(f"verifier: {exc}") from None
+    if want and not has:
+        raise SpecError(f"policy.abort_failed_steps: verifier {spec.verifier!r} has no prefix check "
+                        "(give the function a `prefix_ok(prompt, text) -> bool` attribute)")
+    return has
 
 
 def difficulty_columns(spec: JobSpec) -> dict[str, str]:

@@ -50,6 +50,7 @@ from pipelines.replay_adaptive import (
     feature_names,
     give_up_levels,
     pilot_size,
+    round_cumcost,
     round_draws,
     rule_label,
     rule_specs,
@@ -379,7 +380,7 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
                           objective: str, config: AdaptiveConfig | None = None, price: float | None = None,
                           round_size: int = 2, seed: int = 0, verifier_pass: float | None = None,
                           model: DifficultyModel | None = None, rungs: pl.DataFrame | None = None,
-                          sampling: bool = True) -> tuple[AdaptivePlan, dict]:
+                          sampling: bool = True, prompt_per_sample: bool = False) -> tuple[AdaptivePlan, dict]:
     """Learn an ``AdaptivePlan`` from calibration samples and fit it to the remaining budget.
 
     Args:
@@ -407,6 +408,8 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
             rows of a bucket planned for a rung run it after the pilot. None: stop rules only.
         sampling: Offer the sampling options (stop rule x cap) beyond the pilot; False leaves each bucket
             the pilot alone and the ``rungs``.
+        prompt_per_sample: Every sample pays the prompt (samples that stop at a failed step are requests of
+            their own), not every round.
 
     Returns:
         (plan, report): the report is JSON-ready (per bucket: calibration rows, curve points per option,
@@ -445,8 +448,10 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
     rows = np.flatnonzero(~gated)
     rows_run = rows_remaining * (1.0 - (gate.share if gate else 0.0))
 
+    cumcost = round_cumcost(table, unit, 1, 1) if prompt_per_sample else table.cumcost(unit)
+
     def pilot_cost(p: int) -> float:
-        return float(table.cumcost(unit)[rows, np.minimum(p, n_av[rows])].mean())
+        return float(cumcost[rows, np.minimum(p, n_av[rows])].mean())
 
     while pilot > 1 and rows_run * pilot_cost(pilot) > budget_remaining:
         pilot -= 1  # as replay: a smaller pilot before rows go without one
@@ -465,7 +470,8 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
         keep_order = (np.nan_to_num(table.verifier_score, nan=-np.inf) >= VERIFIED).any(axis=1)
     levels = give_up_levels(table, objective, cfg, thresholds)
     model, edges, curves, options, difficulty, cal = calibrate_buckets(
-        table, rows, pilot, unit, objective, cfg, thresholds, names, round_size, levels, model, keep_order)
+        table, rows, pilot, unit, objective, cfg, thresholds, names, round_size, levels, model, keep_order,
+        prompt_per_sample)
     counts = np.bincount(assign_buckets(difficulty, edges), minlength=len(curves)).astype(np.float64)
     copies = max(len(difficulty) // len(rows), 1)
     specs = rule_specs(thresholds, pilot, width, cfg.give_up_at, levels)
@@ -785,6 +791,9 @@ class CalibrationTier(Tier):
     and the difficulty model's binomial fit stays the likelihood (``fit_difficulty_model``). The plan
     offers no "never stop early" rule then (``plan_from_calibration``). Easy rows then cost one sample
     instead of K. Without it, the K samples go out in one request.
+
+    ``prompt_per_sample``: samples stop at a failed step (``policy.abort_failed_steps``), so each is a
+    request of its own and pays the prompt.
     """
 
     name: str = "calibration"
@@ -792,6 +801,7 @@ class CalibrationTier(Tier):
     pilot: int = 1
     round_size: int = 2
     stop_on_verified: bool = False
+    prompt_per_sample: bool = False
 
     def next_request(self, state: RowState, seed: int | None) -> SamplingConfig | None:
         if not self.stop_on_verified:
@@ -816,11 +826,15 @@ class CalibrationTier(Tier):
         """Calibration samples (``samples.output_to_samples``) with ``prompt_tokens`` of one request: a row
         that ran r rounds paid its prompt r times, and the output's ``prompt_tokens`` holds the sum. The
         replay schema (and ``log_prompt_tokens``, a difficulty feature) wants it once, as live rows read it.
-        A row of n samples ran ``1 + ceil((n - pilot) / round_size)`` rounds (one without stopping)."""
-        if not self.stop_on_verified:
-            return samples
+        A row of n samples ran ``1 + ceil((n - pilot) / round_size)`` rounds (one without stopping), or
+        n requests with ``prompt_per_sample``."""
         n = pl.len().over("query_id")
-        rounds = ((n - self.pilot).clip(lower_bound=0) + self.round_size - 1) // self.round_size + 1
+        if self.prompt_per_sample:
+            rounds = n
+        elif not self.stop_on_verified:
+            return samples
+        else:
+            rounds = ((n - self.pilot).clip(lower_bound=0) + self.round_size - 1) // self.round_size + 1
         return samples.with_columns((pl.col("prompt_tokens") // rounds).cast(pl.Int64).alias("prompt_tokens"))
 
 

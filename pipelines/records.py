@@ -28,6 +28,8 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("verifier_scores", pa.list_(pa.float64())),
     pa.field("mean_logprob", pa.float64()),
     pa.field("stop_reason", pa.string()),
+    # Samples stopped at their first failed step (policy.abort_failed_steps; null when off).
+    pa.field("aborted_samples", pa.int32()),
     # Per-sample accounting, in generation order: what `tierwise replay` consumes.
     pa.field("sample_answers", pa.list_(pa.string())),
     pa.field("sample_output_tokens", pa.list_(pa.int64())),

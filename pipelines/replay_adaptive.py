@@ -418,7 +418,8 @@ def round_cumcost(table: ReplayTable, unit: str, pilot: int, round_size: int) ->
 def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, unit: str, objective: str,
                       cfg: AdaptiveConfig, thresholds: tuple[float, ...], names: list[str],
                       round_size: int | None = None, levels: tuple[float | None, ...] = (None,),
-                      model: DifficultyModel | None = None, keep_order: np.ndarray | None = None) -> tuple:
+                      model: DifficultyModel | None = None, keep_order: np.ndarray | None = None,
+                      prompt_per_sample: bool = False) -> tuple:
     """Difficulty model, bucket edges and per-bucket curves from fully sampled calibration queries.
 
     Each of ``deep_rows`` is replayed in ``cfg.calibration_orders`` sample orders; the model maps pilot
@@ -431,7 +432,8 @@ def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, uni
         keep_order: [table rows] bool: rows replayed in their recorded order only (see ``_reordered``).
         round_size: None for replay (a query stops at the exact sample its rule fires, the prompt is
             paid once). A live run samples in rounds: stop points are rounded up to the round's end
-            (``round_draws``) and token costs pay the prompt once per round (``round_cumcost``).
+            (``round_draws``) and token costs pay the prompt once per round (``round_cumcost``), or once per
+            sample with ``prompt_per_sample`` (samples that stop at a failed step are requests of their own).
 
     Returns:
         (model, bucket edges, per-bucket ``BucketCalibration``, per-bucket allocator options,
@@ -449,7 +451,7 @@ def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, uni
     cost = None
     if round_size is not None:
         cal_stops = round_draws(cal_stops, p_n[None, :], round_size, cal.n_available[None, :])
-        cost = round_cumcost(cal, unit, pilot, round_size)
+        cost = round_cumcost(cal, unit, 1, 1) if prompt_per_sample else round_cumcost(cal, unit, pilot, round_size)
     difficulty = 1.0 - model.predict(cal_feats)
     labels = [rule_label(*spec) for spec in rule_specs(thresholds, pilot, cal.shape[1], cfg.give_up_at, levels)]
     edges, curves, options = _bucket_curves(cal, len(deep_rows), unit, objective, cfg, difficulty, cal_stops,

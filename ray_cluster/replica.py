@@ -17,6 +17,7 @@ import os
 import time
 import zlib
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import polars as pl
@@ -52,6 +53,7 @@ class JobContext:
     input_storage: dict[str, Any] = field(default_factory=dict)
     output_storage: dict[str, Any] = field(default_factory=dict)
     row_features: tuple[tuple[str, str], ...] = ()  # (feature name, input column): difficulty signals per row
+    abort_failed_steps: bool = False  # stop a sample at its first step the verifier's prefix check fails
 
 
 @ray.remote
@@ -178,6 +180,7 @@ class ReplicaActor:
         # starts past the samples already drawn: every sample of the row has its own seed.
         seed = (cfg.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
         scoring = scorer.for_row(row_id, prompt, seed, cfg.cost_per_token)
+        keep_going = partial(scorer.prefix_ok, prompt) if cfg.abort_failed_steps and scorer.prefix_ok else None
         while (asked := tier.next_request(state, seed + len(state.samples))) is not None:
             requests = asked if isinstance(asked, list) else [asked]
             inputs = [len(engine.input_ids(token_ids, r)) for r in requests]  # prompt + prefix tokens
@@ -190,7 +193,7 @@ class ReplicaActor:
                 break
             tag = f"{row_id}#{state.rounds}"
             outcomes = await asyncio.gather(
-                *(engine.generate(tag if len(requests) == 1 else f"{tag}.{i}", token_ids, r)
+                *(engine.generate(tag if len(requests) == 1 else f"{tag}.{i}", token_ids, r, keep_going)
                   for i, r in enumerate(requests)), return_exceptions=True)
             results = [o for o in outcomes if not isinstance(o, BaseException)]
             actual = sum(r.prompt_tokens + r.output_tokens for r in results) * cfg.cost_per_token
@@ -225,6 +228,7 @@ class ReplicaActor:
             "verifier_scores": state.scores if scorer.scores else None, **scoring.columns(),
             "mean_logprob": sum(lps) / len(lps) if lps else None,
             "stop_reason": state.stop_reason,
+            "aborted_samples": sum(s.finish_reason == "abort" for s in state.samples) if keep_going else None,
             "sample_answers": state.answers,
             "sample_output_tokens": [s.output_tokens for s in state.samples],
             "sample_mean_logprobs": [s.mean_logprob for s in state.samples],

@@ -44,10 +44,11 @@ class Scorer:
     def __init__(self, extract: Extractor, verifier: str | JudgeConfig | None, judge_engine=None):
         self.extract = extract
         self.judge = verifier if isinstance(verifier, JudgeConfig) else None
-        self.verify = None
+        self.verify = self.prefix_ok = None
         if isinstance(verifier, str) and verifier:
-            from pipelines.verifiers import make_verifier
+            from pipelines.verifiers import make_prefix_check, make_verifier
             self.verify = make_verifier(verifier)
+            self.prefix_ok = make_prefix_check(verifier)  # a step verifier's check of unfinished traces
         if self.judge is not None and judge_engine is None:
             raise ValueError("an llm_judge verifier needs an engine to serve the judge")
         self.engine = judge_engine

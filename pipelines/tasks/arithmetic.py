@@ -52,6 +52,7 @@ __all__ = [
     "make_problem",
     "parse_prompt",
     "solution",
+    "trace_prefix_ok",
 ]
 
 DEFAULT_MODEL_DIR: Path = Path(__file__).resolve().parents[2] / "models" / "tiny-adder"
@@ -240,6 +241,58 @@ def check_steps(prompt: str, text: str | None) -> float:
     surplus = max(0, len(step_lines) - expected)
     denom = expected + 1 + surplus
     return (valid + int(answer_ok)) / denom
+
+
+def trace_prefix_ok(prompt: str, text: str) -> bool:
+    """False once ``text``, a completion still being generated, can no longer become a
+    trace that ``check_steps`` scores 1.0: a finished line that is not the right step (or
+    a step past the last one, or an answer line before the last step or with the wrong
+    sum), or an unfinished step line that is no longer the start of the right step.
+
+    The sampler stops such a sample there (``policy.abort_failed_steps``): no token it
+    would still have generated can make it verify. It never rejects a prefix of a trace
+    that verifies (tests/pipelines/test_arithmetic.py checks this on corrupted traces).
+    """
+    ops = parse_prompt(prompt)
+    if ops is None:
+        return True  # not this task's prompt: nothing to check against
+    a, b = ops
+    expected = solution(prompt).split("\n")[:-1]  # the step lines
+    *done, tail = text.split("\n")
+    i = 0  # the next step line
+    for line in done:
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("A:"):
+            if i < len(expected):
+                return False
+            ans = extract_answer(line)
+            return ans is not None and ans == _normalize_number(expected[-1].split(" ")[1])
+        m = _STEP_RE.match(line)
+        if m is None or i >= len(expected) or not _step_ok(m, expected[i]):
+            return False
+        i += 1
+    tail = tail.lstrip()
+    if not tail or tail.startswith("A"):
+        return not tail or i >= len(expected)
+    if i >= len(expected):
+        return False
+    want = expected[i]
+    # The sum may be written with a leading zero ("=05"), which check_steps accepts.
+    padded = want.replace("=", "=0", 1)
+    if want.startswith(tail) or (len(_STEP_RE.match(want).group(4)) == 1 and padded.startswith(tail)):
+        return True
+    m = _STEP_RE.match(tail.rstrip())  # a whole step followed by spaces
+    return tail != tail.rstrip() and m is not None and _step_ok(m, want)
+
+
+def _step_ok(m: re.Match, want: str) -> bool:
+    """A parsed step line against the right one (``check_steps``'s rules: same digits,
+    carry, sum by value and partial)."""
+    wm = _STEP_RE.match(want)
+    return (m.group(1), m.group(2), m.group(3), int(m.group(4)), m.group(5)) == \
+        (wm.group(1), wm.group(2), wm.group(3), int(wm.group(4)), wm.group(5))
 
 
 def _allocate(n: int, weights: dict[int, float]) -> list[int]:

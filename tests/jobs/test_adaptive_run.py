@@ -51,6 +51,14 @@ def test_adaptive_job_end_to_end(tmp_path, shared_pool):
     assert (tmp_path / "out" / "calibration_samples.parquet").exists()
     assert report["adaptive"]["replans"] >= 1
     assert {r["tier"] for r in report["by_tier"]} >= {"calibration"}
+    # The verifier has a prefix check, so samples stop at their first failed step (on by default):
+    # the hopeless rows' samples never verify and all stop early; no verified sample was stopped.
+    sampled = out.filter(pl.col("n_samples") > 0)
+    assert sampled["aborted_samples"].is_not_null().all()
+    hopeless = sampled.filter(pl.col("digits") >= 7)
+    assert hopeless.height > 0 and hopeless["aborted_samples"].sum() == hopeless["n_samples"].sum()
+    assert (sampled["aborted_samples"] <= sampled["n_samples"]
+            - sampled["verifier_scores"].list.eval(pl.element() >= 1.0).list.sum()).all()
 
 
 @pytest.mark.slow

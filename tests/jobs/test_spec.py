@@ -151,3 +151,23 @@ def test_adaptive_driver_passes_yield_cap_to_the_plan_config():
                               "verifier": "arithmetic_steps"})
     driver = AdaptiveDriver(spec, [Part(i, "in.parquet", 10 * i, 10) for i in range(4)], {})
     assert driver.config.yield_cap == 3
+
+
+def test_abort_failed_steps_resolves_per_policy_and_verifier():
+    from jobs.spec import aborts_failed_steps
+
+    adaptive = {"kind": "adaptive", "select": "verifier"}
+    # Adaptive: on when the verifier has a prefix check; uniform (the plain baseline): off unless asked.
+    assert aborts_failed_steps(parse_spec(BASE | {"policy": adaptive, "verifier": "arithmetic_steps"}))
+    assert not aborts_failed_steps(parse_spec(BASE | {"policy": {"kind": "adaptive"}}))
+    assert not aborts_failed_steps(parse_spec(BASE | {"policy": adaptive | {"abort_failed_steps": False},
+                                                      "verifier": "arithmetic_steps"}))
+    assert not aborts_failed_steps(parse_spec(BASE | {"policy": {"n": 4}, "verifier": "arithmetic_steps"}))
+    assert aborts_failed_steps(parse_spec(BASE | {"policy": {"n": 4, "abort_failed_steps": True},
+                                                  "verifier": "arithmetic_steps"}))
+    # A user verifier has a prefix check only as its attribute `prefix_ok`.
+    assert not aborts_failed_steps(parse_spec(BASE | {"policy": adaptive, "verifier": "math:isclose"}))
+    with pytest.raises(SpecError, match=r"policy.abort_failed_steps: verifier 'math:isclose' has no prefix check"):
+        aborts_failed_steps(parse_spec(BASE | {"policy": {"abort_failed_steps": True}, "verifier": "math:isclose"}))
+    with pytest.raises(SpecError, match=r"policy.abort_failed_steps needs a `verifier` with a prefix check"):
+        parse_spec(BASE | {"policy": {"n": 2, "abort_failed_steps": True}})

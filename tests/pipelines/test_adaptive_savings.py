@@ -85,6 +85,26 @@ def test_calibration_samples_hold_the_prompt_once_however_many_rounds_paid_it():
     assert set(tier.per_round_prompt(samples)["prompt_tokens"]) == {10}
     whole = CalibrationTier("calibration", 8, 0.7, 1.0, 64, True)  # one request: the prompt once already
     assert whole.per_round_prompt(samples).equals(samples)
+    # Samples that stop at a failed step are requests of their own: each paid the prompt.
+    each = CalibrationTier("calibration", 8, 0.7, 1.0, 64, True, pilot=1, round_size=2, stop_on_verified=True,
+                           prompt_per_sample=True)
+    paid = samples.with_columns(prompt_tokens=10 * pl.len().over("query_id"))
+    assert set(each.per_round_prompt(paid)["prompt_tokens"]) == {10}
+
+
+def test_plan_costs_pay_the_prompt_per_sample_when_samples_are_requests_of_their_own():
+    from pipelines.adaptive import plan_from_calibration
+    from pipelines.replay_synthetic import synthetic_samples
+
+    samples = synthetic_samples(n_queries=200, n_samples=8, seed=3)
+    kw = dict(rows_remaining=1000, budget_remaining=1e9, unit="tokens", objective="accuracy", round_size=2)
+    _, per_round = plan_from_calibration(samples, **kw)
+    _, per_sample = plan_from_calibration(samples, **kw, prompt_per_sample=True)
+
+    def cost(report):
+        return {(b["bucket"], p["label"]): p["cost"] for b in report["buckets"] for p in b["points"]}
+    a, b = cost(per_round), cost(per_sample)
+    assert a.keys() == b.keys() and all(b[k] >= a[k] for k in a) and any(b[k] > a[k] for k in a)
 
 
 def test_binomial_fit_is_unbiased_where_sampling_stopped_at_a_success():

@@ -26,6 +26,7 @@ from pipelines.tasks.arithmetic import (  # noqa: E402
     generate_dataset,
     make_problem,
     solution,
+    trace_prefix_ok,
 )
 
 
@@ -127,6 +128,39 @@ def test_corrupted_traces_score_below_one():
             assert 0.0 <= score < 1.0, (prompt, bad, score)
             n_checked += 1
     assert n_checked > 2000
+
+
+def test_prefix_check_never_rejects_a_verifying_trace():
+    """Aborting a sample when ``trace_prefix_ok`` fails loses nothing: every prefix of a
+    trace that verifies passes, and once a prefix fails the finished trace does not verify."""
+    rng = random.Random(3)
+    n_rejected = 0
+    for _d, prompt, _gold in _random_problems(200, seed=5):
+        sol = solution(prompt)
+        variants = [sol, sol + "\n", " " + sol.replace("\n", " \n\n"), sol.replace("A: ", "A:")]
+        for text in variants:
+            assert check_steps(prompt, text) == 1.0
+            assert all(trace_prefix_ok(prompt, text[:k]) for k in range(len(text) + 1)), (prompt, text)
+        for bad in _corruptions(prompt, sol, rng):
+            first_fail = next((k for k in range(len(bad) + 1) if not trace_prefix_ok(prompt, bad[:k])), None)
+            if first_fail is not None:
+                n_rejected += 1
+                assert check_steps(prompt, bad) < 1.0, (prompt, bad)
+                # failing is final: no longer prefix passes again
+                assert not any(trace_prefix_ok(prompt, bad[:k]) for k in range(first_fail, len(bad) + 1))
+    assert n_rejected > 700
+
+
+def test_prefix_check_stops_at_the_first_wrong_character():
+    prompt = "57+8=\n"
+    assert trace_prefix_ok(prompt, "7+8+0=1")
+    assert not trace_prefix_ok(prompt, "7+8+0=14")  # wrong sum, caught before the line ends
+    assert trace_prefix_ok(prompt, "7+8+0=15 5\n5+0+1=6 65\n")
+    assert not trace_prefix_ok(prompt, "7+8+0=15 5\nA: 5")  # answer before the last step
+    assert not trace_prefix_ok(prompt, "7+8+0=15 5\n5+0+1=6 65\nA: 66\n")
+    assert trace_prefix_ok(prompt, "7+8+0=15 5\n5+0+1=6 65\nA: 65\nanything")
+    assert trace_prefix_ok(prompt, "7+8+0=15 5\n5+0+1=06 65")  # check_steps takes a padded sum
+    assert trace_prefix_ok("hello", "whatever")  # not this task's prompt: no opinion
 
 
 def test_checker_partial_credit_and_no_gold():

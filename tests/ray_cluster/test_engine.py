@@ -45,3 +45,53 @@ def test_text_decoded_once_at_the_end_matches_vllm_incremental_detokenizer(ray_c
     for decoded, incremental, _ in pairs:
         assert decoded == incremental
     assert any(text.strip() for text, _, _ in pairs)
+
+
+@pytest.mark.slow
+def test_samples_stop_at_their_first_failed_step(ray_cluster):
+    """With a step verifier's prefix check, each sample streams and stops once its trace
+    can no longer verify; the samples are those of the n-sample request (seed + i), cut
+    short, and a stopped sample pays only the tokens it had."""
+    ray = ray_cluster
+
+    @ray.remote(num_cpus=0)
+    def both_ways():
+        import asyncio
+        from functools import partial
+
+        from pipelines.generation import SamplingConfig
+        from pipelines.tasks.arithmetic import generate_dataset, trace_prefix_ok
+        from ray_cluster.engine import EngineSpec, VllmEngine
+
+        async def go():
+            engine = VllmEngine(EngineSpec("embedded:tiny-adder", max_model_len=256))
+            engine.start()
+            try:
+                prompts = generate_dataset(16, [3, 6, 7, 8], seed=4)["prompt"].to_list()
+                out = []
+                for i, (p, ids) in enumerate(zip(prompts, engine.tokenize_many(prompts))):
+                    cfg = SamplingConfig(n=4, temperature=0.7, max_tokens=150, seed=1000 * i)
+                    plain = await engine.generate(f"p{i}", ids, cfg)
+                    cut = await engine.generate(f"c{i}", ids, cfg, partial(trace_prefix_ok, p))
+                    out.append((p, plain, cut))
+                return out
+            finally:
+                engine.shutdown()
+        return asyncio.run(go())
+
+    from pipelines.tasks.arithmetic import check_steps, trace_prefix_ok
+
+    rows = ray.get(both_ways.remote(), timeout=600)
+    stopped = 0
+    for prompt, plain, cut in rows:
+        assert cut.prompt_tokens == 4 * plain.prompt_tokens  # one request per sample
+        assert len(cut.samples) == 4
+        for a, b in zip(plain.samples, cut.samples):
+            if b.finish_reason == "abort":
+                stopped += 1
+                assert not trace_prefix_ok(prompt, b.text)
+                assert check_steps(prompt, a.text) < 1.0
+                assert a.text.startswith(b.text) and b.output_tokens < a.output_tokens
+            else:
+                assert (b.text, b.output_tokens, b.finish_reason) == (a.text, a.output_tokens, a.finish_reason)
+    assert stopped >= 16  # the 7- and 8-digit rows never verify: their samples stop early
