@@ -34,7 +34,9 @@ def main() -> None:
                     "comma-separated (pilot, features)")
     ap.add_argument("--adaptive", default="{}", help="JSON merged into the adaptive policy, e.g. "
                     "'{\"abort_failed_steps\": false}' or '{\"round_size\": 1}'")
-    ap.add_argument("--runs", default="30pct,n4,nightly", help="adaptive runs to make: 30pct, n4, nightly")
+    ap.add_argument("--runs", default="30pct,n4,nightly", help="adaptive runs to make: 30pct, n4, nightly; "
+                    "add abort_baseline for uniform verifier best-of-n at the largest n with samples stopped at "
+                    "their first failed step (what that saving alone buys; not one of the goals' baselines)")
     args = ap.parse_args()
 
     from jobs.runner import run_job, start_pool
@@ -100,6 +102,9 @@ def main() -> None:
         prior = adaptive | {"calibration_from": str(recorded)}
         nightly["30pct"] = run(f"adaptive_nightly-30pct_of_n{n_hi}", prior, 0.3 * best[n_hi]["spent"], None)
         nightly["n4"] = run(f"adaptive_nightly-at_n{n_mid}_budget", prior, best[n_mid]["spent"], None)
+    if "abort_baseline" in todo:
+        run(f"uniform_verifier_abort-{n_hi}", {"kind": "uniform", "n": n_hi, "select": "verifier",
+                                               "abort_failed_steps": True}, big, n_hi)
     pool.shutdown()
     print(json.dumps({
         "bench": "adaptive_vs_uniform_summary",
