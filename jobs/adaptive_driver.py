@@ -54,7 +54,7 @@ def load_difficulty_model(path: str):
 
 class AdaptiveDriver:
     def __init__(self, spec: JobSpec, parts: list[io.Part], committed: dict[int, dict]):
-        from pipelines.adaptive import CalibrationTier
+        from pipelines.adaptive_tiers import CalibrationTier
         from pipelines.replay_adaptive import AdaptiveConfig, pilot_size
 
         self.spec, self.parts, self.pol = spec, parts, spec.policy
@@ -194,7 +194,7 @@ class AdaptiveDriver:
 
     def _adaptive_tier(self, plan) -> Tier:
         from jobs.rung_calibration import rung_tiers
-        from pipelines.adaptive import AdaptiveTier
+        from pipelines.adaptive_tiers import AdaptiveTier
 
         s = self.spec.sampling
         return AdaptiveTier(plan=plan, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,

@@ -10,15 +10,14 @@ import pytest
 
 from pipelines.adaptive import (
     AdaptivePlan,
-    AdaptiveTier,
     BucketPlan,
     StopRule,
     label_calibration,
     plan_draws,
     plan_from_calibration,
     plot_plan,
-    row_features,
 )
+from pipelines.adaptive_tiers import AdaptiveTier, row_features
 from pipelines.calibration import DifficultyModel
 from pipelines.generation import GenResult, Sample
 from pipelines.replay import build_table

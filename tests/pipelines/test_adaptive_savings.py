@@ -10,12 +10,11 @@ import pytest
 
 from pipelines.adaptive import (
     VERIFIED,
-    AdaptiveTier,
-    CalibrationTier,
     fit_gate,
     plan_draws,
     plan_from_calibration,
 )
+from pipelines.adaptive_tiers import AdaptiveTier, CalibrationTier
 from pipelines.calibration import fit_difficulty_model
 from pipelines.generation import GenResult, Sample
 from pipelines.replay import build_table

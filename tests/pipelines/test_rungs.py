@@ -9,13 +9,13 @@ import pytest
 
 from pipelines.adaptive import (
     AdaptivePlan,
-    AdaptiveTier,
     BucketPlan,
     StopRule,
     plan_draws,
     plan_from_calibration,
     plot_plan,
 )
+from pipelines.adaptive_tiers import AdaptiveTier
 from pipelines.calibration import DifficultyModel
 from pipelines.generation import GenResult, Sample
 from pipelines.replay_synthetic import synthetic_samples
