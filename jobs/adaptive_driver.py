@@ -168,7 +168,7 @@ class AdaptiveDriver:
             objective=self.pol.objective, config=self.config, price=self.pol.price,
             round_size=self.pol.round_size, seed=self.spec.sampling.seed, model=self.model,
             rungs=self._rungs, sampling=self.pol.sampling_rung,
-            prompt_per_sample=self.calibration_tier.prompt_per_sample)
+            prompt_per_sample=self.calibration_tier.prompt_per_sample, max_cap=self.pol.sample_cap)
         summary = {
             "calibration_parts": len(self.cal_ids & set(session.summaries)),
             "calibration_rows": int(self._samples["query_id"].n_unique()),

@@ -204,6 +204,10 @@ class AdaptivePolicy(_Strict):
                                          "(default: 4 x sampling.max_tokens)")
     think_samples: int = Field(1, ge=1, le=64, description="samples of the 'think' rung (1: one greedy pass)")
     search: SearchSpec | None = Field(None, description="beam search settings of the 'search' rung")
+    max_samples_per_row: int | None = Field(
+        None, ge=2, le=1024, description="most samples a row may draw when budget is left past every bucket's "
+        "measured peak: buckets with unsolved rows then sample past calibration_samples, unmeasured, with budget "
+        "that would otherwise go unspent (null: 4 x calibration_samples; calibration_samples: never past K)")
     abort_failed_steps: bool | None = Field(
         None, description="stop each sample at its first step the verifier's prefix check fails: no token a "
                           "failed trace still generates can make it verify (null: on when the job's verifier "
@@ -216,7 +220,14 @@ class AdaptivePolicy(_Strict):
     def _pilot_fits(self):
         if self.pilot_samples is not None and self.pilot_samples > self.calibration_samples:
             raise ValueError("policy.pilot_samples must not exceed policy.calibration_samples")
+        if self.max_samples_per_row is not None and self.max_samples_per_row < self.calibration_samples:
+            raise ValueError("policy.max_samples_per_row must be at least policy.calibration_samples")
         return self
+
+    @property
+    def sample_cap(self) -> int:
+        """``max_samples_per_row``, default filled in."""
+        return self.max_samples_per_row or 4 * self.calibration_samples
 
     @property
     def rungs(self) -> tuple[str, ...]:

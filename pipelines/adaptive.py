@@ -377,7 +377,8 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
                           objective: str, config: AdaptiveConfig | None = None, price: float | None = None,
                           round_size: int = 2, seed: int = 0, verifier_pass: float | None = None,
                           model: DifficultyModel | None = None, rungs: pl.DataFrame | None = None,
-                          sampling: bool = True, prompt_per_sample: bool = False) -> tuple[AdaptivePlan, dict]:
+                          sampling: bool = True, prompt_per_sample: bool = False,
+                          max_cap: int | None = None) -> tuple[AdaptivePlan, dict]:
     """Learn an ``AdaptivePlan`` from calibration samples and fit it to the remaining budget.
 
     Args:
@@ -407,6 +408,9 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
             the pilot alone and the ``rungs``.
         prompt_per_sample: Every sample pays the prompt (samples that stop at a failed step are requests of
             their own), not every round.
+        max_cap: Most samples a row may draw when budget is left past every bucket's measured peak
+            (``_extend_cap``): the buckets with headroom then sample past the calibration's K, up to this.
+            None: never past K.
 
     Returns:
         (plan, report): the report is JSON-ready (per bucket: calibration rows, curve points per option,
@@ -512,7 +516,10 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
     if price is None and alloc.price == 0 and slack > 0:
         richest = _richest_option(specs, grid_t, grid_c)
         if richest is not None:
-            plans = _spend_slack(plans, curves, richest, rule(richest), slack)
+            plans, slack = _spend_slack(plans, curves, richest, rule(richest), slack)
+            if max_cap is not None and slack > 0:
+                plans = _extend_cap(plans, curves, richest, rule(richest), slack, max_cap,
+                                    _unsolved_sample_cost(table, rows, cumcost))
     for b, (bp, bc) in enumerate(zip(plans, curves)):
         report_buckets.append(_bucket_report(bp, bc.curve, price, rows_run, edges, bc.n_calibration_rows))
         if measured[b]:  # the rungs' measured points, beside the stop rules' curve
@@ -549,14 +556,15 @@ def _richest_option(specs: list, grid_t: np.ndarray, grid_c: np.ndarray) -> int 
 
 
 def _spend_slack(plans: list[BucketPlan], curves: list[BucketCalibration], richest: int, rich_rule: StopRule,
-                 slack: float) -> list[BucketPlan]:
+                 slack: float) -> tuple[list[BucketPlan], float]:
     """Spend budget the allocator left over (every bucket at its measured peak) instead of returning it.
 
     A curve measured on a few dozen calibration rows per bucket cannot see the small gains of late
     samples, so its peak often sits below the largest cap with the same score: with ``slack`` (extra per
     remaining row) left, buckets whose curve rose move rows to the richest rule (``_richest_option``)
     while its measured score is no lower, buckets with the steepest measured rise first, via the
-    per-row split (``alt_rule``/``alt_share``). As replay's ``_extend_contested``.
+    per-row split (``alt_rule``/``alt_share``). As replay's ``_extend_contested``. Returns the plans and
+    the slack still left.
     """
     out = list(plans)
     rate = {}
@@ -578,7 +586,41 @@ def _spend_slack(plans: list[BucketPlan], curves: list[BucketCalibration], riche
         out[b] = replace(bp, rule=rich_rule, expected_cost=cost, expected_score=score) if take >= 1.0 else \
             replace(bp, alt_rule=rich_rule, alt_share=take, expected_cost=cost, expected_score=score)
         slack -= take * need
+    return out, max(slack, 0.0)
+
+
+def _extend_cap(plans: list[BucketPlan], curves: list[BucketCalibration], richest: int, rich_rule: StopRule,
+                slack: float, max_cap: int, sample_cost: float) -> list[BucketPlan]:
+    """Budget still left once every bucket with headroom runs the richest rule: raise that rule's cap past
+    the calibration's K, as far as the slack pays, up to ``max_cap``.
+
+    Rows that fail K samples still solve now and then (on the demo task about one in eight of the headroom
+    rows unsolved at 12 samples is solved by 32), but no calibration measured past K, so the plan claims no
+    score for it: it only spends budget that would otherwise go unspent. The buckets' rows unsolved at K
+    (``1 - score`` at the richest rule) are the ones that draw past it, each sample at ``sample_cost``
+    (an unsolved calibration row's mean cost per sample); rows that verify stop as before. Pacing re-plans
+    from the actual spend, and the ledger stays the hard cap."""
+    out = list(plans)
+    unsolved = {b: 1.0 - float(curves[b].curve.score[richest]) for b, bp in enumerate(plans)
+                if bp.rule == rich_rule and bp.alt_rule is None}
+    unsolved = {b: u for b, u in unsolved.items() if u > 1e-9}
+    per_sample = sum(plans[b].share * u * sample_cost for b, u in unsolved.items())
+    extra = min(max_cap - rich_rule.cap, int(slack // per_sample)) if per_sample > 0 else 0
+    if extra < 1:
+        return out
+    longer = replace(rich_rule, cap=rich_rule.cap + extra)
+    for b, u in unsolved.items():
+        out[b] = replace(out[b], rule=longer, expected_cost=out[b].expected_cost + u * extra * sample_cost)
     return out
+
+
+def _unsolved_sample_cost(table: ReplayTable, rows: np.ndarray, cumcost: np.ndarray) -> float:
+    """Mean cost per sample of the calibration rows (of ``rows``) no sample of which was right."""
+    n = table.n_available[rows]
+    lost = rows[~table.correct[rows].any(axis=1) & (n > 0)]
+    if lost.size == 0:
+        return 0.0
+    return float((cumcost[lost, table.n_available[lost]] / table.n_available[lost]).mean())
 
 
 def _bucket_report(bp: BucketPlan, curve: CurveFit, price: float | None, rows_remaining: int, edges: np.ndarray,

@@ -171,3 +171,11 @@ def test_abort_failed_steps_resolves_per_policy_and_verifier():
         aborts_failed_steps(parse_spec(BASE | {"policy": {"abort_failed_steps": True}, "verifier": "math:isclose"}))
     with pytest.raises(SpecError, match=r"policy.abort_failed_steps needs a `verifier` with a prefix check"):
         parse_spec(BASE | {"policy": {"n": 2, "abort_failed_steps": True}})
+
+
+def test_max_samples_per_row_defaults_to_four_k_and_is_at_least_k():
+    pol = parse_spec(BASE | {"policy": {"kind": "adaptive", "calibration_samples": 10}}).policy
+    assert pol.sample_cap == 40
+    assert parse_spec(BASE | {"policy": {"kind": "adaptive", "max_samples_per_row": 12}}).policy.sample_cap == 12
+    with pytest.raises(SpecError, match=r"policy.max_samples_per_row must be at least policy.calibration_samples"):
+        parse_spec(BASE | {"policy": {"kind": "adaptive", "max_samples_per_row": 8}})

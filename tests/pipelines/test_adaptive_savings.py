@@ -231,3 +231,24 @@ def test_budget_past_every_peak_goes_to_buckets_with_headroom(calibration):
     plan, report = plan_from_calibration(calibration, budget_remaining=budget, **kw)
     assert report["budget"]["expected_total"] >= 0.95 * budget
     assert report["budget"]["expected_total"] <= budget * (1 + 1e-9)
+
+
+def test_budget_past_every_peak_and_the_richest_rule_samples_past_k(calibration):
+    """With budget left once every bucket with headroom runs the richest rule (largest cap K), a cap
+    beyond K (``max_cap``) lets the rows unsolved at K sample on: unmeasured, so no score is claimed."""
+    kw = dict(rows_remaining=1000, unit="tokens", objective="accuracy")
+    capped, _ = plan_from_calibration(calibration, budget_remaining=1e9, **kw)
+    k = max(b.rule.cap for b in capped.buckets)
+    longer, report = plan_from_calibration(calibration, budget_remaining=1e9, max_cap=4 * k, **kw)
+    extended = [(a, b) for a, b in zip(capped.buckets, longer.buckets) if b.rule.cap > k]
+    assert extended and all(b.rule.cap == 4 * k for _, b in extended)  # the slack pays for all of it here
+    for a, b in extended:
+        assert b.rule == replace(a.rule, cap=4 * k) and b.expected_score == a.expected_score
+        assert b.expected_cost > a.expected_cost
+    # Buckets without unsolved rows at K (or that never rose) keep their rule.
+    assert all(a.rule == b.rule for a, b in zip(capped.buckets, longer.buckets) if b.rule.cap <= k)
+    # A budget just past the richest rule's cost extends the cap only as far as the slack pays.
+    budget = 1000 * capped.expected_cost_per_row * 1.5
+    some, rep = plan_from_calibration(calibration, budget_remaining=budget, max_cap=4 * k, **kw)
+    assert k < max(b.rule.cap for b in some.buckets) < 4 * k
+    assert 0.9 * budget <= rep["budget"]["expected_total"] <= budget * (1 + 1e-9)  # whole samples: not all of it
