@@ -6,7 +6,9 @@ checker the adaptive policy uses) at n = 1, 2, 4, 8, then the adaptive policy at
 30% of uniform n=8's tokens and at uniform n=4's tokens. Calibration and pilot
 samples count in adaptive's spend. One JSON line per run, then a summary line
 with the two goals: adaptive within 0.5 points of the better uniform n=8 with at
-most 30% of its tokens; at uniform n=4's budget, at least 3 points above it.
+most 30% of its tokens; at uniform n=4's budget, at least 3 points above it. The nightly
+runs plan from the calibration samples of "last night's" run (the adaptive policy on a different
+held-out set, run first) and spend nothing on calibration.
 
     python bench/adaptive_vs_uniform.py --rows 1000
 """
