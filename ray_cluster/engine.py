@@ -189,7 +189,7 @@ class VllmEngine:
                                     logprobs=0 if sampling.logprobs else None,
                                     stop=list(sampling.stop) or None, include_stop_str_in_output=True,
                                     output_kind=RequestOutputKind.DELTA)
-            text, n_tokens, lp, finish = sampling.prefix, 0, None, None
+            text, n_tokens, lp, finish, check = sampling.prefix, 0, None, None, keep_going
             stream = self._llm.generate({"prompt_token_ids": ids}, params, f"{request_id}.s{i}")
             try:
                 async for out in stream:
@@ -197,9 +197,15 @@ class VllmEngine:
                     text += c.text
                     n_tokens += len(c.token_ids)
                     lp, finish = c.cumulative_logprob, c.finish_reason
-                    if finish is None and not keep_going(text):
-                        finish = "abort"
-                        break
+                    if finish is None and check is not None:
+                        try:
+                            if not check(text):
+                                finish = "abort"
+                                break
+                        except Exception:  # a broken user check costs the saving, not the sample
+                            log.exception("request %s: the prefix check failed; the sample runs to its end",
+                                          request_id)
+                            check = None
             finally:
                 await stream.aclose()  # vLLM aborts the request when its stream closes early
             mean_lp = lp / n_tokens if (n_tokens and lp is not None and math.isfinite(lp)) else None

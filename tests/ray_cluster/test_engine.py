@@ -74,14 +74,23 @@ def test_samples_stop_at_their_first_failed_step(ray_cluster):
                     plain = await engine.generate(f"p{i}", ids, cfg)
                     cut = await engine.generate(f"c{i}", ids, cfg, partial(trace_prefix_ok, p))
                     out.append((p, plain, cut))
-                return out
+
+                def broken(text: str) -> bool:
+                    raise RuntimeError("a user's prefix check with a bug")
+                p, plain, _ = out[-1]
+                whole = await engine.generate("broken", engine.tokenize_many([p])[0],
+                                              SamplingConfig(n=4, temperature=0.7, max_tokens=150,
+                                                             seed=1000 * (len(out) - 1)), broken)
+                return out, (plain, whole)
             finally:
                 engine.shutdown()
         return asyncio.run(go())
 
     from pipelines.tasks.arithmetic import check_steps, trace_prefix_ok
 
-    rows = ray.get(both_ways.remote(), timeout=600)
+    rows, (plain, whole) = ray.get(both_ways.remote(), timeout=600)
+    # A check that raises stops checking: the samples run to their end, as without one.
+    assert [(s.text, s.finish_reason) for s in whole.samples] == [(s.text, s.finish_reason) for s in plain.samples]
     stopped = 0
     for prompt, plain, cut in rows:
         assert cut.prompt_tokens == 4 * plain.prompt_tokens  # one request per sample
