@@ -33,5 +33,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+        # "local": a cluster of its own, never one `ray start` left recorded on this machine
+        # (a stale record of a dead one made ray.init fail); joining is explicit, by address.
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
     return ray

@@ -134,7 +134,9 @@ class VllmEngine:
         With ``keep_going`` (a step verifier's check of an unfinished trace, given
         prefix + text so far), each sample streams and stops as soon as the check fails
         (``finish_reason`` ``"abort"``): see ``_generate_checked``."""
-        if keep_going is not None and not sampling.top_logprobs:
+        if keep_going is not None:
+            if sampling.top_logprobs:
+                raise EngineError("a prefix check streams samples; it cannot read first-token top log-probs")
             return await self._generate_checked(request_id, prompt_token_ids, sampling, keep_going)
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind

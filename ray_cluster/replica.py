@@ -187,14 +187,17 @@ class ReplicaActor:
             requests = [_clip(r, k, engine.max_model_len) for r, k in zip(requests, inputs)]
             # The worst case of this round: each request's input plus n samples of max_tokens.
             # A round is reserved whole: if it cannot be, the row stops with what it has.
-            worst = sum(k + r.n * r.max_tokens for r, k in zip(requests, inputs)) * cfg.cost_per_token
+            # Samples that stop at a failed step are requests of their own: each pays its input.
+            checks = [keep_going if not r.top_logprobs else None for r in requests]
+            worst = sum(k * (r.n if c else 1) + r.n * r.max_tokens
+                        for r, k, c in zip(requests, inputs, checks)) * cfg.cost_per_token
             if await ledger.reserve(worst) == DENIED:
                 state.stop_reason = "budget"
                 break
             tag = f"{row_id}#{state.rounds}"
             outcomes = await asyncio.gather(
-                *(engine.generate(tag if len(requests) == 1 else f"{tag}.{i}", token_ids, r, keep_going)
-                  for i, r in enumerate(requests)), return_exceptions=True)
+                *(engine.generate(tag if len(requests) == 1 else f"{tag}.{i}", token_ids, r, c)
+                  for i, (r, c) in enumerate(zip(requests, checks))), return_exceptions=True)
             results = [o for o in outcomes if not isinstance(o, BaseException)]
             actual = sum(r.prompt_tokens + r.output_tokens for r in results) * cfg.cost_per_token
             # One settlement for the round: what did run is spent, the rest returns.
