@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ class VllmEngine:
         self._tokenizer = None
         self.max_model_len: int = 0
         self.max_num_seqs: int = 0
+        self._shared_params: dict[SamplingConfig, Any] = {}
 
     def start(self) -> None:
         """Builds the engine; call from within the worker's event loop."""
@@ -91,6 +92,9 @@ class VllmEngine:
         except Exception as exc:
             raise EngineError(f"vLLM engine failed to start for model {args['model']!r}: {exc}") from exc
         self._tokenizer = self._llm.get_tokenizer()
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+        self._parse_prompt = parse_model_prompt
+        self._tok_params = self._llm.renderer.default_cmpl_tok_params
         # As vLLM's own server does after start-up: the millions of objects that torch,
         # transformers and the engine leave behind move out of the collector's reach, so
         # each full collection no longer walks them (it cost this process more CPU than
@@ -127,24 +131,19 @@ class VllmEngine:
     async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingConfig) -> GenResult:
         """Generates ``sampling.n`` samples continuing the tokenized prompt and then
         ``sampling.prefix``; ``GenResult.prompt_tokens`` counts both."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         ids = self.input_ids(prompt_token_ids, sampling)
         # Incremental detokenization of every sequence at every step is most of the front end's
         # work; a request that needs no text before it finishes (no stop strings, no decoded
         # top log-probs) is decoded once, at the end.
         detokenize = bool(sampling.stop or sampling.top_logprobs)
-        # FINAL_ONLY: with n > 1, vLLM aggregates the n children only in this mode; in
-        # the streaming modes each yielded output carries just the child that moved.
-        # The stop string stays in the text, so a step keeps its delimiter.
-        params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_tokens, seed=sampling.seed,
-                                logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
-                                stop=list(sampling.stop) or None, include_stop_str_in_output=True,
-                                output_kind=RequestOutputKind.FINAL_ONLY, detokenize=detokenize)
+        params = self._params(sampling)
+        # Rendered here, as vLLM's docs show for power users: a raw prompt is rendered on vLLM's
+        # thread pool, a hop between threads per request that costs more than the rendering
+        # of a tokenized prompt itself.
+        (engine_input,) = self._llm.renderer.render_cmpl(
+            [self._parse_prompt(self._llm.model_config, {"prompt_token_ids": ids})], self._tok_params)
         by_index = {}
-        async for out in self._llm.generate({"prompt_token_ids": ids}, params, request_id):
+        async for out in self._llm.generate(engine_input, params, request_id):
             by_index.update({c.index: c for c in out.outputs})
         if len(by_index) != sampling.n:
             raise EngineError(f"request {request_id}: expected {sampling.n} samples, got {len(by_index)}")
@@ -157,6 +156,35 @@ class VllmEngine:
             text = c.text if detokenize else self._tokenizer.decode(c.token_ids, skip_special_tokens=True)
             samples.append(Sample(text, k, mean_lp, c.finish_reason, top))
         return GenResult(request_id, len(ids), samples)
+
+    def _params(self, sampling: SamplingConfig):
+        """vLLM's ``SamplingParams`` for ``sampling``. Greedy requests ignore their seed, so
+        all greedy requests of one configuration share one object (vLLM clones it per
+        request): building it costs the event loop more than the rest of a request's set-up."""
+        if sampling.temperature == 0.0 and (sampling.seed is not None or sampling.prefix):
+            sampling = replace(sampling, seed=None, prefix="")  # neither reaches SamplingParams
+        if sampling.seed is None:
+            params = self._shared_params.get(sampling)
+            if params is None:
+                if len(self._shared_params) >= 256:  # configurations vary (clipped max_tokens): stay small
+                    self._shared_params.clear()
+                params = self._shared_params[sampling] = self._build_params(sampling)
+            return params
+        return self._build_params(sampling)
+
+    def _build_params(self, sampling: SamplingConfig):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        # FINAL_ONLY: with n > 1, vLLM aggregates the n children only in this mode; in
+        # the streaming modes each yielded output carries just the child that moved.
+        # The stop string stays in the text, so a step keeps its delimiter.
+        return SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                              max_tokens=sampling.max_tokens, seed=sampling.seed,
+                              logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
+                              stop=list(sampling.stop) or None, include_stop_str_in_output=True,
+                              output_kind=RequestOutputKind.FINAL_ONLY,
+                              detokenize=bool(sampling.stop or sampling.top_logprobs))
 
     def shutdown(self) -> None:
         if self._llm is not None:
