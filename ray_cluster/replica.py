@@ -15,9 +15,7 @@ import logging
 import math
 import os
 import time
-import zlib
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -25,12 +23,12 @@ import ray
 
 from pipelines import io, records
 from pipelines.answers import make_extractor
-from pipelines.budget import DENIED
 from pipelines.judge import JudgeConfig
-from pipelines.tiers import RowState, Tier
+from pipelines.tiers import Tier
 from pipelines.validation import row_errors
 from ray_cluster.engine import EngineSpec, VllmEngine
 from ray_cluster.ledger import LedgerClient
+from ray_cluster.rows import RowRunner
 from ray_cluster.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -114,13 +112,20 @@ class ReplicaActor:
 
         features = frame.select(pl.col(c).cast(pl.Float64).alias(k) for k, c in feats.items()).to_dicts() \
             if feats else [{}] * len(ids)
+        try:
+            scorer = self._scoring(cfg)
+        except ValueError as exc:  # a judge this replica does not host: every row reports it
+            log.error("part %s: %s", part.part_id, exc)
+            scorer, errors = None, [e or f"{type(exc).__name__}: {exc}" for e in errors]
         # One tokenizer call for the part's valid prompts (per-row calls cost the event loop).
         valid = [i for i, e in enumerate(errors) if not e]
         token_ids: list = [None] * len(ids)
         for i, t in zip(valid, self.engine.tokenize_many([prompts[i] for i in valid])):
             token_ids[i] = t
         async with self._ledger_client(ledger) as client:
-            recs = await asyncio.gather(*(self._run_row(job, tier, client, rid, p, e, f, t)
+            rows = RowRunner(self.engine, self._sem, tier, client, scorer, cfg.seed, cfg.cost_per_token,
+                             cfg.keep_samples, cfg.abort_failed_steps)
+            recs = await asyncio.gather(*(rows.run(rid, p, e, f, t)
                                           for rid, p, e, f, t in zip(ids, prompts, errors, features, token_ids)))
             await client.drain()  # every settlement is in the ledger before the part commits
         for r, g in zip(recs, golds):
@@ -150,107 +155,8 @@ class ReplicaActor:
                 if ok:
                     await entry[0].close()
 
-    async def _run_row(self, job: JobContext, tier: Tier, ledger, row_id: str, prompt: str | None,
-                       error: str | None, features: dict[str, float | None], token_ids: list[int] | None) -> dict:
-        if error:
-            return records.empty_record(row_id, "error", error)
-        async with self._sem:
-            try:
-                return await self._generate_row(job, tier, ledger, row_id, prompt, features, token_ids)
-            except Exception as exc:
-                if self.engine.dead:
-                    raise  # the replica is lost: the pool retries the part elsewhere
-                log.exception("row %s failed", row_id)
-                return records.empty_record(row_id, "error", f"{type(exc).__name__}: {exc}")
-
-    async def _generate_row(self, cfg: JobContext, tier: Tier, ledger, row_id: str, prompt: str,
-                            features: dict[str, float | None], token_ids: list[int]) -> dict:
-        engine = self.engine
-        scorer = self._scoring(cfg)
-        extract = scorer.extract
-        n_prompt = len(token_ids)
-        if n_prompt >= engine.max_model_len:
-            return records.empty_record(
-                row_id, "error", f"prompt has {n_prompt} tokens; the model's context is {engine.max_model_len}",
-                n_prompt)
-        state = RowState(row_id, n_prompt, features={k: v for k, v in features.items() if v is not None})
-        cost, prompt_spent = 0.0, 0
-        # A seed from the row id makes reruns reproducible whatever replica or part size
-        # serves the row. vLLM seeds sample i of a request with seed + i, so each round
-        # starts past the samples already drawn: every sample of the row has its own seed.
-        seed = (cfg.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
-        scoring = scorer.for_row(row_id, prompt, seed, cfg.cost_per_token)
-        keep_going = partial(scorer.prefix_ok, prompt) if cfg.abort_failed_steps and scorer.prefix_ok else None
-        while (asked := tier.next_request(state, seed + len(state.samples))) is not None:
-            requests = asked if isinstance(asked, list) else [asked]
-            inputs = [len(engine.input_ids(token_ids, r)) for r in requests]  # prompt + prefix tokens
-            requests = [_clip(r, k, engine.max_model_len) for r, k in zip(requests, inputs)]
-            # The worst case of this round: each request's input plus n samples of max_tokens.
-            # A round is reserved whole: if it cannot be, the row stops with what it has.
-            # Samples that stop at a failed step are requests of their own: each pays its input.
-            checks = [keep_going if not r.top_logprobs else None for r in requests]
-            worst = sum(k * (r.n if c else 1) + r.n * r.max_tokens
-                        for r, k, c in zip(requests, inputs, checks)) * cfg.cost_per_token
-            if await ledger.reserve(worst) == DENIED:
-                state.stop_reason = "budget"
-                break
-            tag = f"{row_id}#{state.rounds}"
-            outcomes = await asyncio.gather(
-                *(engine.generate(tag if len(requests) == 1 else f"{tag}.{i}", token_ids, r, c)
-                  for i, (r, c) in enumerate(zip(requests, checks))), return_exceptions=True)
-            results = [o for o in outcomes if not isinstance(o, BaseException)]
-            actual = sum(r.prompt_tokens + r.output_tokens for r in results) * cfg.cost_per_token
-            # One settlement for the round: what did run is spent, the rest returns.
-            await ledger.settle(worst, actual)
-            cost += actual
-            prompt_spent += sum(r.prompt_tokens for r in results)
-            if failed := next((o for o in outcomes if isinstance(o, BaseException)), None):
-                if engine.dead:
-                    raise failed  # the replica is lost: the pool retries the part elsewhere
-                rec = records.empty_record(row_id, "error", f"generation failed: {failed}", prompt_spent)
-                return rec | {"n_samples": len(state.samples) + sum(len(r.samples) for r in results),
-                              "output_tokens": sum(s.output_tokens for s in state.samples)
-                              + sum(r.output_tokens for r in results),
-                              "cost": cost + scoring.cost} | scoring.columns()
-            # Verifiers score the whole trace: a request's prefix, then its sample. A judge's
-            # requests reserve and settle their own cost (scoring.cost).
-            scores = [await scoring.score([replace(s, text=q.prefix + s.text) for s in r.samples]
-                                          if q.prefix else r.samples, ledger)
-                      for q, r in zip(requests, results)]
-            tier.absorb(state, requests, results, extract, scores)
-        if not state.samples and state.stop_reason != "gated":  # gated: the tier chose no sample (adaptive)
-            return records.empty_record(row_id, "skipped_budget", None, n_prompt)
-        answer, votes = tier.select(state)
-        lps = [s.mean_logprob for s in state.samples if s.mean_logprob is not None]
-        return {
-            "id": row_id, "answer": answer, "status": "ok", "error": None, "tier": state.tier or tier.name,
-            "difficulty": state.difficulty, "bucket": state.bucket,
-            "n_samples": len(state.samples), "prompt_tokens": prompt_spent,
-            "output_tokens": sum(s.output_tokens for s in state.samples), "cost": cost + scoring.cost,
-            "votes": votes, "agreement": _share(votes, answer),
-            "verifier_scores": state.scores if scorer.scores else None, **scoring.columns(),
-            "mean_logprob": sum(lps) / len(lps) if lps else None,
-            "stop_reason": state.stop_reason,
-            "aborted_samples": sum(s.finish_reason == "abort" for s in state.samples) if keep_going else None,
-            "sample_answers": state.answers,
-            "sample_output_tokens": [s.output_tokens for s in state.samples],
-            "sample_mean_logprobs": [s.mean_logprob for s in state.samples],
-            "samples": [s.text for s in state.samples] if cfg.keep_samples else None,
-        }
-
     async def shutdown(self) -> None:
         self.engine.shutdown()
-
-
-def _share(votes: dict[str, float], answer: str | None) -> float:
-    """The winner's share of the votes (0 when nothing voted or all weights are 0)."""
-    total = sum(votes.values())
-    return votes[answer] / total if answer is not None and total > 0 else 0.0
-
-
-def _clip(sampling, n_input: int, max_model_len: int):
-    """``sampling`` with ``max_tokens`` cut to the context left after ``n_input`` tokens."""
-    return replace(sampling, max_tokens=max(1, min(sampling.max_tokens, max_model_len - n_input)))
 
 
 def summarize(part_id: int, table, seconds: float) -> dict:

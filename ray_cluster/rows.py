@@ -1,0 +1,152 @@
+"""One part's rows on a replica: each row runs its tier's program against the engine.
+
+A ``RowRunner`` is built once per part by ``ReplicaActor.process_part`` with what
+every row of the part shares (engine, tier, ledger client, scorer), and ``run`` is
+awaited once per row, many rows at a time. It is a plain class rather than methods of
+the actor because Ray wraps every method of an actor class in a tracing shim, paid on
+each call and each resume of its coroutine: per row, on the core the engine's scheduler
+shares (see ``bench/throughput.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from dataclasses import replace
+from functools import partial
+
+from pipelines import records
+from pipelines.budget import DENIED
+from pipelines.tiers import RowState, Tier
+from ray_cluster.scoring import Scorer
+
+log = logging.getLogger(__name__)
+
+
+class RowRunner:
+    """Runs rows of one part: at most ``sem``'s count at a time on the replica.
+
+    Args:
+        engine: the replica's ``VllmEngine``.
+        sem: the replica's bound on rows in flight (shared by all its parts).
+        tier: the part's row program.
+        ledger: the replica's ``LedgerClient`` of the job's ledger.
+        scorer: the job's ``Scorer`` on this replica.
+        seed: the job's seed; cost_per_token: in the budget's unit; keep_samples: whether
+            records keep the sampled texts; abort_failed_steps: stop samples at their first
+            step the verifier's prefix check fails (when it has one).
+    """
+
+    def __init__(self, engine, sem: asyncio.Semaphore, tier: Tier, ledger, scorer: Scorer, seed: int,
+                 cost_per_token: float, keep_samples: bool, abort_failed_steps: bool = False):
+        self.engine, self.sem, self.tier, self.ledger, self.scorer = engine, sem, tier, ledger, scorer
+        self.seed, self.cpt, self.keep_samples = seed, cost_per_token, keep_samples
+        # A step verifier's check of unfinished traces: samples stop at their first failed step.
+        self.prefix_ok = scorer.prefix_ok if abort_failed_steps else None
+
+    async def run(self, row_id: str, prompt: str | None, error: str | None, features: dict[str, float | None],
+                  token_ids: list[int] | None) -> dict:
+        """The row's output record (``pipelines.records``); raises only when the engine is lost."""
+        if error:
+            return records.empty_record(row_id, "error", error)
+        async with self.sem:
+            try:
+                return await self._generate(row_id, prompt, features, token_ids)
+            except Exception as exc:
+                if self.engine.dead:
+                    raise  # the replica is lost: the pool retries the part elsewhere
+                log.exception("row %s failed", row_id)
+                return records.empty_record(row_id, "error", f"{type(exc).__name__}: {exc}")
+
+    async def _generate(self, row_id: str, prompt: str, features: dict[str, float | None],
+                        token_ids: list[int]) -> dict:
+        engine, tier, ledger, cpt = self.engine, self.tier, self.ledger, self.cpt
+        extract = self.scorer.extract
+        n_prompt = len(token_ids)
+        max_len = engine.max_model_len
+        if n_prompt >= max_len:
+            return records.empty_record(
+                row_id, "error", f"prompt has {n_prompt} tokens; the model's context is {max_len}", n_prompt)
+        state = RowState(row_id, n_prompt, features={k: v for k, v in features.items() if v is not None})
+        cost, prompt_spent = 0.0, 0
+        # A seed from the row id makes reruns reproducible whatever replica or part size
+        # serves the row. vLLM seeds sample i of a request with seed + i, so each round
+        # starts past the samples already drawn: every sample of the row has its own seed.
+        seed = (self.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
+        scoring = self.scorer.for_row(row_id, prompt, seed, cpt)
+        keep_going = partial(self.prefix_ok, prompt) if self.prefix_ok else None
+        while (asked := tier.next_request(state, seed + len(state.samples))) is not None:
+            requests = asked if isinstance(asked, list) else [asked]
+            inputs = [len(engine.input_ids(token_ids, r)) for r in requests]  # prompt + prefix tokens
+            requests = [_clip(r, k, max_len) for r, k in zip(requests, inputs)]
+            # The worst case of this round: each request's input plus n samples of max_tokens.
+            # A round is reserved whole: if it cannot be, the row stops with what it has.
+            # Samples that stop at a failed step are requests of their own: each pays its input.
+            checks = [keep_going if not r.top_logprobs else None for r in requests]
+            worst = sum(k * (r.n if c else 1) + r.n * r.max_tokens for r, k, c in zip(requests, inputs, checks)) * cpt
+            if await ledger.reserve(worst) == DENIED:
+                state.stop_reason = "budget"
+                break
+            tag = f"{row_id}#{state.rounds}"
+            if len(requests) == 1:  # most rounds: no task or gather of its own
+                try:
+                    outcomes = [await engine.generate(tag, token_ids, requests[0], checks[0])]
+                except Exception as exc:
+                    outcomes = [exc]
+            else:
+                outcomes = await asyncio.gather(
+                    *(engine.generate(f"{tag}.{i}", token_ids, r, c) for i, (r, c) in enumerate(zip(requests, checks))),
+                    return_exceptions=True)
+            results = [o for o in outcomes if not isinstance(o, BaseException)]
+            actual = sum(r.prompt_tokens + r.output_tokens for r in results) * cpt
+            # One settlement for the round: what did run is spent, the rest returns.
+            await ledger.settle(worst, actual)
+            cost += actual
+            prompt_spent += sum(r.prompt_tokens for r in results)
+            if failed := next((o for o in outcomes if isinstance(o, BaseException)), None):
+                if engine.dead:
+                    raise failed  # the replica is lost: the pool retries the part elsewhere
+                rec = records.empty_record(row_id, "error", f"generation failed: {failed}", prompt_spent)
+                return rec | {"n_samples": len(state.samples) + sum(len(r.samples) for r in results),
+                              "output_tokens": sum(s.output_tokens for s in state.samples)
+                              + sum(r.output_tokens for r in results),
+                              "cost": cost + scoring.cost} | scoring.columns()
+            # Verifiers score the whole trace: a request's prefix, then its sample. A judge's
+            # requests reserve and settle their own cost (scoring.cost).
+            scores = [await scoring.score([replace(s, text=q.prefix + s.text) for s in r.samples]
+                                          if q.prefix else r.samples, ledger)
+                      for q, r in zip(requests, results)]
+            tier.absorb(state, requests, results, extract, scores)
+        if not state.samples and state.stop_reason != "gated":  # gated: the tier chose no sample (adaptive)
+            return records.empty_record(row_id, "skipped_budget", None, n_prompt)
+        answer, votes = tier.select(state)
+        samples = state.samples
+        lps = [s.mean_logprob for s in samples if s.mean_logprob is not None]
+        return {
+            "id": row_id, "answer": answer, "status": "ok", "error": None, "tier": state.tier or tier.name,
+            "difficulty": state.difficulty, "bucket": state.bucket,
+            "n_samples": len(samples), "prompt_tokens": prompt_spent,
+            "output_tokens": sum(s.output_tokens for s in samples), "cost": cost + scoring.cost,
+            "votes": votes, "agreement": _share(votes, answer),
+            "verifier_scores": state.scores if self.scorer.scores else None, **scoring.columns(),
+            "mean_logprob": sum(lps) / len(lps) if lps else None,
+            "stop_reason": state.stop_reason,
+            "aborted_samples": sum(s.finish_reason == "abort" for s in samples) if keep_going else None,
+            "sample_answers": state.answers,
+            "sample_output_tokens": [s.output_tokens for s in samples],
+            "sample_mean_logprobs": [s.mean_logprob for s in samples],
+            "samples": [s.text for s in samples] if self.keep_samples else None,
+        }
+
+
+def _share(votes: dict[str, float], answer: str | None) -> float:
+    """The winner's share of the votes (0 when nothing voted or all weights are 0)."""
+    total = sum(votes.values())
+    return votes[answer] / total if answer is not None and total > 0 else 0.0
+
+
+def _clip(sampling, n_input: int, max_model_len: int):
+    """``sampling`` with ``max_tokens`` cut to the context left after ``n_input`` tokens."""
+    clipped = max(1, min(sampling.max_tokens, max_model_len - n_input))
+    return sampling if clipped == sampling.max_tokens else replace(sampling, max_tokens=clipped)
