@@ -150,13 +150,8 @@ class VllmEngine:
         # top log-probs) is decoded once, at the end.
         detokenize = bool(sampling.stop or sampling.top_logprobs)
         params = self._params(sampling)
-        # Rendered here, as vLLM's docs show for power users: a raw prompt is rendered on vLLM's
-        # thread pool, a hop between threads per request that costs more than the rendering
-        # of a tokenized prompt itself.
-        (engine_input,) = self._llm.renderer.render_cmpl(
-            [self._parse_prompt(self._llm.model_config, {"prompt_token_ids": ids})], self._tok_params)
         by_index = {}
-        async for out in self._llm.generate(engine_input, params, request_id):
+        async for out in self._llm.generate(self._render(ids), params, request_id):
             by_index.update({c.index: c for c in out.outputs})
         if len(by_index) != sampling.n:
             raise EngineError(f"request {request_id}: expected {sampling.n} samples, got {len(by_index)}")
@@ -169,6 +164,14 @@ class VllmEngine:
             text = c.text if detokenize else self._decode(c.token_ids)
             samples.append(Sample(text, k, mean_lp, c.finish_reason, top))
         return GenResult(request_id, len(ids), samples)
+
+    def _render(self, ids: list[int]):
+        """The engine input of a tokenized prompt, rendered here, as vLLM's docs show for power
+        users: a raw prompt is rendered on vLLM's thread pool, a hop between threads per request
+        that costs more than the rendering of a tokenized prompt itself."""
+        (engine_input,) = self._llm.renderer.render_cmpl(
+            [self._parse_prompt(self._llm.model_config, {"prompt_token_ids": ids})], self._tok_params)
+        return engine_input
 
     async def _generate_checked(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingConfig,
                                 keep_going: Callable[[str], bool]) -> GenResult:
@@ -193,7 +196,7 @@ class VllmEngine:
                                     stop=list(sampling.stop) or None, include_stop_str_in_output=True,
                                     output_kind=RequestOutputKind.DELTA)
             text, n_tokens, lp, finish, check = sampling.prefix, 0, None, None, keep_going
-            stream = self._llm.generate({"prompt_token_ids": ids}, params, f"{request_id}.s{i}")
+            stream = self._llm.generate(self._render(ids), params, f"{request_id}.s{i}")
             try:
                 async for out in stream:
                     c = out.outputs[0]
