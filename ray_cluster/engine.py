@@ -183,18 +183,11 @@ class VllmEngine:
         request pays its prompt (``GenResult.prompt_tokens`` counts ``n`` inputs); a
         stopped sample pays the tokens it had when it was stopped.
         """
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         ids = self.input_ids(prompt_token_ids, sampling)
 
         async def one(i: int) -> Sample:
-            params = SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                                    max_tokens=sampling.max_tokens,
-                                    seed=None if sampling.seed is None else sampling.seed + i,
-                                    logprobs=0 if sampling.logprobs else None,
-                                    stop=list(sampling.stop) or None, include_stop_str_in_output=True,
-                                    output_kind=RequestOutputKind.DELTA)
+            seed = None if sampling.seed is None else sampling.seed + i
+            params = self._params(replace(sampling, n=1, seed=seed), stream=True)
             text, n_tokens, lp, finish, check = sampling.prefix, 0, None, None, keep_going
             stream = self._llm.generate(self._render(ids), params, f"{request_id}.s{i}")
             try:
@@ -220,18 +213,19 @@ class VllmEngine:
         samples = await asyncio.gather(*(one(i) for i in range(sampling.n)))
         return GenResult(request_id, len(ids) * sampling.n, list(samples))
 
-    def _params(self, sampling: SamplingConfig):
+    def _params(self, sampling: SamplingConfig, stream: bool = False):
         """vLLM's ``SamplingParams`` for ``sampling``: a copy of one built per configuration
         (building one costs about 80 us of the event loop, a copy under 1 us), with the
-        request's seed. Greedy requests ignore their seed and share the template itself."""
+        request's seed. Greedy requests ignore their seed and share the template itself.
+        ``stream``: text deltas as they come (``_generate_checked``)."""
         seed = sampling.seed
         if sampling.seed is not None or sampling.prefix:
             sampling = replace(sampling, seed=None, prefix="")  # neither part of the template
-        params = self._templates.get(sampling)
+        params = self._templates.get((sampling, stream))
         if params is None:
             if len(self._templates) >= 256:  # configurations vary (clipped max_tokens): stay small
                 self._templates.clear()
-            params = self._templates[sampling] = self._build_params(sampling)
+            params = self._templates[sampling, stream] = self._build_params(sampling, stream)
         if seed is None or sampling.temperature == 0.0:
             return params
         params = copy.copy(params)
@@ -239,19 +233,20 @@ class VllmEngine:
         return params
 
     @staticmethod
-    def _build_params(sampling: SamplingConfig):
+    def _build_params(sampling: SamplingConfig, stream: bool = False):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         # FINAL_ONLY: with n > 1, vLLM aggregates the n children only in this mode; in
-        # the streaming modes each yielded output carries just the child that moved.
-        # The stop string stays in the text, so a step keeps its delimiter.
+        # the streaming modes each yielded output carries just the child that moved
+        # (a streamed request has n = 1). The stop string stays in the text, so a step
+        # keeps its delimiter.
         return SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                               max_tokens=sampling.max_tokens,
                               logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
                               stop=list(sampling.stop) or None, include_stop_str_in_output=True,
-                              output_kind=RequestOutputKind.FINAL_ONLY,
-                              detokenize=bool(sampling.stop or sampling.top_logprobs),
+                              output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+                              detokenize=stream or bool(sampling.stop or sampling.top_logprobs),
                               # vLLM deep-copies a request's params (about 26 us) unless this is set,
                               # then copies them shallowly. Its per-request changes replace fields
                               # of its copy, except that it adds the engine's EOS ids to a set all

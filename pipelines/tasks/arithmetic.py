@@ -34,6 +34,7 @@ This module is pure python + polars; it must not import torch/vllm/ray.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from pathlib import Path
@@ -253,11 +254,9 @@ def trace_prefix_ok(prompt: str, text: str) -> bool:
     would still have generated can make it verify. It never rejects a prefix of a trace
     that verifies (tests/pipelines/test_arithmetic.py checks this on corrupted traces).
     """
-    ops = parse_prompt(prompt)
-    if ops is None:
+    expected = _step_lines(prompt)
+    if expected is None:
         return True  # not this task's prompt: nothing to check against
-    a, b = ops
-    expected = solution(prompt).split("\n")[:-1]  # the step lines
     *done, tail = text.split("\n")
     i = 0  # the next step line
     for line in done:
@@ -285,6 +284,15 @@ def trace_prefix_ok(prompt: str, text: str) -> bool:
         return True
     m = _STEP_RE.match(tail.rstrip())  # a whole step followed by spaces
     return tail != tail.rstrip() and m is not None and _step_ok(m, want)
+
+
+@functools.lru_cache(maxsize=4096)
+def _step_lines(prompt: str) -> tuple[str, ...] | None:
+    """The right trace's step lines for ``prompt`` (None if not an addition prompt): computed
+    once per row, though ``trace_prefix_ok`` runs at every streamed delta of its samples."""
+    if parse_prompt(prompt) is None:
+        return None
+    return tuple(solution(prompt).split("\n")[:-1])
 
 
 def _step_ok(m: re.Match, want: str) -> bool:
