@@ -175,7 +175,9 @@ class Session:
         self.stop = _StopOnSignal()
         self.generate_wall_s = 0.0
         self._last_save = 0.0
-        self.snapshot = {"budget": spec.budget.amount, "spent": prior_spent}
+        # Waits for the ledger's worker to start (about a second of CPU on a 2-core machine) before
+        # any part is sent: otherwise the first rows wait for it, the engine idle.
+        self.snapshot = self.ray.get(self.ledger.snapshot.remote())
 
     def __enter__(self):
         self.stop.__enter__()
