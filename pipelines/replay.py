@@ -1,8 +1,9 @@
 """Replay recorded samples through a sampling policy: what would budget B have bought?
 
 A samples table holds many recorded samples per query. A policy "draws" a query's samples in
-``sample_idx`` order and pays for each (``output_tokens``, plus ``prompt_tokens`` once per query that
-draws anything, for budget unit ``tokens``; 1 per sample for unit ``samples``). The budget covers the
+``sample_idx`` order and pays for each (``output_tokens`` and the ``judge_tokens`` an LLM judge spent
+on it, plus ``prompt_tokens`` once per query that draws anything, for budget unit ``tokens``; 1 per
+sample for unit ``samples``). The budget covers the
 whole table, calibration queries included, and no policy ever spends more than it.
 
 Policies never see ``correct`` except on the calibration split (a seeded hash of ``query_id``), which
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = {"query_id": "string", "sample_idx": "integer", "answer": "string", "correct": "boolean",
                     "output_tokens": "integer"}
 OPTIONAL_COLUMNS = {"prompt_tokens": "integer", "mean_logprob": "float", "verifier_score": "float",
-                    "difficulty_hint": "float"}
+                    "difficulty_hint": "float", "judge_tokens": "integer"}
 ROW_FEATURE_PREFIX = "feature_"  # per-query float columns: difficulty signals known before sampling
 BUDGET_UNITS = ("samples", "tokens")
 OBJECTIVES = ("accuracy", "coverage", "verified_yield")
@@ -104,9 +105,9 @@ def validate_samples(samples: pl.DataFrame) -> pl.DataFrame:
         raise SamplesSchemaError(f"samples table: nulls in required columns: {', '.join(nulls)}")
     casts = {"query_id": pl.String, "sample_idx": pl.Int64, "answer": pl.String, "correct": pl.Boolean,
              "output_tokens": pl.Int64, "prompt_tokens": pl.Int64, "mean_logprob": pl.Float32,
-             "verifier_score": pl.Float32, "difficulty_hint": pl.Float64}
+             "verifier_score": pl.Float32, "difficulty_hint": pl.Float64, "judge_tokens": pl.Int64}
     df = df.with_columns(pl.col(c).cast(casts.get(c, pl.Float64)) for c in cols)
-    bad = [c for c in ("output_tokens", "prompt_tokens") if c in cols and (df[c].fill_null(0) < 0).any()]
+    bad = [c for c in ("output_tokens", "prompt_tokens", "judge_tokens") if c in cols and (df[c].fill_null(0) < 0).any()]
     if bad:
         raise SamplesSchemaError(f"samples table: negative token counts in: {', '.join(bad)}")
     return df
@@ -142,6 +143,7 @@ class ReplayTable:
         correct: [Q, S] bool gold; policies only read it on calibration rows.
         output_tokens: [Q, S] float64 (0 where no sample).
         prompt_tokens: [Q] float64 or None.
+        judge_tokens: [Q, S] float64 (0 where no sample) or None: what judging each sample cost.
         mean_logprob, verifier_score: [Q, S] float32 (NaN unknown) or None.
         difficulty_hint: [Q] float64 (NaN unknown) or None.
         row_features: name -> [Q] float64 (NaN unknown): the ``feature_*`` columns, per query.
@@ -154,6 +156,7 @@ class ReplayTable:
     correct: np.ndarray
     output_tokens: np.ndarray
     prompt_tokens: np.ndarray | None = None
+    judge_tokens: np.ndarray | None = None
     mean_logprob: np.ndarray | None = None
     verifier_score: np.ndarray | None = None
     difficulty_hint: np.ndarray | None = None
@@ -183,7 +186,8 @@ class ReplayTable:
             if unit == "samples":
                 out[:, 1:] = np.minimum(np.arange(1, s + 1)[None, :], self.n_available[:, None])
             else:
-                np.cumsum(self.output_tokens, axis=1, out=out[:, 1:])
+                per_sample = self.output_tokens if self.judge_tokens is None else self.output_tokens + self.judge_tokens
+                np.cumsum(per_sample, axis=1, out=out[:, 1:])
                 if self.prompt_tokens is not None:
                     out[:, 1:] += np.where(self.n_available > 0, self.prompt_tokens, 0.0)[:, None]
             self._cache[key] = out
@@ -292,6 +296,7 @@ def build_table(samples: pl.DataFrame) -> ReplayTable:
         output_tokens=dense(df["output_tokens"].to_numpy(), 0.0, np.float64),
         prompt_tokens=np.nan_to_num(df["prompt_tokens"].to_numpy()[first].astype(np.float64))
         if "prompt_tokens" in has else None,
+        judge_tokens=dense(df["judge_tokens"].fill_null(0).to_numpy(), 0.0, np.float64) if "judge_tokens" in has else None,
         mean_logprob=dense(df["mean_logprob"].to_numpy(), np.nan, np.float32) if "mean_logprob" in has else None,
         verifier_score=dense(df["verifier_score"].to_numpy(), np.nan, np.float32) if "verifier_score" in has else None,
         difficulty_hint=df["difficulty_hint"].to_numpy()[first].astype(np.float64) if "difficulty_hint" in has else None,

@@ -332,7 +332,7 @@ def _reordered(table: ReplayTable, rows: np.ndarray, copies: int, seed: int = 0,
 
     return ReplayTable(
         query_ids=table.query_ids.gather(r), codes=take(table.codes), valid=take(table.valid), n_available=n_av,
-        correct=take(table.correct), output_tokens=take(table.output_tokens),
+        correct=take(table.correct), output_tokens=take(table.output_tokens), judge_tokens=take(table.judge_tokens),
         prompt_tokens=None if table.prompt_tokens is None else table.prompt_tokens[r],
         mean_logprob=take(table.mean_logprob), verifier_score=take(table.verifier_score),
         difficulty_hint=None if table.difficulty_hint is None else table.difficulty_hint[r],

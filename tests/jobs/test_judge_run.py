@@ -1,12 +1,14 @@
 """The llm_judge verifier live: the embedded model judges its own samples (mode
 ``agree``) on the real engine, paid from the same budget as generation."""
 
+import json
+
 import polars as pl
 import pytest
 
 from jobs.runner import run_job
 from jobs.spec import parse_spec
-from pipelines.tasks.arithmetic import generate_dataset
+from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
 
 JUDGE = {"kind": "llm_judge", "mode": "agree", "template": "{prompt}"}
 
@@ -65,3 +67,28 @@ def test_judge_agree_best_of_n_pays_for_the_judge_and_never_reads_gold(tmp_path,
     assert row["verifier_scores"] == [None] * 4 and row["judge_issues"] == {"budget": 4}
     assert row["judge_tokens"] == 0 and row["cost"] == row["prompt_tokens"] + 120
     assert report["spent"] <= 4 * 30 + 20 and report["judge"]["issues"] == {"budget": 4}
+
+
+@pytest.mark.slow
+def test_adaptive_plan_counts_the_judges_tokens(tmp_path, shared_pool):
+    """An adaptive job judged by an LLM: its calibration samples carry the judge's tokens,
+    shared out over each row's samples, and the plan's costs count them."""
+    data = generate_dataset(60, DEMO_MIX, seed=12)
+    data.write_parquet(tmp_path / "in.parquet")
+    budget = 60_000.0
+    spec = _spec(tmp_path / "in.parquet", tmp_path / "out", budget) | {
+        "output": {"path": str(tmp_path / "out"), "part_rows": 10},
+        "policy": {"kind": "adaptive", "select": "verifier", "calibration_fraction": 0.34, "calibration_samples": 4}}
+    report = run_job(parse_spec(spec), show_progress=False, pool=shared_pool)
+    assert report["spent"] <= budget
+    out = pl.read_parquet(tmp_path / "out" / "part-*.parquet")
+    cal = out.filter(pl.col("tier") == "calibration")
+    assert cal.height > 0 and (cal["judge_tokens"] > 0).all()
+    samples = pl.read_parquet(tmp_path / "out" / "calibration_samples.parquet")
+    assert samples["judge_tokens"].sum() == cal["judge_tokens"].sum()
+    # The pilot's expected cost holds the judge's share of each pilot sample.
+    plan = json.loads((tmp_path / "out" / "calibration.json").read_text())["plan"]
+    first = samples.filter(pl.col("sample_idx") < plan["pilot"])
+    generation = (first["output_tokens"].sum() + first.filter(pl.col("sample_idx") == 0)["prompt_tokens"].sum()) \
+        / first["query_id"].n_unique()
+    assert plan["pilot_cost"] == pytest.approx(generation + first["judge_tokens"].sum() / first["query_id"].n_unique())

@@ -330,3 +330,19 @@ def test_verifier_give_up_live_equals_replay():
     assert replayed["n_drawn"].to_list() == [len(live[q].samples) for q in replayed["query_id"]]
     gave_up = [q for q in replayed["query_id"] if live[q].stop_reason == "gave_up"]
     assert gave_up and all(len(live[q].samples) == 4 and max(live[q].scores) < level for q in gave_up)
+
+
+def test_judge_tokens_enter_the_plans_cost(calibration):
+    """A judge's tokens per sample make every sample dearer: the same budget buys a cheaper plan in
+    samples, and the plan's expected cost counts them (so its spend stays within the budget)."""
+    judged = calibration.with_columns(judge_tokens=pl.lit(40, pl.Int64))
+    first = calibration.filter(pl.col("sample_idx") == 0)
+    budget = 3000 * 4 * float((first["output_tokens"] + first["prompt_tokens"]).mean())  # about 4 samples a row
+    plain, _ = plan_from_calibration(calibration, rows_remaining=3000, budget_remaining=budget, unit="tokens",
+                                     objective="accuracy")
+    plan, report = plan_from_calibration(judged, rows_remaining=3000, budget_remaining=budget, unit="tokens",
+                                         objective="accuracy")
+    assert plan.pilot_cost == pytest.approx(plain.pilot_cost + 40 * plan.pilot)
+    assert report["budget"]["expected_total"] <= budget * (1 + 1e-9)
+    mean_cap = [sum(b.share * b.rule.cap for b in p.buckets) for p in (plain, plan)]
+    assert mean_cap[1] <= mean_cap[0]

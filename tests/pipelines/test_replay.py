@@ -150,3 +150,35 @@ def test_variable_samples_per_query_and_replay_curve():
     assert [(r.budget, r.policy) for r in results][:2] == [(600, "adaptive"), (600, "uniform")]
     assert all(r.spent <= r.budget for r in results)
     assert results[-1].spent == results[-1].mean_samples_per_query * 600 <= table.n_available.sum()
+
+
+def test_judge_tokens_count_in_token_costs_only():
+    df = _hand_table()
+    judged = prepare(df.with_columns(judge_tokens=pl.lit(7)))
+    plain = prepare(df)
+    # Each drawn sample also pays its 7 judge tokens; the prompt once; samples cost 1 each.
+    assert np.array_equal(judged.cumcost("tokens")[:, 1:] - plain.cumcost("tokens")[:, 1:],
+                          np.tile(7.0 * np.arange(1, 4), (4, 1)))
+    assert np.array_equal(judged.cumcost("samples"), plain.cumcost("samples"))
+    r = replay(judged, 4 * (5 + 10 + 7), "tokens", "accuracy", "uniform", calibration_fraction=0.0)
+    assert r.details["uniform_n"] == 1 and r.spent == 88
+    with pytest.raises(SamplesSchemaError, match="negative token counts in: judge_tokens"):
+        validate_samples(df.with_columns(judge_tokens=pl.lit(-1)))
+
+
+def test_output_to_samples_shares_a_rows_judge_tokens_out_exactly():
+    from pipelines.samples import output_to_samples
+
+    output = pl.DataFrame({
+        "id": ["a", "b", "c"], "status": ["ok", "ok", "skipped_budget"],
+        "sample_answers": [["1", "2", "1"], ["3"], None], "sample_output_tokens": [[4, 5, 6], [9], None],
+        "sample_mean_logprobs": [[-0.1] * 3, [-0.2], None], "verifier_scores": [[1.0, 0.0, 1.0], [0.5], None],
+        "prompt_tokens": [10, 10, None], "judge_tokens": [11, 3, None],
+    })
+    samples = output_to_samples(output)
+    assert samples["judge_tokens"].to_list() == [4, 4, 3, 3]  # 11 over 3 samples: 4 + 4 + 3
+    assert samples.group_by("query_id").agg(pl.col("judge_tokens").sum()).sort("query_id")["judge_tokens"].to_list() \
+        == [11, 3]
+    unjudged = output_to_samples(output.with_columns(judge_tokens=pl.lit(None, pl.Int64)))
+    assert "judge_tokens" not in unjudged.columns
+    validate_samples(samples.with_columns(correct=pl.lit(False)))
