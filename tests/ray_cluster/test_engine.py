@@ -5,41 +5,48 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.mark.slow
-def test_text_decoded_once_at_the_end_matches_vllm_incremental_detokenizer(ray_cluster):
-    """Requests without stop strings skip vLLM's per-step detokenization and are decoded
-    once when they finish; the text must be what the incremental detokenizer gives
-    (forced here by a stop string that never occurs), for greedy and sampled requests,
-    finished by EOS or by max_tokens."""
-    ray = ray_cluster
-
+def _on_engine(ray, work):
+    """``await work(engine)`` in a Ray task on a started ``VllmEngine`` (embedded model), shut
+    down after; returns its result."""
     @ray.remote(num_cpus=0)
-    def both_ways() -> list[tuple[str, str, str | None]]:
+    def run():
         import asyncio
 
-        from pipelines.generation import SamplingConfig
-        from pipelines.tasks.arithmetic import generate_dataset
         from ray_cluster.engine import EngineSpec, VllmEngine
 
         async def go():
             engine = VllmEngine(EngineSpec("embedded:tiny-adder", max_model_len=256))
             engine.start()
             try:
-                prompts = generate_dataset(12, [2, 5, 6, 8], seed=3)["prompt"].to_list()
-                out = []
-                for i, ids in enumerate(engine.tokenize_many(prompts)):
-                    for cfg in (SamplingConfig(max_tokens=120), SamplingConfig(max_tokens=25),
-                                SamplingConfig(n=3, temperature=0.9, max_tokens=120, seed=100 + i)):
-                        plain = await engine.generate(f"a{i}-{cfg.max_tokens}-{cfg.n}", ids, cfg)
-                        forced = await engine.generate(f"b{i}-{cfg.max_tokens}-{cfg.n}", ids,
-                                                       SamplingConfig(**{**cfg.__dict__, "stop": ("\x00never",)}))
-                        out += [(a.text, b.text, a.finish_reason) for a, b in zip(plain.samples, forced.samples)]
-                return out
+                return await work(engine)
             finally:
                 engine.shutdown()
         return asyncio.run(go())
+    return ray.get(run.remote(), timeout=600)
 
-    pairs = ray.get(both_ways.remote(), timeout=600)
+
+@pytest.mark.slow
+def test_text_decoded_once_at_the_end_matches_vllm_incremental_detokenizer(ray_cluster):
+    """Requests without stop strings skip vLLM's per-step detokenization and are decoded
+    once when they finish; the text must be what the incremental detokenizer gives
+    (forced here by a stop string that never occurs), for greedy and sampled requests,
+    finished by EOS or by max_tokens."""
+    async def both_ways(engine) -> list[tuple[str, str, str | None]]:
+        from pipelines.generation import SamplingConfig
+        from pipelines.tasks.arithmetic import generate_dataset
+
+        prompts = generate_dataset(12, [2, 5, 6, 8], seed=3)["prompt"].to_list()
+        out = []
+        for i, ids in enumerate(engine.tokenize_many(prompts)):
+            for cfg in (SamplingConfig(max_tokens=120), SamplingConfig(max_tokens=25),
+                        SamplingConfig(n=3, temperature=0.9, max_tokens=120, seed=100 + i)):
+                plain = await engine.generate(f"a{i}-{cfg.max_tokens}-{cfg.n}", ids, cfg)
+                forced = await engine.generate(f"b{i}-{cfg.max_tokens}-{cfg.n}", ids,
+                                               SamplingConfig(**{**cfg.__dict__, "stop": ("\x00never",)}))
+                out += [(a.text, b.text, a.finish_reason) for a, b in zip(plain.samples, forced.samples)]
+        return out
+
+    pairs = _on_engine(ray_cluster, both_ways)
     assert len(pairs) == 12 * 5
     assert {reason for _, _, reason in pairs} == {"stop", "length"}  # both ways of finishing were seen
     for decoded, incremental, _ in pairs:
@@ -52,43 +59,31 @@ def test_samples_stop_at_their_first_failed_step(ray_cluster):
     """With a step verifier's prefix check, each sample streams and stops once its trace
     can no longer verify; the samples are those of the n-sample request (seed + i), cut
     short, and a stopped sample pays only the tokens it had."""
-    ray = ray_cluster
-
-    @ray.remote(num_cpus=0)
-    def both_ways():
-        import asyncio
+    async def both_ways(engine):
         from functools import partial
 
         from pipelines.generation import SamplingConfig
         from pipelines.tasks.arithmetic import generate_dataset, trace_prefix_ok
-        from ray_cluster.engine import EngineSpec, VllmEngine
 
-        async def go():
-            engine = VllmEngine(EngineSpec("embedded:tiny-adder", max_model_len=256))
-            engine.start()
-            try:
-                prompts = generate_dataset(16, [3, 6, 7, 8], seed=4)["prompt"].to_list()
-                out = []
-                for i, (p, ids) in enumerate(zip(prompts, engine.tokenize_many(prompts))):
-                    cfg = SamplingConfig(n=4, temperature=0.7, max_tokens=150, seed=1000 * i)
-                    plain = await engine.generate(f"p{i}", ids, cfg)
-                    cut = await engine.generate(f"c{i}", ids, cfg, partial(trace_prefix_ok, p))
-                    out.append((p, plain, cut))
+        prompts = generate_dataset(16, [3, 6, 7, 8], seed=4)["prompt"].to_list()
+        out = []
+        for i, (p, ids) in enumerate(zip(prompts, engine.tokenize_many(prompts))):
+            cfg = SamplingConfig(n=4, temperature=0.7, max_tokens=150, seed=1000 * i)
+            plain = await engine.generate(f"p{i}", ids, cfg)
+            cut = await engine.generate(f"c{i}", ids, cfg, partial(trace_prefix_ok, p))
+            out.append((p, plain, cut))
 
-                def broken(text: str) -> bool:
-                    raise RuntimeError("a user's prefix check with a bug")
-                p, plain, _ = out[-1]
-                whole = await engine.generate("broken", engine.tokenize_many([p])[0],
-                                              SamplingConfig(n=4, temperature=0.7, max_tokens=150,
-                                                             seed=1000 * (len(out) - 1)), broken)
-                return out, (plain, whole)
-            finally:
-                engine.shutdown()
-        return asyncio.run(go())
+        def broken(text: str) -> bool:
+            raise RuntimeError("a user's prefix check with a bug")
+        p, plain, _ = out[-1]
+        whole = await engine.generate("broken", engine.tokenize_many([p])[0],
+                                      SamplingConfig(n=4, temperature=0.7, max_tokens=150,
+                                                     seed=1000 * (len(out) - 1)), broken)
+        return out, (plain, whole)
 
     from pipelines.tasks.arithmetic import check_steps, trace_prefix_ok
 
-    rows, (plain, whole) = ray.get(both_ways.remote(), timeout=600)
+    rows, (plain, whole) = _on_engine(ray_cluster, both_ways)
     # A check that raises stops checking: the samples run to their end, as without one.
     assert [(s.text, s.finish_reason) for s in whole.samples] == [(s.text, s.finish_reason) for s in plain.samples]
     stopped = 0
