@@ -11,8 +11,9 @@
    are written beside the output.
 3. Run: the other parts run the ``AdaptiveTier`` row program with the plan.
 4. Pacing: every ``replan_every_parts`` committed parts the plan is re-allocated
-   for the rows left and the budget left (actual spend); the ledger's hard cap
-   stays the last word.
+   for the rows not yet sent and the budget left (actual spend), less what the parts
+   in flight are still expected to spend (each at the plan it was sent with, less
+   what they spent so far); the ledger's hard cap stays the last word.
 
 A resumed run rebuilds the plan from the committed calibration parts.
 """
@@ -122,17 +123,30 @@ class AdaptiveDriver:
                 if session.stopping:
                     return len(main)
         current = [self._adaptive_tier(self._plan(session, main, write=True))]
+        before = session.snapshot["spent"]  # spend before the first main part
+        sent: dict[int, float] = {}  # main part -> its expected cost (tokens) under the plan it was sent with
         done = [0]
+
+        def on_sent(part: io.Part) -> None:
+            sent[part.part_id] = part.length * current[0].plan.expected_cost_per_row
+
+        def in_flight_tokens(spent: float) -> float:
+            """What the parts in flight are still expected to spend: their expected cost less
+            what they spent so far (main spend less that of the main parts committed)."""
+            flying = [i for i in sent if i not in session.summaries]
+            committed = sum(session.summaries[i]["cost"] for i in sent if i in session.summaries)
+            spent_flying = max(0.0, spent - before - committed) / self.cpt
+            return max(0.0, sum(sent[i] for i in flying) - spent_flying)
 
         def on_part(summary: dict) -> None:
             done[0] += 1
             if done[0] % self.pol.replan_every_parts == 0:
-                left = [p for p in main if p.part_id not in session.summaries]
-                if left:
-                    current[0] = self._adaptive_tier(self._plan(session, left))
+                unsent = [p for p in main if p.part_id not in sent and p.part_id not in session.summaries]
+                if unsent:
+                    current[0] = self._adaptive_tier(self._plan(session, unsent, in_flight=in_flight_tokens))
                     self.replans += 1
 
-        unsent = session.run_parts(main, tier=lambda: current[0], on_part=on_part)
+        unsent = session.run_parts(main, tier=lambda: current[0], on_part=on_part, on_sent=on_sent)
         self.report["adaptive"] |= {"replans": self.replans}
         return unsent
 
@@ -156,13 +170,17 @@ class AdaptiveDriver:
                                    on="query_id", how="left")
         return samples
 
-    def _plan(self, session, left: list[io.Part], write: bool = False):
+    def _plan(self, session, left: list[io.Part], write: bool = False, in_flight=None):
+        """A plan for the rows of ``left`` and the budget left, less ``in_flight(spent)`` tokens
+        (what the parts in flight are still expected to spend)."""
         from pipelines.adaptive import plan_from_calibration
 
         snap = session.save_ledger()
         rows_left = sum(p.length for p in left)
         # The plan counts tokens; the ledger counts the budget's unit.
         tokens_left = max(0.0, snap["budget"] - snap["spent"]) / self.cpt
+        if in_flight is not None:
+            tokens_left = max(0.0, tokens_left - in_flight(snap["spent"]))
         plan, report = plan_from_calibration(
             self._samples, rows_remaining=rows_left, budget_remaining=tokens_left, unit="tokens",
             objective=self.pol.objective, config=self.config, price=self.pol.price,

@@ -115,7 +115,7 @@ def start_pool(spec: JobSpec, address: str | None = None):
     if (jm := judge_model(spec)) is not None:
         judge = EngineSpec(jm, None, m.dtype, spec.sampling.seed, spec.verifier.engine_kwargs)
     return ReplicaPool(EngineSpec(m.path, m.max_model_len, m.dtype, spec.sampling.seed, m.engine_kwargs),
-                       PoolConfig(r.count, r.num_cpus, r.num_gpus, r.parts_per_replica, r.max_part_retries,
+                       PoolConfig(r.count, r.num_cpus, r.num_gpus, r.max_part_retries,
                                   max_rows_in_flight=r.max_rows_in_flight), judge)
 
 
@@ -206,7 +206,8 @@ class Session:
 
     def run_parts(self, parts: list[io.Part], tier: Callable[[], Tier],
                   stop_when: Callable[[], bool] = lambda: False,
-                  on_part: Callable[[dict], None] | None = None, max_inflight: int | None = None) -> int:
+                  on_part: Callable[[dict], None] | None = None, max_inflight: int | None = None,
+                  on_sent: Callable[[io.Part], None] | None = None) -> int:
         """Streams ``parts`` through the pool; returns how many were left unsent."""
 
         def on_done(summary: dict) -> None:
@@ -221,7 +222,8 @@ class Session:
         t0 = time.monotonic()
         unsent = self.pool.run(self.job, self.ledger, parts, tier, on_done, on_failed,
                                poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
-                               stopping=lambda: self.stopping or stop_when(), max_inflight=max_inflight)
+                               stopping=lambda: self.stopping or stop_when(), max_inflight=max_inflight,
+                               on_sent=on_sent, parts_per_replica=self.spec.replicas.parts_per_replica)
         self.generate_wall_s += time.monotonic() - t0
         self.save_ledger(force=True)
         return unsent
@@ -246,7 +248,8 @@ class Session:
         t0 = time.monotonic()
         self.pool.run(job, self.ledger, parts, tier, on_done, on_failed,
                       poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
-                      stopping=lambda: self.stopping or stop_when())
+                      stopping=lambda: self.stopping or stop_when(),
+                      parts_per_replica=self.spec.replicas.parts_per_replica)
         self.generate_wall_s += time.monotonic() - t0
         self.save_ledger(force=True)
         return done

@@ -53,7 +53,9 @@ class ReplicaSpec(_Strict):
     max_rows_in_flight: int | None = Field(
         None, ge=1, description="rows a replica keeps in its engine at once (default: 1.5 x the engine's "
                                 "max_num_seqs, so its queue never runs dry while rows change over)")
-    parts_per_replica: int = Field(2, ge=1)
+    parts_per_replica: int | None = Field(
+        None, ge=1, description="parts a replica holds at once (default: as many as keep its rows in flight "
+                                "full while the part it was sent first finishes and commits)")
     max_part_retries: int = Field(3, ge=0)
 
 

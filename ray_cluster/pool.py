@@ -1,9 +1,11 @@
 """ReplicaPool: keeps every replica busy with a bounded number of parts in flight.
 
-Parts are deterministic slices of the input (``pipelines.io.Part``); each replica
-holds at most ``parts_per_replica`` of them at once, so memory stays flat however
-large the input is, and two parts overlap on each engine so it never drains
-between parts. A replica that dies is replaced and its parts retried (bounded,
+Parts are deterministic slices of the input (``pipelines.io.Part``). A replica is
+sent parts until, beside the part it was sent first, it holds rows enough to fill
+its rows in flight (``max_rows_in_flight``), so the engine's queue stays full while
+that part's last rows finish and it commits; memory stays flat however large the
+input is (a replica holds at most its rows in flight plus one part).
+A job's ``parts_per_replica`` (``pool.run``) sets a fixed count instead. A replica that dies is replaced and its parts retried (bounded,
 with backoff); its budget reservations are released. A part that keeps failing is
 committed as row-level ``error`` records, never dropped.
 
@@ -39,10 +41,18 @@ class PoolConfig:
     replicas: int = 1
     num_cpus: float = 1
     num_gpus: float = 0
-    parts_per_replica: int = 2
     max_part_retries: int = 3
     retry_backoff_s: float = 1.0
     max_rows_in_flight: int | None = None  # None: 1.5 x the engine's max_num_seqs
+
+
+def takes_part(held: list[int], rows_in_flight: int, parts_per_replica: int | None = None) -> bool:
+    """Whether a replica holding parts of ``held`` rows (in the order sent) takes another:
+    ``parts_per_replica`` when set, else while the parts beside the first fall short of
+    its ``rows_in_flight``."""
+    if parts_per_replica is not None:
+        return len(held) < parts_per_replica
+    return sum(held[1:]) < rows_in_flight
 
 
 class ReplicaPool:
@@ -57,9 +67,12 @@ class ReplicaPool:
         self._serial = 0
         self.actors: dict[str, object] = {}
         self.replaced = 0
+        self.rows_in_flight: dict[str, int] = {}  # each replica's bound, known once its engine started
         for _ in range(config.replicas):
             self._spawn()
-        ray.get([a.start.remote() for a in self.actors.values()])  # engines start in parallel
+        names = list(self.actors)
+        started = ray.get([self.actors[n].start.remote() for n in names])  # engines start in parallel
+        self.rows_in_flight.update({n: s["max_rows_in_flight"] for n, s in zip(names, started)})
 
     def _spawn(self) -> str:
         name = f"replica-{self._serial}"
@@ -79,34 +92,39 @@ class ReplicaPool:
             released = ray.get(ledger.release_holder.remote(name))
             log.warning("replaced %s; released %.6g of its reservations", name, released)
             ray.kill(dead, no_restart=True)
+        self.rows_in_flight.pop(name, None)
         self.replaced += 1
         new = self._spawn()
-        ray.get(self.actors[new].start.remote())
+        self.rows_in_flight[new] = ray.get(self.actors[new].start.remote())["max_rows_in_flight"]
 
     def run(self, job: JobContext, ledger, parts: Iterable[Part], tier: Callable[[], object],
             on_done: Callable[[dict], None], on_failed: Callable[[Part, str], None],
             poll: Callable[[], None] | None = None, stopping: Callable[[], bool] = lambda: False,
-            max_inflight: int | None = None) -> int:
+            max_inflight: int | None = None, on_sent: Callable[[Part], None] | None = None,
+            parts_per_replica: int | None = None) -> int:
         """Processes ``parts`` of ``job``; calls ``on_done(summary)`` per committed part
         and ``on_failed(part, reason)`` for a part whose retries are exhausted.
 
         ``tier()`` is the row program sent with each part (the runner may re-plan
-        between parts). Once ``stopping()`` is true no new part is sent and the
+        between parts); ``on_sent(part)`` follows each send (a retry is a send too). Once ``stopping()`` is true no new part is sent and the
         parts in flight drain (finish and commit). ``max_inflight`` caps the parts in
         flight across the pool (calibration sends one at a time to keep to its budget
-        share). Returns the parts left unsent.
+        share). ``parts_per_replica``: parts each replica holds at once (None: by rows, see
+        ``takes_part``). Returns the parts left unsent.
         """
         queue: deque[tuple[Part, int]] = deque((p, 0) for p in parts)
         inflight: dict[ray.ObjectRef, tuple[str, Part, int]] = {}
         while (queue and not stopping()) or inflight:
             for name in list(self.actors) if not stopping() else []:
-                load = sum(1 for n, _, _ in inflight.values() if n == name)
-                while queue and load < self.cfg.parts_per_replica and (
+                held = [p.length for n, p, _ in inflight.values() if n == name]  # in the order sent
+                while queue and takes_part(held, self.rows_in_flight[name], parts_per_replica) and (
                         max_inflight is None or len(inflight) < max_inflight) and not stopping():
                     part, tries = queue.popleft()
                     ref = self.actors[name].process_part.remote(part, job, tier(), ledger)
                     inflight[ref] = (name, part, tries)
-                    load += 1
+                    held.append(part.length)
+                    if on_sent is not None:
+                        on_sent(part)
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
             if poll is not None:
                 poll()

@@ -24,6 +24,9 @@ def test_adaptive_job_end_to_end(tmp_path, shared_pool):
         "output": {"path": str(tmp_path / "out"), "part_rows": 20},
         "model": {"max_model_len": 256}, "sampling": {"max_tokens": 200},
         "budget": {"amount": budget},
+        # Two parts at a time, so that parts are still unsent when others commit: the plan is
+        # re-fit for them (by default a replica takes parts enough for 384 rows, all of these).
+        "replicas": {"parts_per_replica": 2},
         "policy": {"kind": "adaptive", "select": "verifier", "calibration_fraction": 0.15,
                    "calibration_samples": 8},
         "answer_extractor": "arithmetic", "verifier": "arithmetic_steps",
