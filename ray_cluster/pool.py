@@ -4,9 +4,10 @@ Parts are deterministic slices of the input (``pipelines.io.Part``). A replica i
 sent parts until, beside the part it was sent first, it holds rows enough to fill
 its rows in flight (``max_rows_in_flight``), so the engine's queue stays full while
 that part's last rows finish and it commits; memory stays flat however large the
-input is (a replica holds at most its rows in flight plus one part).
-A job's ``parts_per_replica`` (``pool.run``) sets a fixed count instead. A replica that dies is replaced and its parts retried (bounded,
-with backoff); its budget reservations are released. A part that keeps failing is
+input is (a replica holds at most its rows in flight plus two parts). A job's
+``parts_per_replica`` (``pool.run``) sets a fixed count instead. A replica that
+dies is replaced and its parts retried (bounded, with backoff); its budget
+reservations are released. A part that keeps failing is
 committed as row-level ``error`` records, never dropped.
 
 The pool knows engines, not jobs: the job's context, row program and ledger go
@@ -106,10 +107,11 @@ class ReplicaPool:
         and ``on_failed(part, reason)`` for a part whose retries are exhausted.
 
         ``tier()`` is the row program sent with each part (the runner may re-plan
-        between parts); ``on_sent(part)`` follows each send (a retry is a send too). Once ``stopping()`` is true no new part is sent and the
-        parts in flight drain (finish and commit). ``max_inflight`` caps the parts in
-        flight across the pool (calibration sends one at a time to keep to its budget
-        share). ``parts_per_replica``: parts each replica holds at once (None: by rows, see
+        between parts); ``on_sent(part)`` follows each send (a retry is a send too).
+        Once ``stopping()`` is true no new part is sent and the parts in flight drain
+        (finish and commit). ``max_inflight`` caps the parts in flight across the pool
+        (calibration sends one at a time to keep to its budget share).
+        ``parts_per_replica``: parts each replica holds at once (None: by rows, see
         ``takes_part``). Returns the parts left unsent.
         """
         queue: deque[tuple[Part, int]] = deque((p, 0) for p in parts)
