@@ -37,7 +37,7 @@ import polars as pl
 
 from pipelines.answers import verifier_weights
 from pipelines.errors import InputError
-from pipelines.replay_adaptive import AdaptiveConfig, adaptive_draws
+from pipelines.replay_adaptive import AdaptiveConfig
 from pipelines.stopping import PrefixVotes, prefix_votes
 
 log = logging.getLogger(__name__)
@@ -383,7 +383,7 @@ def _finish(table: ReplayTable, policy: str, objective: str, budget: float, unit
 def replay(samples: pl.DataFrame | ReplayTable | str, budget: float, budget_unit: str = "samples",
            objective: str = "accuracy", policy: str = "adaptive", calibration_fraction: float = 0.2, seed: int = 0,
            config: AdaptiveConfig | None = None, progress: Callable[[str], None] | None = None,
-           yield_cap: int | None = None) -> ReplayResult:
+           yield_cap: int | None = None, verifier_pass: float = 1.0) -> ReplayResult:
     """Replay a policy over recorded samples at a total budget.
 
     Args:
@@ -399,6 +399,8 @@ def replay(samples: pl.DataFrame | ReplayTable | str, budget: float, budget_unit
         progress: Called with short status lines.
         yield_cap: verified_yield's c (verified samples worth keeping per query); None: ``config``'s
             (default 4). Ignored by the other objectives.
+        verifier_pass: The verifier score at which a sample counts as verified (default 1.0, a full pass
+            as a checker gives it; a soft verifier's own decision level otherwise).
 
     Returns:
         ReplayResult.
@@ -427,8 +429,15 @@ def replay(samples: pl.DataFrame | ReplayTable | str, budget: float, budget_unit
         drawn, n = uniform_draws(table, budget, budget_unit, order)
         return _finish(table, policy, objective, budget, budget_unit, drawn, calib, {"uniform_n": n},
                        yield_cap=cfg.yield_cap)
-    drawn, details, curves = adaptive_draws(table, budget, budget_unit, objective, calib, order, cfg, say)
-    return _finish(table, policy, objective, budget, budget_unit, drawn, calib, details, curves, cfg.yield_cap)
+    from pipelines.sequential import SequentialConfig, rows_from_table, sequential_draws
+
+    if objective == "verified_yield" and table.verifier_score is None:
+        raise ValueError("verified_yield needs verifier scores (a verifier_score column) for the adaptive policy")
+    rows, cum = rows_from_table(table, budget_unit)
+    seq = SequentialConfig(objective=objective, yield_cap=cfg.yield_cap, verifier_pass=verifier_pass)
+    run = sequential_draws(rows, cum, table.n_available, budget, order, seq)
+    return _finish(table, policy, objective, budget, budget_unit, run.drawn, calib, run.details(), [],
+                   cfg.yield_cap)
 
 
 def prepare(samples: pl.DataFrame | ReplayTable | str | os.PathLike,

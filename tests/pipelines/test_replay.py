@@ -117,12 +117,17 @@ def test_no_peeking_at_gold_outside_calibration():
 
 @pytest.mark.parametrize("objective,n,per_query", [("accuracy", 3000, 5.0), ("coverage", 20000, 5.0)])
 def test_adaptive_matches_or_beats_uniform_on_synthetic_mix(objective, n, per_query):
-    table = prepare(synthetic_samples(n, 16, seed=0))
+    """Coverage runs with a checker (verdict = gold, as a reference-answer check gives): without one,
+    the label-free policy can only stop on agreement (see bench/replay_policies.py)."""
+    df = synthetic_samples(n, 16, seed=0)
+    if objective == "coverage":
+        df = df.with_columns(verifier_score=pl.col("correct").cast(pl.Float32))
+    table = prepare(df)
     u = replay(table, per_query * n, "samples", objective, "uniform")
     a = replay(table, per_query * n, "samples", objective, "adaptive")
     assert a.queries_scored == u.queries_scored
     assert a.score >= u.score
-    assert a.details["n_buckets"] >= 3 and "fallback" not in a.details
+    assert a.details["slice_rows"] > 0 and "fallback" not in a.details
 
 
 def test_deterministic_by_seed(small):
@@ -133,9 +138,13 @@ def test_deterministic_by_seed(small):
     assert not c.decisions["calibration"].equals(a.decisions["calibration"])
 
 
-def test_tiny_budget_falls_back_and_result_is_json(small):
-    r = replay(small, 10, "samples", "accuracy", "adaptive")
-    assert r.details["fallback"] == "uniform" and r.spent <= 10
+def test_tiny_budget_never_falls_back_and_result_is_json(small):
+    """Regression (issue 12): a budget too small to calibrate fell back to uniform; the sequential
+    policy always runs and is at least as good as uniform there."""
+    for budget in (10, 1.3 * small.shape[0]):
+        r = replay(small, budget, "samples", "accuracy", "adaptive")
+        u = replay(small, budget, "samples", "accuracy", "uniform")
+        assert "fallback" not in r.details and r.spent <= budget and r.score >= u.score
     d = json.loads(json.dumps(r.to_dict()))
     for key in ("policy", "objective", "budget", "spent", "queries_scored", "score", "mean_samples_per_query"):
         assert key in d

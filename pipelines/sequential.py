@@ -1,0 +1,501 @@
+"""The label-free sequential policy: after every sample a row asks whether one more pays.
+
+Each row samples one at a time. After its k-th sample it computes, from its own samples only, the
+*priority* of drawing another: the expected gain in its objective per unit of expected cost. A single
+price ``lam`` per unit of cost, set for the whole job by a pacer from the budget left, decides: the row
+goes on while its priority is at least the price (and it is under the cap), else it stops. Budget
+therefore flows to undecided rows and away from settled and hopeless ones, and the price rises or falls
+with the budget, so no rule is tuned to one data set and nothing needs labels.
+
+Gain, by objective (all label-free):
+    accuracy (a vote): the Adaptive-Consistency posterior (arXiv 2305.11860) that the leading answer is
+        not yet the mode, ``1 - P(leader is the mode)``, discounted by the leader's share of the votes
+        (rows whose samples keep disagreeing are likely hopeless, and one vote moves them little).
+        With verifier scores the votes are weighted as live selection weights them.
+    coverage with a checker: the posterior probability that the next sample verifies, given that none
+        has so far: a Beta prior on the row's solve rate (fitted from the checker's verdicts of the rows
+        seen first, by ``difficulty_hint`` when the table has it) updated by the row's failures. A row
+        stops at its first verified sample.
+    verified_yield: the same posterior, per verified sample still wanted (``yield_cap``).
+    coverage without a checker: the Good-Turing estimate of the chance that the next sample gives an
+        answer not seen yet (singletons over samples), the only way more samples can add coverage.
+
+Pacing: the first rows (the *slice*) sample until settled or a depth cap; their trajectories say how
+much any price would spend per row, so each later part of rows gets the price at which the expected
+spend fits the budget left over the rows left, re-solved before every part as real costs come in.
+Every row gets its first sample before any row gets extra ones beyond what the budget leaves for them.
+
+``sequential_draws`` drives this over a recorded table (replay); ``pipelines.sequential_tier`` drives
+the same ``row_priority`` live, row by row. Arrays are [rows, samples] in generation order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from pipelines.answers import verifier_weights
+from pipelines.stopping import mode_probability, prefix_votes
+
+OBJECTIVES = ("accuracy", "coverage", "verified_yield")
+
+
+@dataclass(frozen=True)
+class SequentialConfig:
+    """Knobs of the sequential policy (defaults hold across data sets; none is fitted to one).
+
+    Attributes:
+        objective: ``accuracy``, ``coverage`` or ``verified_yield``.
+        verifier_pass: A sample whose verifier score reaches this counts as verified (default: a full
+            pass, as a checker gives it; soft scores below it only weight votes).
+        yield_cap: verified_yield: verified samples worth keeping per row.
+        max_samples: Most samples any row draws.
+        slice_fraction, slice_min_rows, slice_max_rows: How many rows, in processing order, form the
+            slice whose trajectories the pacer models spend from.
+        slice_depth: The slice samples up to this many times the budget per row (in samples).
+        slice_share: Most of the budget above every row's first sample that the slice may take.
+        part_rows: Rows per part (the price is re-solved before each part).
+    """
+
+    objective: str = "accuracy"
+    verifier_pass: float = 1.0
+    yield_cap: int = 4
+    max_samples: int = 64
+    slice_fraction: float = 0.03
+    slice_min_rows: int = 16
+    slice_max_rows: int = 2000
+    slice_depth: float = 2.0
+    slice_share: float = 0.25
+    part_rows: int = 256
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.yield_cap < 1 or self.max_samples < 1 or self.part_rows < 1:
+            raise ValueError("yield_cap, max_samples and part_rows must be >= 1")
+
+
+def uses_checker(objective: str, has_verifier: bool) -> bool:
+    """True when a verifier's verdict settles rows (coverage and verified_yield with verifier scores)."""
+    return has_verifier and objective in ("coverage", "verified_yield")
+
+
+GRID = np.linspace(0.0, 1.0, 51)  # solve rates the prior puts mass on (0: hopeless, 1: always right)
+
+
+@dataclass(frozen=True)
+class SolvePrior:
+    """A prior on each row's chance that a sample verifies, learned without gold from checker verdicts:
+    a histogram over ``GRID`` per ``difficulty_hint`` bin (one bin without a hint), fitted by EM
+    (a nonparametric empirical-Bayes prior: mass at 0 says how many rows are hopeless).
+
+    Attributes:
+        weights: [bins, len(GRID)] prior mass per bin.
+        hint_edges: Bin edges of ``difficulty_hint`` (empty: one bin).
+    """
+
+    weights: tuple[tuple[float, ...], ...] = (tuple(np.full(len(GRID), 1.0 / len(GRID))),)
+    hint_edges: tuple[float, ...] = ()
+
+    def row_weights(self, hint: np.ndarray | None, rows: int) -> np.ndarray:
+        """[rows, len(GRID)] prior mass per row."""
+        w = np.asarray(self.weights)
+        if hint is None or not self.hint_edges:
+            return np.broadcast_to(w[0] if len(w) == 1 else w.mean(axis=0), (rows, len(GRID)))
+        b = np.searchsorted(np.asarray(self.hint_edges), np.nan_to_num(hint, nan=np.inf), side="right")
+        return np.where(np.isfinite(hint)[:, None], w[np.minimum(b, len(w) - 1)], w.mean(axis=0)[None, :])
+
+    def next_verifies(self, hint: np.ndarray | None, s: np.ndarray, f: np.ndarray) -> np.ndarray:
+        """P(the next sample verifies) after s verified and f failed samples ([rows, k] arrays)."""
+        logp, log1p = np.log(np.maximum(GRID, 1e-12)), np.log(np.maximum(1 - GRID, 1e-12))
+        prior = np.log(np.maximum(self.row_weights(hint, s.shape[0]), 1e-300))[:, None, :]
+        ll = prior + s[..., None] * logp + f[..., None] * log1p
+        ll -= ll.max(axis=-1, keepdims=True)
+        post = np.exp(ll)
+        return (post * GRID).sum(axis=-1) / post.sum(axis=-1)
+
+    def to_dict(self) -> dict:
+        return {"weights": [list(w) for w in self.weights], "hint_edges": list(self.hint_edges)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SolvePrior:
+        return cls(tuple(tuple(float(x) for x in w) for w in d["weights"]), tuple(d.get("hint_edges", ())))
+
+
+def _em_histogram(s: np.ndarray, n: np.ndarray, start: np.ndarray, iters: int = 60) -> np.ndarray:
+    """NPMLE of a solve-rate histogram on GRID from (verified, drawn) counts per row, by EM."""
+    logp, log1p = np.log(np.maximum(GRID, 1e-12)), np.log(np.maximum(1 - GRID, 1e-12))
+    lik = np.exp(s[:, None] * logp + (n - s)[:, None] * log1p)
+    lik[:, 0] = np.where(s == 0, 1.0, 0.0)
+    lik[:, -1] = np.where(s == n, 1.0, 0.0)
+    w = start.copy()
+    for _ in range(iters):
+        post = lik * w
+        post /= np.maximum(post.sum(axis=1, keepdims=True), 1e-300)
+        w = post.mean(axis=0) * 0.98 + 0.02 * start  # a little of the start keeps every rate possible
+    return w / w.sum()
+
+
+def fit_prior(verified: np.ndarray, drawn: np.ndarray, hint: np.ndarray | None = None, bins: int = 8,
+              min_bin_rows: int = 24) -> SolvePrior:
+    """Learns a ``SolvePrior`` from rows' checker verdicts (no gold read). Rows may have stopped by any
+    rule that looks only at their own verdicts so far (the likelihood ignores such stopping), so rows
+    finished at any price all count.
+
+    Args:
+        verified: [rows] verified samples per row.
+        drawn: [rows] samples each row drew.
+        hint: [rows] ``difficulty_hint`` or None: bins of it (quantiles) get their own histogram.
+        bins, min_bin_rows: Most hint bins, and fewest rows a bin may hold.
+    """
+    ok = drawn > 0
+    s, n = verified[ok].astype(np.float64), drawn[ok].astype(np.float64)
+    flat = np.full(len(GRID), 1.0 / len(GRID))
+    if not ok.any():
+        return SolvePrior()
+    overall = _em_histogram(s, n, flat)
+    if hint is None or np.isfinite(hint[ok]).sum() < 2 * min_bin_rows:
+        return SolvePrior((tuple(overall),))
+    h = hint[ok]
+    fin = np.isfinite(h)
+    n_bins = int(min(bins, fin.sum() // min_bin_rows))
+    edges = np.unique(np.quantile(h[fin], np.linspace(0, 1, n_bins + 1)[1:-1]))
+    b = np.searchsorted(edges, h, side="right")
+    weights = tuple(tuple(_em_histogram(s[fin & (b == i)], n[fin & (b == i)], overall))
+                    for i in range(len(edges) + 1))
+    return SolvePrior(weights, tuple(float(e) for e in edges))
+
+
+def verdict_counts(rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig) -> np.ndarray:
+    """[rows] verified samples among each row's first ``drawn``."""
+    k = np.arange(rows.codes.shape[1])[None, :] < drawn[:, None]
+    return ((np.nan_to_num(rows.verifier_score, nan=0.0) >= cfg.verifier_pass) & k).sum(axis=1)
+
+
+@dataclass(frozen=True)
+class RowModel:
+    """What a row needs, beside its own samples, to price its next sample; learned from the slice.
+
+    Attributes:
+        checker: Verifier verdicts settle rows (a sample at ``verifier_pass`` verifies): coverage and
+            verified_yield with verifier scores, and accuracy when the slice saw samples verify.
+        prior: The solve-rate prior for checker rows (None: flat).
+        mean_cost: Mean cost of a sample over the slice: a row's expected next cost shrinks to it.
+    """
+
+    checker: bool = False
+    prior: SolvePrior | None = None
+    mean_cost: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {"checker": self.checker, "mean_cost": self.mean_cost,
+                "prior": None if self.prior is None else self.prior.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RowModel:
+        return cls(bool(d["checker"]), None if d.get("prior") is None else SolvePrior.from_dict(d["prior"]),
+                   float(d["mean_cost"]))
+
+
+COST_PRIOR_SAMPLES = 2.0  # a row's expected next cost: its mean so far, shrunk to the slice's mean
+
+
+@dataclass
+class RowSamples:
+    """Rows' samples so far as [rows, samples] arrays (a recorded table, or one live row).
+
+    Attributes:
+        codes, valid: answer codes (equal answers, equal codes) and parsed flags.
+        cost: [rows, samples] cost of each sample in the budget's unit (0 where none).
+        verifier_score: [rows, samples] float (NaN unknown) or None.
+        hint: [rows] ``difficulty_hint`` or None.
+        row_ids: [rows] strings for the tie-break jitter.
+    """
+
+    codes: np.ndarray
+    valid: np.ndarray
+    cost: np.ndarray
+    row_ids: list[str]
+    verifier_score: np.ndarray | None = None
+    hint: np.ndarray | None = None
+    _votes: object = field(default=None, repr=False)
+
+
+def _jitter(row_ids: list[str]) -> np.ndarray:
+    """[rows] deterministic factor in [1, 1 + 1e-6): breaks ties between equal priorities by row id,
+    identically live and in replay, so the price can split a crowd of equal rows."""
+    from pipelines.calibration import stable_hash01
+
+    return 1.0 + 1e-6 * stable_hash01(row_ids, seed=0x7E1)
+
+
+def row_priority(rows: RowSamples, cfg: SequentialConfig, model: RowModel) -> np.ndarray:
+    """[rows, samples] priority of drawing sample k + 2 after the first k + 1 (column k): expected gain
+    per unit of expected cost; -inf where the row is settled (verified, or its yield met)."""
+    width = rows.codes.shape[1]
+    k1 = np.arange(1, width + 1, dtype=np.float64)[None, :]
+    if model.checker and rows.verifier_score is not None:
+        ver = np.nan_to_num(rows.verifier_score, nan=0.0) >= cfg.verifier_pass
+        s = np.cumsum(ver, axis=1).astype(np.float64)
+        need = cfg.yield_cap if cfg.objective == "verified_yield" else 1
+        gain = (model.prior or SolvePrior()).next_verifies(rows.hint, s, k1 - s) / need
+        gain = np.where(s >= need, -np.inf, gain)
+    else:
+        gain = _vote_gain(rows)
+    mean_cost = (np.cumsum(rows.cost, axis=1) + COST_PRIOR_SAMPLES * model.mean_cost) / (k1 + COST_PRIOR_SAMPLES)
+    return gain / np.maximum(mean_cost, 1e-9) * _jitter(rows.row_ids)[:, None]
+
+
+def _vote_gain(rows: RowSamples) -> np.ndarray:
+    """Adaptive-Consistency's doubt that the leader is the mode, times the leader's share (rows whose
+    samples keep disagreeing are likely hopeless, and one vote moves them little)."""
+    k1 = np.arange(1, rows.codes.shape[1] + 1, dtype=np.float64)[None, :]
+    if rows._votes is None:
+        w = None if rows.verifier_score is None else verifier_weights(rows.verifier_score)
+        rows._votes = prefix_votes(rows.codes, rows.valid, w)
+    v = rows._votes
+    top, second = v.top.astype(np.int64), v.second.astype(np.int64)
+    gain = (1.0 - mode_probability(top, second)) * (top + 1.0) / (k1 + 2.0)
+    return np.where(top > 0, gain, 1.0)  # no parsed answer yet: everything to gain
+
+
+def draws_at_price(priority: np.ndarray, lam: float, cap: np.ndarray | int, n_available: np.ndarray) -> np.ndarray:
+    """[rows] samples drawn when each row goes on while its priority >= ``lam``, up to ``cap``.
+
+    Every row draws at least one sample (when it has one)."""
+    rows, width = priority.shape
+    limit = np.minimum(np.minimum(cap, n_available), width)
+    stop = priority < lam
+    stop &= np.arange(width)[None, :] < (limit[:, None] - 1)
+    first = stop.argmax(axis=1) + 1
+    return np.where(stop.any(axis=1), first, limit).astype(np.int64)
+
+
+def solve_price(priority: np.ndarray, cumcost: np.ndarray, cap: np.ndarray, n_available: np.ndarray,
+                per_row: float) -> float:
+    """The lowest price at which the reference rows' mean spend is at most ``per_row``.
+
+    Args:
+        priority: [R, S] reference rows' priorities (their whole trajectories up to ``cap``).
+        cumcost: [R, S + 1] their cumulative costs.
+        cap: [R] how deep each reference trajectory is known.
+        per_row: Budget per row.
+
+    Returns:
+        The price (``inf``: only first samples fit).
+    """
+    ar = np.arange(len(priority))
+
+    def spend(lam: float) -> float:
+        return float(cumcost[ar, draws_at_price(priority, lam, cap, n_available)].mean())
+
+    if len(priority) == 0 or spend(0.0) <= per_row:
+        return 0.0
+    if spend(math.inf) > per_row:
+        return math.inf
+    finite = priority[np.isfinite(priority) & (priority > 0)]
+    cands = np.unique(np.quantile(finite, np.linspace(0, 1, 257))) if finite.size else np.zeros(0)
+    lo, hi = 0, len(cands)  # spend(cands[i]) falls as i grows; find the first i that fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if spend(float(cands[mid])) <= per_row:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(cands[lo]) if lo < len(cands) else math.inf
+
+
+@dataclass
+class SequentialRun:
+    """What ``sequential_draws`` decided: samples per row, the price per part, the slice."""
+
+    drawn: np.ndarray
+    prices: list[float]
+    slice_rows: int
+    slice_depth: int
+    model: RowModel | None
+    stop_reason: np.ndarray  # per row: "settled", "price", "cap", "budget"
+
+    def details(self) -> dict:
+        fin = [p for p in self.prices if math.isfinite(p)]
+        return {"slice_rows": self.slice_rows, "checker": bool(self.model and self.model.checker), "slice_depth": self.slice_depth, "parts": len(self.prices),
+                "price_min": min(fin) if fin else None, "price_max": max(fin) if fin else None,
+                "stops": {r: int((self.stop_reason == r).sum()) for r in ("settled", "price", "cap", "budget")}}
+
+
+def slice_plan(rows: int, pilot_cost: float, mean_cost: float, budget: float, cfg: SequentialConfig,
+               max_width: int) -> tuple[int, int]:
+    """(slice rows, slice depth) for a job: as many rows as the config asks, as deep as the budget per
+    row (times ``slice_depth``) says, within ``slice_share`` of the budget above every row's first sample.
+    (0, 1) when that buys no second sample."""
+    surplus = budget - pilot_cost
+    per_row = budget / max(rows, 1) / max(mean_cost, 1e-9)
+    n_s = int(min(rows, cfg.slice_max_rows, max(cfg.slice_min_rows, round(cfg.slice_fraction * rows))))
+    depth = int(min(cfg.max_samples, max_width, max(2, math.ceil(cfg.slice_depth * per_row) + 1)))
+    afford = cfg.slice_share * surplus / max(mean_cost, 1e-9)  # extra samples the slice may take
+    while n_s > 0 and n_s * (depth - 1) > afford:
+        if depth > 2:
+            depth = max(2, int(afford // n_s) + 1)
+        else:
+            n_s = int(afford // (depth - 1))
+    return (n_s, depth) if n_s >= 8 else (0, 1)
+
+
+def pacing_rows(rows: int, cfg: SequentialConfig) -> int:
+    """Rows per part for pacing: about 32 re-plans in a job, 16 to ``part_rows`` rows a part."""
+    return int(min(cfg.part_rows, max(16, math.ceil(rows / 32))))
+
+
+def learn_model(slice_rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig) -> RowModel:
+    """The ``RowModel`` from the slice's samples (their verdicts and costs; no gold)."""
+    k = np.arange(slice_rows.codes.shape[1])[None, :] < drawn[:, None]
+    mean_cost = float(slice_rows.cost[k].mean()) if k.any() else 1.0
+    if slice_rows.verifier_score is None:
+        return RowModel(False, None, mean_cost)
+    ver = verdict_counts(slice_rows, drawn, cfg)
+    checker = cfg.objective != "accuracy" or bool(ver.any())
+    prior = fit_prior(ver, drawn, slice_rows.hint) if checker else None
+    return RowModel(checker, prior, mean_cost)
+
+
+def slice_model(rows: RowSamples, cfg: SequentialConfig) -> RowModel:
+    """The model the slice itself runs with (before anything is learned): checker verdicts settle rows
+    whenever the rows carry verifier scores, and the price is 0, so only settling stops them."""
+    return RowModel(rows.verifier_score is not None, None, 1.0)
+
+
+@dataclass
+class Reference:
+    """Trajectories the pacer prices from: priorities, cumulative costs, and how deep each is known."""
+
+    priority: np.ndarray
+    cumcost: np.ndarray
+    known: np.ndarray
+
+    def price(self, per_row: float) -> float:
+        return solve_price(self.priority, self.cumcost, self.known, self.known, per_row)
+
+
+def simulated_reference(model: RowModel, hints: np.ndarray | None, cfg: SequentialConfig, width: int,
+                        copies: int = 16, seed: int = 0) -> Reference:
+    """Checker rows' trajectories drawn from the learned prior (solve rates per hint, verdicts
+    Bernoulli, costs at the mean), as deep as ``width``: the slice's own trajectories stop at its depth,
+    but a checker row's future is what the prior says it is."""
+    rng = np.random.default_rng(seed)
+    h = None if hints is None else np.repeat(hints, copies)
+    m = (len(hints) if hints is not None else 64) * copies
+    w = (model.prior or SolvePrior()).row_weights(h, m)
+    cdf = np.cumsum(w, axis=1)
+    p = GRID[np.minimum((cdf < rng.random((m, 1)) * cdf[:, -1:]).sum(axis=1), len(GRID) - 1)]
+    ver = rng.random((m, width)) < p[:, None]
+    rows = RowSamples(np.zeros((m, width), np.int64), np.ones((m, width), bool), np.full((m, width), model.mean_cost),
+                      [f"sim{i}" for i in range(m)], ver.astype(np.float32) * max(cfg.verifier_pass, 1.0), h)
+    cum = np.concatenate([np.zeros((m, 1)), np.cumsum(rows.cost, axis=1)], axis=1)
+    return Reference(row_priority(rows, cfg, model), cum, np.full(m, width))
+
+
+def sequential_draws(rows: RowSamples, cumcost: np.ndarray, n_available: np.ndarray, budget: float,
+                     order: np.ndarray, cfg: SequentialConfig) -> SequentialRun:
+    """Replays the sequential policy over recorded rows, parts in ``order`` as a job sends them: the
+    slice first (price 0, to its depth), then parts priced from the slice by ``solve_price``.
+
+    Args:
+        rows: The recorded samples.
+        cumcost: [rows, samples + 1] cumulative cost of the first k samples, in the budget's unit.
+        n_available: [rows] samples recorded per row.
+        budget: Total budget; never exceeded.
+        order: Processing order (a permutation of row indices).
+
+    Returns:
+        SequentialRun.
+    """
+    q, width = rows.codes.shape
+    drawn = np.zeros(q, dtype=np.int64)
+    first = cumcost[:, 1]
+    if budget < first.sum():  # not even one sample each: first samples in order while they fit
+        fits = np.cumsum(first[order]) <= budget
+        drawn[order[fits]] = np.minimum(1, n_available[order[fits]])
+        return SequentialRun(drawn, [math.inf], 0, 1, None, np.full(q, "budget", dtype=object))
+    n_s, depth = slice_plan(q, float(first.sum()), float(first.mean()), budget, cfg, width)
+    left, prices, lam = float(budget), [], np.full(q, math.inf)
+    model, cap = RowModel(), np.full(q, min(cfg.max_samples, width))
+    sl, rest = order[:n_s], order[n_s:]
+    if n_s:
+        s_rows = _take(rows, sl)
+        n_sl = draws_at_price(row_priority(s_rows, cfg, slice_model(s_rows, cfg)), 0.0, depth, n_available[sl])
+        drawn[sl] = _fit_budget(n_sl, cumcost[sl], left - first[rest].sum())
+        left -= float(cumcost[sl, drawn[sl]].sum())
+        model = learn_model(s_rows, drawn[sl], cfg)
+        prices.append(0.0)
+        lam[sl], cap[:] = 0.0, depth
+    pri = row_priority(rows, cfg, model)
+    ref = Reference(pri[sl], cumcost[sl], drawn[sl])
+    if model.checker:
+        cap[:] = min(cfg.max_samples, width)
+    step = pacing_rows(q, cfg)
+    for lo in range(0, len(rest), step):
+        part, after = rest[lo:lo + step], rest[lo + step:]
+        if model.checker and n_s:  # the prior, refit on every row finished so far, prices the rest
+            done = order[: n_s + lo]
+            model = replace(model, prior=fit_prior(verdict_counts(_take(rows, done), drawn[done], cfg), drawn[done],
+                                                   None if rows.hint is None else rows.hint[done]))
+            pri[part] = row_priority(_take(rows, part), cfg, model)
+            ref = simulated_reference(model, None if rows.hint is None else rows.hint[sl], cfg, int(cap[0]))
+        price = ref.price(left / (len(rest) - lo)) if n_s else math.inf
+        prices.append(price)
+        lam[part] = price
+        n_p = draws_at_price(pri[part], price, cap[part], n_available[part])
+        drawn[part] = _fit_budget(n_p, cumcost[part], left - first[after].sum())
+        left -= float(cumcost[part, drawn[part]].sum())
+    if n_s:  # the slice's own decisions were made with the slice model
+        pri[sl] = row_priority(_take(rows, sl), cfg, slice_model(_take(rows, sl), cfg))
+    reason = stop_reasons(pri, drawn, lam, np.minimum(np.minimum(cap, n_available), width))
+    return SequentialRun(drawn, prices, n_s, depth, model, reason)
+
+
+def _take(rows: RowSamples, idx: np.ndarray) -> RowSamples:
+    def t(a):
+        return None if a is None else a[idx]
+
+    return RowSamples(rows.codes[idx], rows.valid[idx], rows.cost[idx], [rows.row_ids[i] for i in idx],
+                      t(rows.verifier_score), t(rows.hint))
+
+
+def _fit_budget(n: np.ndarray, cumcost: np.ndarray, allowed: float) -> np.ndarray:
+    """Trims rows' draws, last rows first, to what ``allowed`` pays (rows keep their first sample while
+    the first samples fit): the ledger's refusals, in replay."""
+    ar = np.arange(len(n))
+    cost = cumcost[ar, n]
+    if cost.sum() <= allowed:
+        return n
+    one = np.minimum(n, 1)
+    floor = cumcost[ar, one]
+    # Rows keep their draws in order while the total (the rest at one sample) fits.
+    keep = np.cumsum(cost) + (floor.sum() - np.cumsum(floor)) <= allowed
+    out = np.where(keep, n, one)
+    if cumcost[ar, out].sum() > allowed:  # not even first samples fit for all: last ones get none
+        fits = np.cumsum(cumcost[ar, out]) <= allowed
+        out = np.where(fits, out, 0)
+    return out
+
+
+def stop_reasons(pri: np.ndarray, drawn: np.ndarray, lam: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Why each row stopped: ``settled`` (verified / yield met), ``price`` (its priority fell below the
+    price), ``cap``, or ``budget`` (the ledger refused more)."""
+    last = pri[np.arange(len(drawn)), np.maximum(drawn - 1, 0)]
+    out = np.full(len(drawn), "budget", dtype=object)
+    out[drawn >= cap] = "cap"
+    out[(drawn < cap) & (last < lam)] = "price"
+    out[(drawn > 0) & np.isneginf(last)] = "settled"
+    out[drawn == 0] = "budget"
+    return out
+
+
+def rows_from_table(table, unit: str) -> tuple[RowSamples, np.ndarray]:
+    """A recorded ``ReplayTable`` as ``RowSamples`` (per-sample costs in ``unit``) and its cumulative costs."""
+    cum = table.cumcost(unit)
+    return RowSamples(codes=table.codes, valid=table.valid, cost=np.diff(cum, axis=1),
+                      row_ids=table.query_ids.to_list(), verifier_score=table.verifier_score,
+                      hint=table.difficulty_hint), cum
