@@ -18,3 +18,12 @@ class StorageError(TierwiseError):
 
 class EngineError(TierwiseError):
     """The inference engine failed to start or serve a request."""
+
+
+def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> str:
+    """The message for an unknown ``name`` of a registry: the valid names, and the closest one."""
+    import difflib
+
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {name!r}{hint}; valid: {', '.join(valid)}"
