@@ -9,7 +9,9 @@ class TierwiseError(Exception):
 
 class InputError(TierwiseError):
     """The input data set is unusable as a whole (missing column, duplicate ids,
-    unreadable path). Raised before any generation starts."""
+    unreadable path, a corrupt id column). Raised before any generation starts; a
+    replica that cannot read a part's pages raises it too, and the part's rows end
+    as errors naming the file and row group."""
 
 
 class StorageError(TierwiseError):
