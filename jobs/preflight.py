@@ -115,7 +115,8 @@ def wait_for_resources(spec: JobSpec, ray, poll_s: float = RESOURCE_POLL_S) -> N
                     from ray.autoscaler.sdk import request_resources
                     request_resources(bundles=[need] * count)
                     requested = True
-                    log.warning("waiting up to %.0f s (replicas.start_timeout_s) for %d x %s", limit, count, need)
+                    log.warning("waiting up to %.0f s (replicas.start_timeout_s) for %d x %s to be free", limit, count,
+                                _fmt(need))
                 if time.monotonic() > deadline:
                     raise SpecError(_shortfall(spec, need, [n["Resources"] for n in ray.nodes() if n.get("Alive")],
                                                f"not free within {limit:g} s (replicas.start_timeout_s)")
