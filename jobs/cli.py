@@ -11,14 +11,29 @@ import yaml
 
 from pipelines.errors import TierwiseError
 
+# Exit codes (README, "Exit codes").
+EXIT_OK, EXIT_JOB_ERROR, EXIT_STRICT, EXIT_EVERY_ROW_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+
 
 def _overrides(pairs: list[str]) -> dict:
+    """``--set KEY=VALUE`` pairs as ``{dotted key: YAML value}``.
+
+    Raises:
+        SpecError: a pair without ``=`` or a key, or a value that is not YAML.
+    """
+    from jobs.spec import SpecError
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise TierwiseError(f"--set expects KEY=VALUE, got {pair!r}")
-        out[key] = yaml.safe_load(value)
+        if not sep or not key.strip():
+            raise SpecError(f"--set expects KEY=VALUE (e.g. budget.amount=1e6), got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise SpecError(f"--set {pair!r}: the value is not valid YAML ({reason}); "
+                            "quote a string value, e.g. --set 'name=\"[x\"'") from None
     return out
 
 
@@ -32,7 +47,23 @@ def cmd_run(args) -> int:
     for line in tier_lines(report):
         print(line)
     print(json.dumps(report))
-    return 0
+    return every_row_failed(report, spec)
+
+
+def every_row_failed(report: dict, spec) -> int:
+    """``EXIT_EVERY_ROW_FAILED`` (with the most common errors on stderr) when every row of the
+    job ended ``error``: a job that produced nothing must not look like a success. Else 0."""
+    from pipelines import io
+
+    rows, errors = report["rows"], report["status"].get("error", 0)
+    if not rows or errors < rows:
+        return EXIT_OK
+    out = io.read_output(spec.output.path, spec.output.storage_options, ["error"])
+    common = out.group_by("error").len().sort("len", descending=True).head(3).rows() if out.height else []
+    print(f"tierwise: error: every row ({errors} of {rows}) ended as an error; most common:", file=sys.stderr)
+    for message, count in common:
+        print(f"  {count} x {message}", file=sys.stderr)
+    return EXIT_EVERY_ROW_FAILED
 
 
 def summary_line(report: dict) -> str:
@@ -84,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set budget.amount=1e5")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--strict", action="store_true", help="fail the job (exit 3) if any row ends as an error")
+    run.add_argument("--strict", action="store_true", help="fail the job (exit 3) if any row ends as an error "
+                     "(without it: exit 4 only when every row does)")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo-data", help="write the demo arithmetic data set")
@@ -110,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tierwise: error: {exc}", file=sys.stderr)
         from jobs.runner import JobInterrupted, RowErrorsInStrictMode
         if isinstance(exc, JobInterrupted):
-            return 130
-        return 3 if isinstance(exc, RowErrorsInStrictMode) else 2
+            return EXIT_INTERRUPTED
+        return EXIT_STRICT if isinstance(exc, RowErrorsInStrictMode) else EXIT_JOB_ERROR
+    except KeyboardInterrupt:  # a second signal while draining: stopped at once
+        print("tierwise: error: interrupted; re-run the same spec to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from jobs import preflight
 from jobs.progress import Progress
 from jobs.spec import (
     JobSpec,
@@ -109,7 +110,7 @@ def start_pool(spec: JobSpec, address: str | None = None):
     from ray_cluster.engine import EngineSpec
     from ray_cluster.pool import PoolConfig, ReplicaPool
 
-    connect(address)
+    preflight.wait_for_resources(spec, connect(address))  # bounded; refused at once when the cluster never can
     m, r = spec.model, spec.replicas
     judge = None
     if (jm := judge_model(spec)) is not None:
@@ -181,8 +182,12 @@ class Session:
 
     def __enter__(self):
         self.stop.__enter__()
-        if self.pool is None:
-            self.pool = start_pool(self.spec)
+        try:
+            if self.pool is None:
+                self.pool = start_pool(self.spec)
+        except BaseException:  # refused, interrupted or failed to start: the ledger and handlers go too
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -269,6 +274,7 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Tru
         RowErrorsInStrictMode: ``strict`` and some rows ended as errors.
     """
     t0 = time.monotonic()
+    preflight.check_job(spec)
     if pool is not None:
         _check_pool(spec, pool)
     files, n_rows = _check_input(spec)
@@ -286,7 +292,9 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Tru
     extra: dict = {}
     summaries, snapshot, generate_wall_s, signum = dict(committed), {"spent": prior_spent}, 0.0, None
     unsent = 0
-    if todo:
+    if todo and prior_spent >= spec.budget.amount:  # nothing left to spend: no engine starts
+        summaries |= preflight.commit_skipped(spec, todo)
+    elif todo:
         if spec.policy.kind == "adaptive":
             from jobs.adaptive_driver import AdaptiveDriver
 

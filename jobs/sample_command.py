@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 def main(args) -> int:
     import polars as pl
 
-    from jobs.cli import _overrides
+    from jobs.cli import _overrides, every_row_failed
     from jobs.runner import run_job
     from jobs.spec import load_spec
     from pipelines import io
@@ -33,6 +33,8 @@ def main(args) -> int:
     overrides = {"sampling.logprobs": True} | _overrides(args.set) | {"policy": {"kind": "uniform", "n": args.n}}
     spec = load_spec(args.spec, overrides)
     report = run_job(spec, address=args.address)
+    if code := every_row_failed(report, spec):
+        return code
     output = io.read_output(spec.output.path, spec.output.storage_options)
     gold = None
     if spec.input.gold_column:

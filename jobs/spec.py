@@ -45,6 +45,23 @@ class ModelSpec(_Strict):
     max_model_len: int | None = Field(None, ge=16)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vllm AsyncEngineArgs")
 
+    @field_validator("path")
+    @classmethod
+    def _known_embedded(cls, v: str) -> str:
+        return check_embedded(v)
+
+
+def check_embedded(model: str) -> str:
+    """An ``embedded:NAME`` model must be one the package ships (no I/O: the names are a table)."""
+    if model.startswith("embedded:"):
+        from pipelines.errors import unknown_name
+        from ray_cluster.engine import EMBEDDED_MODELS
+
+        name = model.split(":", 1)[1]
+        if name not in EMBEDDED_MODELS:
+            raise ValueError(unknown_name("embedded model", name, sorted(EMBEDDED_MODELS)))
+    return model
+
 
 class ReplicaSpec(_Strict):
     count: int = Field(1, ge=1, description="vLLM replicas (one per GPU or tensor-parallel group)")
@@ -57,6 +74,9 @@ class ReplicaSpec(_Strict):
         None, ge=1, description="parts a replica holds at once (default: as many as keep its rows in flight "
                                 "full while the part it was sent first finishes and commits)")
     max_part_retries: int = Field(3, ge=0)
+    start_timeout_s: float = Field(
+        600, gt=0, description="most seconds to wait for the cluster to free or add (autoscaler) the replicas' "
+                               "resources; replicas no node of the cluster can ever host are refused at once")
 
 
 class SamplingSpec(_Strict):
@@ -310,6 +330,11 @@ class JudgeSpec(_Strict):
                                "number; the last match counts")
     score_max: float = Field(10.0, gt=0, description="score: the top of the scale (scores are divided by it)")
 
+    @field_validator("model")
+    @classmethod
+    def _known_embedded(cls, v: str | None) -> str | None:
+        return v if v is None else check_embedded(v)
+
     @model_validator(mode="after")
     def _mode_rules(self):
         t = self.template if self.template is not None else DEFAULT_TEMPLATES[self.mode]
@@ -386,9 +411,16 @@ class JobSpec(_Strict):
     @field_validator("verifier")
     @classmethod
     def _known_verifier(cls, v):
-        if isinstance(v, str) and v != "arithmetic_steps" and ":" not in v:
-            raise ValueError(f"unknown verifier {v!r}: use arithmetic_steps, module:function "
-                             "or a mapping with kind: llm_judge")
+        if isinstance(v, str):  # its form only: a module:function is imported by jobs.preflight
+            from pipelines.verifiers import check_verifier_name
+            check_verifier_name(v)
+        return v
+
+    @field_validator("answer_extractor")
+    @classmethod
+    def _known_extractor(cls, v: str) -> str:
+        from pipelines.answers import make_extractor
+        make_extractor(v)  # an unknown name or a bad regex raises here, before any work
         return v
 
     @model_validator(mode="after")
@@ -484,9 +516,25 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> JobSpec:
     if not isinstance(data, dict):
         raise SpecError(f"job spec {path} must be a mapping at the top level")
     for key, value in (overrides or {}).items():
-        node = data
-        *head, last = key.split(".")
-        for k in head:
-            node = node.setdefault(k, {})
-        node[last] = value
+        _override(data, key, value)
     return parse_spec(data, str(path))
+
+
+def _override(data: dict, key: str, value: Any) -> None:
+    """Sets the dotted ``key`` of ``data`` (``--set``), creating mappings on the way.
+
+    Raises:
+        SpecError: an empty segment, or a segment under a value that is not a mapping.
+    """
+    *head, last = keys = key.split(".")
+    if not all(keys):
+        raise SpecError(f"--set {key}: a key is dot-separated field names, e.g. budget.amount")
+    node = data
+    for i, k in enumerate(head):
+        if node.get(k) is None:  # absent, or a YAML key left empty
+            node[k] = {}
+        node = node[k]
+        if not isinstance(node, dict):
+            where = ".".join(keys[:i + 1])
+            raise SpecError(f"--set {key}: {where} is {node!r}, not a mapping with a field {keys[i + 1]!r}")
+    node[last] = value

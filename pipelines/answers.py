@@ -11,21 +11,36 @@ import re
 from collections import Counter
 from collections.abc import Callable
 
+from pipelines.errors import unknown_name
+
 Extractor = Callable[[str], "str | None"]
+
+# The extractors a spec may name (and ``regex:PATTERN``).
+EXTRACTORS = ("arithmetic", "last_line", "full")
 
 
 def make_extractor(name: str) -> Extractor:
     """Returns the extractor named by a spec.
 
     ``arithmetic``: the demo task's ``A: ...`` line; ``regex:PATTERN``: the first
-    group of the last match; ``last_line``: the last non-empty line; ``full``: the
-    stripped text.
+    group of the last match (the whole match without a group); ``last_line``: the
+    last non-empty line; ``full``: the stripped text.
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones) or a pattern
+            that is empty or not a valid regex.
     """
     if name == "arithmetic":
         from pipelines.tasks.arithmetic import extract_answer
         return extract_answer
     if name.startswith("regex:"):
-        pattern = re.compile(name[len("regex:"):])
+        source = name[len("regex:"):]
+        if not source:
+            raise ValueError("answer extractor 'regex:' needs a pattern after the colon")
+        try:
+            pattern = re.compile(source)
+        except re.error as exc:
+            raise ValueError(f"answer extractor {name!r} is not a valid regex: {exc}") from None
 
         def by_regex(text: str) -> str | None:
             matches = pattern.findall(text)
@@ -38,7 +53,7 @@ def make_extractor(name: str) -> Extractor:
         return lambda text: next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), None)
     if name == "full":
         return lambda text: text.strip() or None
-    raise ValueError(f"unknown answer extractor {name!r}")
+    raise ValueError(unknown_name("answer extractor", name, EXTRACTORS + ("regex:PATTERN",)))
 
 
 # Verifier scores are sharpened before they weight a vote: with a step checker, a

@@ -9,7 +9,9 @@ class TierwiseError(Exception):
 
 class InputError(TierwiseError):
     """The input data set is unusable as a whole (missing column, duplicate ids,
-    unreadable path). Raised before any generation starts."""
+    unreadable path, a corrupt id column). Raised before any generation starts; a
+    replica that cannot read a part's pages raises it too, and the part's rows end
+    as errors naming the file and row group."""
 
 
 class StorageError(TierwiseError):
@@ -18,3 +20,12 @@ class StorageError(TierwiseError):
 
 class EngineError(TierwiseError):
     """The inference engine failed to start or serve a request."""
+
+
+def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> str:
+    """The message for an unknown ``name`` of a registry: the valid names, and the closest one."""
+    import difflib
+
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {name!r}{hint}; valid: {', '.join(valid)}"

@@ -121,20 +121,34 @@ def plan_parts(files: list[InputFile], part_rows: int) -> list[Part]:
 
 
 def read_part(part: Part, columns: list[str], storage_options: dict[str, Any] | None = None) -> pa.Table:
-    """Reads only the row groups that cover ``part`` and only ``columns``."""
+    """Reads only the row groups that cover ``part`` and only ``columns``.
+
+    Raises:
+        InputError: a row group's pages cannot be read (corrupt, truncated); the message
+            names the file, the row group and its rows.
+    """
     fs, path = filesystem(part.file, storage_options)
     with fs.open(path, "rb") as fh:
         pf = pq.ParquetFile(fh)
         meta = pf.metadata
-        groups, offset, first_row = [], 0, None
+        tables, offset, first_row = [], 0, None
         for i in range(meta.num_row_groups):
             n = meta.row_group(i).num_rows
             if offset + n > part.start and offset < part.start + part.length:
-                groups.append(i)
+                tables.append(_read_group(pf, part.file, i, offset, n, columns))
                 first_row = offset if first_row is None else first_row
             offset += n
-        table = pf.read_row_groups(groups, columns=columns)
+    table = pa.concat_tables(tables) if tables else pf.schema_arrow.empty_table().select(columns)
     return table.slice(part.start - (first_row or 0), part.length)
+
+
+def _read_group(pf: pq.ParquetFile, file: str, group: int, first_row: int, rows: int, columns: list[str]) -> pa.Table:
+    """One row group's ``columns``; pyarrow's decoding errors become an InputError naming where."""
+    try:
+        return pf.read_row_group(group, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"input file {file} row group {group} (rows {first_row}-{first_row + rows - 1}), "
+                         f"column(s) {', '.join(columns)}: cannot be read: {exc}") from exc
 
 
 def read_parts(parts: list[Part], columns: list[str], storage_options: dict[str, Any] | None = None):
@@ -145,12 +159,18 @@ def read_parts(parts: list[Part], columns: list[str], storage_options: dict[str,
 
 
 def iter_column(files: list[InputFile], column: str, storage_options: dict[str, Any] | None = None):
-    """Yields one column of the whole input batch by batch (for job-level checks)."""
+    """Yields one column of the whole input row group by row group (for job-level checks).
+
+    Raises:
+        InputError: a row group's pages cannot be read; the message names the file and the group.
+    """
     for f in files:
         fs, path = filesystem(f.path, storage_options)
         with fs.open(path, "rb") as fh:
-            for batch in pq.ParquetFile(fh).iter_batches(columns=[column], batch_size=65536):
-                yield batch.column(0)
+            pf, first_row = pq.ParquetFile(fh), 0
+            for i, rows in enumerate(f.row_groups):  # group by group: an error names its group
+                yield _read_group(pf, f.path, i, first_row, rows, [column]).column(0)
+                first_row += rows
 
 
 # ---------------------------------------------------------------- output

@@ -13,25 +13,66 @@ one; a user function offers one as its attribute ``prefix_ok``.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import re
 from collections.abc import Callable
+
+from pipelines.errors import unknown_name
 
 Verifier = Callable[[str, str], float]
 PrefixCheck = Callable[[str, str], bool]
 
+# The verifiers a spec may name; anything else is ``module:function`` (or an LLM judge mapping).
+VERIFIERS = ("arithmetic_steps",)
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def check_verifier_name(name: str) -> None:
+    """Checks the form of a verifier name without importing anything (spec validation).
+
+    Raises:
+        ValueError: neither a built-in name (the message lists them) nor ``module:function``
+            with a dotted module path and a function name.
+    """
+    if name in VERIFIERS:
+        return
+    if ":" not in name:
+        raise ValueError(unknown_name("verifier", name, VERIFIERS + ("module:function", "{kind: llm_judge, ...}")))
+    module, func = name.split(":", 1)
+    if not _DOTTED.fullmatch(module) or not _DOTTED.fullmatch(func):
+        raise ValueError(f"verifier {name!r} is not of the form module:function (e.g. my_pkg.checks:score)")
+
 
 def make_verifier(name: str) -> Verifier:
+    """The verifier function ``name`` names. A ``module:function`` is imported here: trusted
+    code, run on the driver (``jobs.preflight``) and on every replica.
+
+    Raises:
+        ValueError: an unknown name, a module that fails to import (whatever it raised), or a
+            function the module lacks or that is not callable.
+    """
+    check_verifier_name(name)
     if name == "arithmetic_steps":
         from pipelines.tasks.arithmetic import check_steps
         return check_steps
-    if ":" in name:
-        module, func = name.split(":", 1)
-        try:
-            fn = getattr(importlib.import_module(module), func)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"verifier {name!r} cannot be loaded: {exc}") from exc
-        return fn
-    raise ValueError(f"unknown verifier {name!r}: use arithmetic_steps or module:function")
+    module, func = name.split(":", 1)
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # a user module may raise anything while it imports
+        raise ValueError(f"verifier {name!r}: module {module!r} cannot be imported: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    obj = mod
+    for attr in func.split("."):
+        if not hasattr(obj, attr):
+            names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
+            close = difflib.get_close_matches(attr, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"verifier {name!r}: {module!r} has no {func!r}{hint}")
+        obj = getattr(obj, attr)
+    if not callable(obj):
+        raise ValueError(f"verifier {name!r}: {func!r} is a {type(obj).__name__}, not a function")
+    return obj
 
 
 def make_prefix_check(name: str | None) -> PrefixCheck | None:

@@ -74,3 +74,40 @@ def test_s3_round_trip(s3_bucket):
     assert sum(io.read_part(p, ["id"], so).num_rows for p in parts) == 10
     io.write_part(pa.table({"id": ["a"]}), f"s3://{bucket}/out", 0, {"cost": 1.0}, so)
     assert io.committed_parts(f"s3://{bucket}/out", so) == {0: {"cost": 1.0}}
+
+
+def _corrupt(tmp_path, column, row_group):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+    from corrupt_parquet import corrupt_chunk
+
+    path = _write(tmp_path, "in.parquet", 30, 10)
+    corrupt_chunk(path, column, row_group)
+    return path
+
+
+def test_corrupt_prompt_page_names_the_file_and_row_group(tmp_path):
+    """Regression: a corrupt data page in the prompt column surfaced as a bare pyarrow OSError
+    (20 error rows naming no file); the footer-only pre-flight cannot see it."""
+    path = _corrupt(tmp_path, "prompt", 1)
+    files = io.list_input_files(str(path))  # footers are intact
+    first, second, third = io.plan_parts(files, 10)
+    assert io.read_part(first, ["id", "prompt"]).num_rows == 10
+    assert io.read_part(second, ["id"]).num_rows == 10  # the id chunk of the group is fine
+    with pytest.raises(InputError, match=r"in\.parquet row group 1 \(rows 10-19\), column\(s\) id, prompt: "
+                                         r"cannot be read"):
+        io.read_part(second, ["id", "prompt"])
+    # A part spanning groups names the group that failed.
+    with pytest.raises(InputError, match="row group 1"):
+        io.read_part(io.Part(0, first.file, 5, 10), ["prompt"])
+
+
+def test_corrupt_id_page_is_an_input_error_naming_the_file_and_row_group(tmp_path):
+    """Regression: a corrupt id column at the pre-flight id check was a raw pyarrow traceback."""
+    path = _corrupt(tmp_path, "id", 2)
+    files = io.list_input_files(str(path))
+    with pytest.raises(InputError, match=r"in\.parquet row group 2 \(rows 20-29\), column\(s\) id"):
+        list(io.iter_column(files, "id"))
+    assert sum(len(c) for c in io.iter_column(files, "prompt")) == 30
