@@ -34,6 +34,8 @@ def register(subparsers) -> None:
                    help="verified_yield: verified samples per query up to --yield-cap (needs verifier_score)")
     p.add_argument("--yield-cap", type=int, default=4, metavar="C",
                    help="verified_yield: verified samples worth keeping per query (default 4)")
+    p.add_argument("--verifier-pass", type=float, default=1.0, metavar="S",
+                   help="verifier score at which a sample counts as verified (default 1.0: a checker's full pass)")
     p.add_argument("--policy", choices=["adaptive", "uniform"], default="adaptive")
     p.add_argument("--calibration-fraction", type=float, default=0.2,
                    help="share of queries whose gold calibration may use; not scored (default 0.2)")
@@ -111,7 +113,8 @@ def main(args) -> int:
         _say("error: --objective verified_yield needs a verifier_score column in the samples")
         return 2
     common = dict(budget_unit=args.budget_unit, objective=args.objective,
-                  calibration_fraction=args.calibration_fraction, seed=args.seed, yield_cap=args.yield_cap)
+                  calibration_fraction=args.calibration_fraction, seed=args.seed, yield_cap=args.yield_cap,
+                  verifier_pass=args.verifier_pass)
     if args.curve:
         results = replay_curve(table, args.curve, policies=POLICIES, progress=_say, **common)
         if args.plot:

@@ -10,7 +10,8 @@ Policies never see ``correct`` except on the calibration split (a seeded hash of
 they may use exactly as a live calibration run uses gold. Scores are reported on the other queries,
 for every policy alike. Everything is columnar: arrays are [queries, samples] and there is no Python
 loop over rows (only over buckets, thresholds and pacing rounds), so a million queries replay in
-seconds. The adaptive policy itself lives in ``pipelines.replay_adaptive``.
+seconds. The adaptive policy itself lives in ``pipelines.sequential`` (label-free: it never reads
+``correct``).
 
 Objectives:
     accuracy: the selected answer is correct (majority vote over drawn samples; verifier-weighted
@@ -456,7 +457,7 @@ def prepare(samples: pl.DataFrame | ReplayTable | str | os.PathLike,
 def replay_curve(samples: pl.DataFrame | ReplayTable | str, budgets: Sequence[float], budget_unit: str = "samples",
                  objective: str = "accuracy", policies: Sequence[str] = POLICIES, calibration_fraction: float = 0.2,
                  seed: int = 0, progress: Callable[[str], None] | None = None,
-                 yield_cap: int | None = None) -> list[ReplayResult]:
+                 yield_cap: int | None = None, verifier_pass: float = 1.0) -> list[ReplayResult]:
     """Replay every policy at every budget (the table is laid out once). Results by budget, then policy;
     ``yield_cap`` as ``replay``."""
     table = prepare(samples, progress)
@@ -464,7 +465,7 @@ def replay_curve(samples: pl.DataFrame | ReplayTable | str, budgets: Sequence[fl
     for b in budgets:
         for p in policies:
             out.append(replay(table, b, budget_unit, objective, p, calibration_fraction, seed, progress=progress,
-                              yield_cap=yield_cap))
+                              yield_cap=yield_cap, verifier_pass=verifier_pass))
             if progress:
                 progress(f"budget {b:g} {p}: score {out[-1].score:.4f} spent {out[-1].spent:g}")
     return out

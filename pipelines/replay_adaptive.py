@@ -1,36 +1,20 @@
-"""The adaptive (tierwise) replay policy: pilot, calibrate, bucket, allocate, stop early.
+"""The gold-calibrated planner's kernel: pilot signals, stop rules and per-bucket curves learned on a
+calibration slice with gold, used by the live adaptive plan (``pipelines.adaptive.plan_from_calibration``).
 
-1. Pilot: every query draws ``pilot_samples`` samples (``pilot_size``). Their agreement, parse rate, length, mean
-   log-prob and verifier score, plus ``difficulty_hint``, are its cheap difficulty signals.
-2. Calibrate: calibration-split queries draw every recorded sample (up to ``calibration_share`` of
-   the budget). Gold may be read on them only. Each is replayed in several sample orders (samples are
-   i.i.d., so every order is an equally likely history), a logistic model maps the pilot signals to
-   success (so the hint's unknown scale is learned), quantiles of predicted difficulty form buckets,
-   and each bucket gets a curve: mean score vs mean extra cost for every option (a stop rule and a
-   sample cap), fitted by its least concave majorant. Half the calibration budget goes to queries in
-   hash order; the other half to queries predicted to land in buckets whose curve still rises.
-3. Allocate: the shared allocator (``pipelines.allocation``) picks options per bucket for the rest of
-   the budget; buckets with a flat curve (already certain, or hopeless) get no more samples. The
-   budget is paced: re-allocated before each chunk of queries from what was actually spent, and the
-   chunk that would overrun is cut, so the total never exceeds the budget.
-4. Stop rules: Adaptive-Consistency's P(leader is the mode) >= threshold (verifier score for coverage
-   with a verifier; for verified_yield, the verified samples so far over ``yield_cap``), optionally with
-   a give-up check for queries whose samples keep disagreeing, or (with a verifier) whose best verifier
-   score stays below a give-up level (``give_up_levels``).
-5. Leftover after every bucket reaches its measured peak extends contested queries in buckets that
-   showed headroom (see ``_extend_contested``), since calibration misses small late gains; for coverage
-   with a verifier, the queries closest to verifying first.
+Replay's adaptive policy is the label-free sequential policy (``pipelines.sequential``); this module no
+longer has a replay driver of its own. Stop rules: Adaptive-Consistency's P(leader is the mode) >=
+threshold (verifier score for coverage with a verifier; for verified_yield, the verified samples so far
+over ``yield_cap``), optionally with a give-up check (``give_up_levels``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipelines.allocation import BucketOptions, Option, allocate
+from pipelines.allocation import Option
 from pipelines.calibration import (
     BucketCalibration,
     DifficultyModel,
@@ -457,162 +441,3 @@ def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, uni
     edges, curves, options = _bucket_curves(cal, len(deep_rows), unit, objective, cfg, difficulty, cal_stops,
                                             labels, pilot, cost)
     return model, edges, curves, options, difficulty, cal
-
-
-def adaptive_draws(table: ReplayTable, budget: float, unit: str, objective: str, calib: np.ndarray,
-                   order: np.ndarray, cfg: AdaptiveConfig, say: Callable[[str], None]) -> tuple[np.ndarray, dict, list]:
-    """Samples per query for the adaptive policy (pilot, calibrate, bucket, allocate, stop early).
-
-    Gold (``table.correct``) is read only on calibration rows, and by the per-bucket report after
-    every decision is made.
-
-    Returns:
-        ([Q] samples drawn, details for the JSON report, per-bucket ``BucketCalibration`` list).
-    """
-    q, s = table.shape
-    rows, n_av, cost = np.arange(q), table.n_available, table.cumcost(unit)
-    pilot = min(pilot_size(cfg, objective, table.verifier_score is not None), s)
-    while pilot > 0 and cost[rows, np.minimum(pilot, n_av)].sum() > budget:
-        pilot -= 1
-    p_n = np.minimum(pilot, n_av)
-    remaining = budget - cost[rows, p_n].sum()
-    extra_full = cost[rows, n_av] - cost[rows, p_n]
-    signal, thresholds = _stop_signal(table, objective, cfg)
-    levels = give_up_levels(table, objective, cfg, thresholds)
-    stops, rules, strict = _stop_rules(table, signal, thresholds, pilot, cfg, levels)  # [R, Q]
-    feats, names = _pilot_features(table, pilot, p_n, feature_names(table, pilot, cfg))
-
-    def calibrate(deep_rows: np.ndarray) -> tuple:
-        return calibrate_buckets(table, deep_rows, pilot, unit, objective, cfg, thresholds, names, levels=levels)[:4]
-
-    # Calibration in two phases: half the calibration budget on calibration queries in hash order, the
-    # rest on calibration queries predicted to fall in buckets whose curve still rises (in proportion
-    # to the rise), where the allocation is sensitive to the curve; flat buckets need no more.
-    # For coverage with a verifier, phase 1 may take up to the whole share when half cannot pay for
-    # ``min_calibration_queries``, rather than fall back to uniform: a verified sample settles its query,
-    # so the plan's gain over uniform is large (on the recorded set, ~5 points at 5 samples per query).
-    # For accuracy, a calibration that takes the whole share there costs more than it gains.
-    cal_budget = min(remaining, cfg.calibration_share * budget)
-    cal_order = order[calib[order]]
-    spend = np.cumsum(extra_full[cal_order])
-    first = int(np.searchsorted(spend, cal_budget / 2, side="right"))
-    if verifier_driven(objective, table.verifier_score is not None):
-        first = max(first, min(cfg.min_calibration_queries, int(np.searchsorted(spend, cal_budget, side="right"))))
-    deep_rows = cal_order[:first][: cfg.max_calibration_queries]
-    if pilot == 0 or len(deep_rows) < cfg.min_calibration_queries:
-        say(f"adaptive: budget too small to calibrate ({len(deep_rows)} queries); falling back to uniform")
-        from pipelines.replay import uniform_draws
-
-        drawn, n = uniform_draws(table, budget, unit, order)
-        return drawn, {"fallback": "uniform", "uniform_n": n}, []
-    model, edges, curves, options = calibrate(deep_rows)
-    rise = np.array([max(o.score for o in opts) - min(opts, key=lambda o: o.cost).score for opts in options])
-    cand = cal_order[len(deep_rows):]
-    cand_bucket = assign_buckets(1.0 - model.predict(feats[cand]), edges)
-    share = rise * np.bincount(cand_bucket, minlength=len(rise))
-    extra_rows = []
-    for b in np.flatnonzero(share > 0):
-        mine = cand[cand_bucket == b]
-        fits = np.cumsum(extra_full[mine]) <= (cal_budget - extra_full[deep_rows].sum()) * share[b] / share.sum()
-        extra_rows.append(mine[: int(np.argmin(fits)) if not fits.all() else len(mine)])
-    if extra_rows:
-        deep_rows = np.concatenate([deep_rows, *extra_rows])[: cfg.max_calibration_queries]
-        model, edges, curves, options = calibrate(deep_rows)
-    remaining -= extra_full[deep_rows].sum()
-    deep = np.zeros(q, dtype=bool)
-    deep[deep_rows] = True
-    difficulty = 1.0 - model.predict(feats)
-    bucket = assign_buckets(difficulty, edges)
-    n_b = len(curves)
-    for b, bc in enumerate(curves):
-        bc.n_rows = int((bucket[~deep] == b).sum())
-    say(f"adaptive: pilot {pilot}, {len(deep_rows):,} calibration queries, {n_b} buckets")
-    grid_t, grid_c = _grid(len(rules), _caps(pilot, s, cfg))
-    score_tab = table.scores(objective, cfg.yield_cap)
-
-    drawn = p_n.copy()
-    drawn[deep_rows] = n_av[deep_rows]
-    rest = order[~deep[order]]
-    price, done = None, 0
-    for chunk in np.array_split(rest, max(1, cfg.pacing_rounds)):
-        if not chunk.size:
-            continue
-        left = np.bincount(bucket[rest[done:]], minlength=n_b)
-        alloc = allocate([BucketOptions(b, int(left[b]), options[b]) for b in range(n_b)], max(remaining, 0.0))
-        price = alloc.price if price is None else price
-        choice = np.empty(len(chunk), dtype=np.int64)  # index into the (threshold, cap) grid
-        cb = bucket[chunk]
-        for b in range(n_b):
-            sel = np.flatnonzero(cb == b)
-            if not sel.size:
-                continue
-            # The bucket's rows in this chunk take the allocated mix, costliest option first.
-            picks = sorted((int(k), v) for k, v in alloc.buckets[b].counts.items() if v)
-            picks.sort(key=lambda kv: -curves[b].curve.compute[kv[0]])
-            bounds = np.round(np.cumsum([v for _, v in picks]) / left[b] * sel.size)
-            which = np.minimum(np.searchsorted(bounds, np.arange(sel.size), side="right"), len(picks) - 1)
-            choice[sel] = np.array([k for k, _ in picks])[which]
-            chosen = curves[b].chosen
-            for k, v in zip(*np.unique(choice[sel], return_counts=True)):
-                label = curves[b].curve.labels[k]
-                chosen[label] = chosen.get(label, 0) + int(v)
-        n = np.clip(np.minimum(stops[grid_t[choice], chunk], grid_c[choice]), p_n[chunk], n_av[chunk])
-        extra = cost[chunk, n] - cost[chunk, p_n[chunk]]
-        cum = np.cumsum(extra)
-        over = np.flatnonzero(cum > remaining + 1e-9 * max(1.0, abs(remaining)))
-        if over.size:  # the ledger refuses what the budget cannot pay: cut the first overrun, skip the rest
-            i, qi = over[0], chunk[over[0]]
-            avail = remaining - (cum[i - 1] if i else 0.0)
-            steps = cost[qi, p_n[qi] : n[i] + 1] - cost[qi, p_n[qi]]
-            n[i] = p_n[qi] + int(np.searchsorted(steps, avail, side="right")) - 1
-            n[i + 1 :] = p_n[chunk[i + 1 :]]
-            extra = cost[chunk, n] - cost[chunk, p_n[chunk]]
-        drawn[chunk] = n
-        remaining -= extra.sum()
-        done += len(chunk)
-    verifier_signal = verifier_driven(objective, table.verifier_score is not None)
-    remaining -= _extend_contested(drawn, rest, bucket, options, stops[strict],
-                                   -signal if verifier_signal else signal, cost, remaining)
-
-    # Report only (after every decision): realized score per bucket on scored rows.
-    hit = score_tab[rows, drawn]
-    per_bucket = []
-    for b, bc in enumerate(curves):
-        m, scored = bucket == b, (bucket == b) & ~calib
-        per_bucket.append({"bucket": b, "queries": int(m.sum()), "calibration_queries": bc.n_calibration_rows,
-                           "chosen": bc.chosen, "mean_samples": float(drawn[m].mean()) if m.any() else 0.0,
-                           "score": float(hit[scored].mean()) if scored.any() else None})
-    details = {"pilot_samples": pilot, "calibration_queries_deep": int(len(deep_rows)), "n_buckets": n_b,
-               "price": price, "unspent": float(max(remaining, 0.0)), "difficulty_model": model.to_dict(),
-               "buckets": per_bucket}
-    return drawn, details, curves
-
-
-
-def _extend_contested(drawn: np.ndarray, rest: np.ndarray, bucket: np.ndarray, options: list, strict: np.ndarray,
-                      contest: np.ndarray, cost: np.ndarray, budget: float) -> float:
-    """Spend what the allocator left (every bucket at its measured peak) instead of returning it.
-
-    Calibration on few queries cannot see small late gains, so leftover budget extends queries still
-    contested (stop signal below the strictest finite threshold) up to that threshold: buckets by
-    decreasing measured gain per unit cost (peak vs skip), most contested queries first (lowest
-    ``contest``: P(leader is the mode); for coverage with a verifier, the caller passes minus the best
-    score, so the queries closest to verifying go first); buckets whose curve never rose get nothing.
-    Updates ``drawn`` in place; returns the cost added.
-    """
-    if budget <= 0 or not rest.size:
-        return 0.0
-    rate = np.zeros(len(options))
-    for b, opts in enumerate(options):
-        lo, hi = min(opts, key=lambda o: o.cost), max(opts, key=lambda o: o.score)
-        rate[b] = (hi.score - lo.score) / hi.cost if hi.cost > lo.cost else 0.0
-    cand = rest[rate[bucket[rest]] > 0]
-    target = np.maximum(drawn[cand], strict[cand])
-    add = cost[cand, target] - cost[cand, drawn[cand]]
-    keep = add > 0
-    cand, target, add = cand[keep], target[keep], add[keep]
-    by = np.lexsort((contest[cand, np.maximum(drawn[cand] - 1, 0)], -rate[bucket[cand]]))
-    fits = np.cumsum(add[by]) <= budget
-    take = by[: int(np.argmin(fits)) if not fits.all() else len(by)]
-    drawn[cand[take]] = target[take]
-    return float(add[take].sum())
