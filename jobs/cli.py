@@ -27,7 +27,8 @@ def cmd_run(args) -> int:
     from jobs.spec import load_spec
 
     spec = load_spec(args.spec, _overrides(args.set))
-    report = run_job(spec, address=args.address, show_progress=not args.quiet, strict=args.strict)
+    report = run_job(spec, address=args.address, show_progress=not args.quiet, strict=args.strict,
+                     overwrite=args.overwrite)
     print(summary_line(report))
     for line in tier_lines(report):
         print(line)
@@ -44,6 +45,10 @@ def summary_line(report: dict) -> str:
     if report.get("output_tokens_per_s"):
         parts.append(f"{report['output_tokens_per_s']:,.0f} generated tok/s")
     parts.append(f"wall {report['wall_s']:.1f}s")
+    if report.get("resumed_parts"):
+        this = report.get("this_attempt", {})
+        parts.append(f"resumed {report['resumed_parts']} of {report['parts']} parts (this run: {this.get('parts', 0)} "
+                     f"parts, {this.get('spent', 0):,.6g} spent)")
     return "tierwise: " + " | ".join(parts)
 
 
@@ -85,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a spec field, e.g. --set budget.amount=1e5")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--strict", action="store_true", help="fail the job (exit 3) if any row ends as an error")
+    run.add_argument("--overwrite", action="store_true",
+                     help="move the output's old contents to <output>.archived-<UTC time> and start afresh")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo-data", help="write the demo arithmetic data set")

@@ -47,11 +47,17 @@ def s3_bucket(s3_endpoint):
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for the whole session."""
+    import fcntl
+
     from ray_cluster.cluster import connect
 
-    ray = connect(num_cpus=4)
-    yield ray
-    ray.shutdown()
+    # Several test sessions on one 2-core machine (worktrees beside each other) take turns with the
+    # engine-heavy part: one local cluster at a time (uncontended on CI).
+    with open(os.path.join(os.environ.get("TMPDIR", "/tmp"), "tw-engine.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ray = connect(num_cpus=4)
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
