@@ -20,11 +20,12 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from test_faults import spec_dict as fault_spec  # tests/jobs is on sys.path under pytest
 
 from jobs.cli import main
 from jobs.resume import JobChanged
 from jobs.runner import _commit_failed_part, run_job
-from jobs.spec import SpecError, parse_spec, resolve_output_path
+from jobs.spec import SpecError, load_spec, parse_spec, resolve_output_path
 from pipelines import io
 from pipelines.report import build_report
 from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
@@ -33,19 +34,8 @@ ROWS = 30
 
 
 def spec_dict(inp, out, **over) -> dict:
-    d = {
-        "input": {"path": str(inp), "gold_column": "gold"},
-        "output": {"path": str(out), "part_rows": 10},
-        "model": {"max_model_len": 256},
-        "sampling": {"max_tokens": 200},
-        "replicas": {"parts_per_replica": 1},
-        "budget": {"amount": 1e7},
-        "policy": {"kind": "uniform", "n": 1},
-        "answer_extractor": "arithmetic",
-    }
-    for k, v in over.items():
-        d[k] = d.get(k, {}) | v
-    return d
+    """The fault tests' job, one sample per row (``over`` merges into its sections)."""
+    return fault_spec(inp, out, **({"policy": {"n": 1}} | over))
 
 
 def write_input(path: Path, rows: int = ROWS, seed: int = 11) -> Path:
@@ -89,6 +79,11 @@ def test_output_path_placeholders(monkeypatch):
     assert resolve_output_path(parse_spec(spec_dict("in", "out"))).output.path == "out"
     with pytest.raises(SpecError, match=r"unknown placeholder\(s\) \['day'\]"):
         parse_spec(spec_dict("in", "out/{day}"))
+    # The nightly recipe's spec (infra/kuberay): each night its own output.
+    monkeypatch.setenv("TIERWISE_RUN_ID", "nightly-20261202")
+    monkeypatch.setenv("TIERWISE_RUN_DATE", "2026-12-02")
+    nightly = load_spec(Path(__file__).resolve().parents[2] / "jobs" / "examples" / "nightly.yaml")
+    assert resolve_output_path(nightly).output.path == "s3://my-bucket/answers/2026-12-02/nightly-20261202/"
 
 
 def test_a_resumed_report_separates_this_attempts_work():
