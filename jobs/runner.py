@@ -338,6 +338,7 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
     report = build_report(spec, list(summaries.values()), snapshot, start.n_rows, len(parts),
                           resumed_parts=len(done), wall_s=time.monotonic() - t0,
                           generate_wall_s=generate_wall_s, attempt=attempt, prior_spent=prior_spent)
+    report["output_path"] = out  # placeholders filled in
     report["redone_parts"] = start.check.redone()
     if start.archived:
         report["archived_output"] = start.archived
