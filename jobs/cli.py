@@ -42,7 +42,8 @@ def cmd_run(args) -> int:
     from jobs.spec import load_spec
 
     spec = load_spec(args.spec, _overrides(args.set))
-    report = run_job(spec, address=args.address, show_progress=not args.quiet, strict=args.strict)
+    report = run_job(spec, address=args.address, show_progress=not args.quiet, strict=args.strict,
+                     overwrite=args.overwrite)
     print(summary_line(report))
     for line in tier_lines(report):
         print(line)
@@ -58,7 +59,7 @@ def every_row_failed(report: dict, spec) -> int:
     rows, errors = report["rows"], report["status"].get("error", 0)
     if not rows or errors < rows:
         return EXIT_OK
-    out = io.read_output(spec.output.path, spec.output.storage_options, ["error"])
+    out = io.read_output(report.get("output_path", spec.output.path), spec.output.storage_options, ["error"])
     common = out.group_by("error").len().sort("len", descending=True).head(3).rows() if out.height else []
     print(f"tierwise: error: every row ({errors} of {rows}) ended as an error; most common:", file=sys.stderr)
     for message, count in common:
@@ -75,6 +76,10 @@ def summary_line(report: dict) -> str:
     if report.get("output_tokens_per_s"):
         parts.append(f"{report['output_tokens_per_s']:,.0f} generated tok/s")
     parts.append(f"wall {report['wall_s']:.1f}s")
+    if report.get("resumed_parts"):
+        this = report.get("this_attempt", {})
+        parts.append(f"resumed {report['resumed_parts']} of {report['parts']} parts (this run: {this.get('parts', 0)} "
+                     f"parts, {this.get('spent', 0):,.6g} spent)")
     return "tierwise: " + " | ".join(parts)
 
 
@@ -117,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--strict", action="store_true", help="fail the job (exit 3) if any row ends as an error "
                      "(without it: exit 4 only when every row does)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="move the output's old contents to <output>.archived-<UTC time> and start afresh")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo-data", help="write the demo arithmetic data set")

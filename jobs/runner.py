@@ -6,10 +6,14 @@ The policy decides which row program (tier) each part runs with: the uniform
 policy uses one tier; the adaptive policy (``jobs.adaptive_driver``) first runs a
 calibration slice, then a plan it re-fits as real costs come in.
 
-Resume: re-running the same spec (same output location) skips committed parts.
-The budget survives crashes: ``_tierwise/ledger.json`` records everything spent
-so far, including work of parts that never committed (it was spent); a resumed
-run starts its ledger there, so the total across attempts never passes the budget.
+Resume: re-running the same job on the same output skips its committed parts
+(``jobs.resume``: the output's manifest must match the job's input and answer-changing
+settings, else the run is refused; a part whose ids differ from its input part, or
+whose rows failed for a job-level cause, is redone). One driver writes an output at a
+time (``pipelines.lease``). The budget survives crashes: ``_tierwise/ledger.json``
+records everything spent so far, including work of parts that never committed (it
+was spent); a resumed run starts its ledger there, so the total across attempts never
+passes the budget.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from jobs import preflight
+from jobs import preflight, resume
 from jobs.progress import Progress
+from jobs.resume import LEDGER_FILE, JobChanged  # noqa: F401  (JobChanged: re-exported for callers)
 from jobs.spec import (
     JobSpec,
     JudgeSpec,
@@ -30,10 +35,12 @@ from jobs.spec import (
     UniformPolicy,
     aborts_failed_steps,
     difficulty_columns,
+    resolve_output_path,
 )
 from pipelines import io, records
 from pipelines.budget import cost_per_token
 from pipelines.errors import TierwiseError
+from pipelines.lease import LeaseLost, OutputLease, OutputLeased  # noqa: F401  (OutputLeased: re-exported)
 from pipelines.report import breakdown, build_report
 from pipelines.search import SearchTier
 from pipelines.tiers import Tier, think_tier, uniform_tier
@@ -41,7 +48,6 @@ from pipelines.validation import check_columns, check_unique_ids
 
 log = logging.getLogger(__name__)
 
-LEDGER_FILE = "_tierwise/ledger.json"
 LEDGER_SAVE_EVERY_S = 5.0
 
 
@@ -53,7 +59,7 @@ class RowErrorsInStrictMode(TierwiseError):
     """``--strict``: some rows ended as errors (their parts are committed)."""
 
 
-def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int]:
+def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int, list]:
     inp = spec.input
     files = io.list_input_files(inp.path, inp.storage_options)
     required = {"id_column": inp.id_column, "prompt_column": inp.prompt_column, "gold_column": inp.gold_column}
@@ -61,8 +67,9 @@ def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int]:
                  for k, col in difficulty_columns(spec).items()}
     for f in files:
         check_columns(io.read_schema(f, inp.storage_options), required, f.path)
-    n_rows = check_unique_ids(list(io.iter_column(files, inp.id_column, inp.storage_options)), inp.id_column)
-    return files, n_rows
+    id_chunks = list(io.iter_column(files, inp.id_column, inp.storage_options))
+    n_rows = check_unique_ids(id_chunks, inp.id_column)
+    return files, n_rows, id_chunks
 
 
 def policy_tier(policy: UniformPolicy, s: SamplingSpec) -> Tier:
@@ -158,7 +165,7 @@ class Session:
     and the summaries of committed parts."""
 
     def __init__(self, spec: JobSpec, n_rows: int, committed: dict[int, dict], prior_spent: float,
-                 address: str | None, show_progress: bool, pool=None):
+                 address: str | None, show_progress: bool, pool=None, lease: OutputLease | None = None):
         from ray_cluster.cluster import connect
         from ray_cluster.ledger import BudgetLedger
 
@@ -174,6 +181,7 @@ class Session:
         self.pool, self._own_pool = pool, pool is None
         self.job = job_context(spec)
         self.stop = _StopOnSignal()
+        self.lease = lease
         self.generate_wall_s = 0.0
         self._last_save = 0.0
         # Waits for the ledger's worker to start (about a second of CPU on a 2-core machine) before
@@ -199,7 +207,8 @@ class Session:
 
     @property
     def stopping(self) -> bool:
-        return self.stop.signum is not None
+        """A signal came, or another driver took the output over: send no more parts."""
+        return self.stop.signum is not None or (self.lease is not None and self.lease.lost)
 
     def save_ledger(self, force: bool = False) -> dict:
         self.snapshot = self.ray.get(self.ledger.snapshot.remote())
@@ -261,48 +270,66 @@ class Session:
 
 
 def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = True,
-            strict: bool = False, pool=None) -> dict:
+            strict: bool = False, pool=None, overwrite: bool = False) -> dict:
     """Runs ``spec`` to completion (or resumes it) and returns the run report.
 
     ``pool``: replicas from ``start_pool`` to reuse (same model); by default the
-    job starts its own and stops them at the end.
+    job starts its own and stops them at the end. ``overwrite``: move the output's
+    old contents aside (``<output>.archived-<UTC time>``) and start afresh.
 
     Raises:
         InputError: the input is unusable as a whole; nothing was spent.
         StorageError: the output location cannot be written.
+        OutputLeased: another driver is writing the output; nothing was done.
+        JobChanged: the output holds another job's work (each change named); nothing was done.
         JobInterrupted: a signal stopped the job; finished parts are committed.
+        LeaseLost: another driver took the output over; finished parts are committed.
         RowErrorsInStrictMode: ``strict`` and some rows ended as errors.
     """
     t0 = time.monotonic()
+    spec = resolve_output_path(spec)
     preflight.check_job(spec)
     if pool is not None:
         _check_pool(spec, pool)
-    files, n_rows = _check_input(spec)
-    parts = io.plan_parts(files, spec.output.part_rows)
+    files, n_rows, id_chunks = _check_input(spec)  # read-only: a bad input leaves no trace
+    with OutputLease(spec.output.path, spec.output.storage_options) as lease:
+        start = resume.prepare(spec, files, n_rows, id_chunks, overwrite)
+        report = _run(spec, start, lease, t0, address, show_progress, pool)
+    if report["_signum"] is not None:
+        raise JobInterrupted(f"stopped by signal {report['_signum']} with {report['_unsent']} part(s) unsent; "
+                             f"re-run the same spec to resume")
+    if lease.lost:
+        raise LeaseLost(f"another driver took over output {spec.output.path} (this one stalled past the lease's "
+                        f"{lease.ttl_s:.0f} s); finished parts are committed")
+    if strict and report["status"].get("error", 0):
+        raise RowErrorsInStrictMode(f"{report['status']['error']} row(s) ended as errors (--strict)")
+    return {k: v for k, v in report.items() if not k.startswith("_")}
+
+
+def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, address: str | None,
+         show_progress: bool, pool) -> dict:
+    """Runs the parts ``start`` leaves to do; writes and returns the report (``_signum``,
+    ``_unsent``: how it ended)."""
     out, so = spec.output.path, spec.output.storage_options
-    committed = io.with_retries(lambda: io.committed_parts(out, so), f"list output {out}")
-    saved = io.read_json(out, LEDGER_FILE, so) or {}
-    prior_spent = max(sum(s.get("cost", 0.0) for s in committed.values()), float(saved.get("spent", 0.0)))
+    parts, done, prior_spent = start.parts, start.done, start.prior_spent
     # Fails fast (StorageError) on an output location that cannot be written.
     io.write_json({"spent": prior_spent, "budget": spec.budget.amount}, out, LEDGER_FILE, so)
-    todo = [p for p in parts if p.part_id not in committed]
-    log.info("%d rows in %d parts; %d committed, %.6g spent before", n_rows, len(parts), len(committed), prior_spent)
-
-    s = spec.sampling
+    todo = [p for p in parts if p.part_id not in done]
+    log.info("%d rows in %d parts; %d done, %d to do, %.6g spent before", start.n_rows, len(parts), len(done),
+             len(todo), prior_spent)
     extra: dict = {}
-    summaries, snapshot, generate_wall_s, signum = dict(committed), {"spent": prior_spent}, 0.0, None
-    unsent = 0
+    summaries, snapshot, generate_wall_s, signum, unsent = dict(done), {"spent": prior_spent}, 0.0, None, 0
     if todo and prior_spent >= spec.budget.amount:  # nothing left to spend: no engine starts
         summaries |= preflight.commit_skipped(spec, todo)
     elif todo:
         if spec.policy.kind == "adaptive":
             from jobs.adaptive_driver import AdaptiveDriver
 
-            driver = AdaptiveDriver(spec, parts, committed)
+            driver = AdaptiveDriver(spec, parts, done)
         else:
             driver = None
-            tier = policy_tier(spec.policy, s)
-        with Session(spec, n_rows, committed, prior_spent, address, show_progress, pool) as session:
+            tier = policy_tier(spec.policy, spec.sampling)
+        with Session(spec, start.n_rows, done, prior_spent, address, show_progress, pool, lease) as session:
             if driver is None:
                 unsent = session.run_parts(todo, lambda: tier)
             else:
@@ -313,20 +340,20 @@ def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = Tru
     elif spec.policy.kind == "adaptive":
         extra = io.read_json(out, "calibration.json", so) or {}
         extra = {"adaptive": extra.get("summary", {})} if extra else {}
-
-    report = build_report(spec, list(summaries.values()), snapshot, n_rows, len(parts),
-                          resumed_parts=len(committed), wall_s=time.monotonic() - t0,
-                          generate_wall_s=generate_wall_s)
+    attempt = [s for pid, s in summaries.items() if done.get(pid) is not s]
+    resume.finish(spec, start, attempt)
+    report = build_report(spec, list(summaries.values()), snapshot, start.n_rows, len(parts),
+                          resumed_parts=len(done), wall_s=time.monotonic() - t0,
+                          generate_wall_s=generate_wall_s, attempt=attempt, prior_spent=prior_spent)
+    report["output_path"] = out  # placeholders filled in
+    report["redone_parts"] = start.check.redone()
+    if start.archived:
+        report["archived_output"] = start.archived
     report |= extra
     report["by_tier"] = breakdown(io.read_output(out, so, ["tier", "bucket", "cost", "n_samples", "correct"]))
     report["complete"] = unsent == 0 and len(summaries) == len(parts)
     io.write_json(report, out, "run_report.json", so)
-    if signum is not None:
-        raise JobInterrupted(f"stopped by signal {signum} with {unsent} part(s) unsent; "
-                             f"re-run the same spec to resume")
-    if strict and report["status"].get("error", 0):
-        raise RowErrorsInStrictMode(f"{report['status']['error']} row(s) ended as errors (--strict)")
-    return report
+    return report | {"_signum": signum, "_unsent": unsent}
 
 
 def _commit_failed_part(spec: JobSpec, part: io.Part, reason: str) -> dict:
@@ -336,7 +363,7 @@ def _commit_failed_part(spec: JobSpec, part: io.Part, reason: str) -> dict:
     from ray_cluster.replica import summarize
 
     ids = pl.from_arrow(io.read_part(part, [spec.input.id_column], spec.input.storage_options))
-    recs = [records.empty_record(i, "error", f"part failed after retries: {reason}")
+    recs = [records.empty_record(i, "error", f"part failed after retries: {reason}", cause="job")
             for i in ids.to_series().cast(pl.String).to_list()]
     table = records.to_table(recs)
     summary = summarize(part.part_id, table, 0.0)

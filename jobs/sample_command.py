@@ -26,12 +26,12 @@ def main(args) -> int:
 
     from jobs.cli import _overrides, every_row_failed
     from jobs.runner import run_job
-    from jobs.spec import load_spec
+    from jobs.spec import load_spec, resolve_output_path
     from pipelines import io
     from pipelines.samples import output_to_samples
 
     overrides = {"sampling.logprobs": True} | _overrides(args.set) | {"policy": {"kind": "uniform", "n": args.n}}
-    spec = load_spec(args.spec, overrides)
+    spec = resolve_output_path(load_spec(args.spec, overrides))  # once: the output read below is the one run
     report = run_job(spec, address=args.address)
     if code := every_row_failed(report, spec):
         return code

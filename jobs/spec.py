@@ -6,7 +6,12 @@ no I/O: a bad spec fails here, naming the field and the rule, before any work.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import string
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from pipelines.errors import TierwiseError
+
+log = logging.getLogger(__name__)
 
 
 class SpecError(TierwiseError):
@@ -32,11 +39,28 @@ class InputSpec(_Strict):
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec / s3fs")
 
 
+# What ``output.path`` may hold: ``{date}`` (the run's UTC date, YYYY-MM-DD) and ``{run_id}``.
+OUTPUT_PLACEHOLDERS = ("date", "run_id")
+
+
 class OutputSpec(_Strict):
-    path: str = Field(description="directory (local or s3://) for parts and run_report.json")
+    path: str = Field(description="directory (local or s3://) for parts and run_report.json; may hold {date} "
+                                  "and {run_id} (see resolve_output_path), e.g. s3://bucket/answers/{date}/")
     part_rows: int = Field(256, ge=1, description="rows per committed part (the unit of resume)")
     keep_samples: bool = Field(False, description="store every sampled text in the `samples` column")
     storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _known_placeholders(cls, v: str) -> str:
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"output.path {v!r}: {exc} (a literal brace is written {{{{ or }}}})") from None
+        if bad := sorted(names - set(OUTPUT_PLACEHOLDERS)):
+            raise ValueError(f"output.path {v!r}: unknown placeholder(s) {bad}; known: "
+                             f"{{date}}, {{run_id}}")
+        return v
 
 
 class ModelSpec(_Strict):
@@ -490,6 +514,29 @@ def difficulty_columns(spec: JobSpec) -> dict[str, str]:
         return {}
     d = spec.policy.difficulty
     return {f"feature_{c}": c for c in d.feature_columns} | ({"difficulty_hint": d.column} if d.column else {})
+
+
+def resolve_output_path(spec: JobSpec, now: datetime | None = None) -> JobSpec:
+    """``spec`` with the placeholders of ``output.path`` filled in (unchanged without any).
+
+    ``{date}``: ``TIERWISE_RUN_DATE`` if set, else today's UTC date (YYYY-MM-DD). A scheduler
+    that may retry a run after midnight sets it, so the retry resumes the same output.
+    ``{run_id}``: ``TIERWISE_RUN_ID`` if set (a CronJob's job name, a workflow run id), else a
+    fresh id (UTC time and a random suffix) logged with the path: a run can only be resumed by
+    setting ``TIERWISE_RUN_ID`` to it.
+    """
+    path = spec.output.path
+    if "{" not in path:
+        return spec
+    now = now or datetime.now(UTC)
+    values = {"date": os.environ.get("TIERWISE_RUN_DATE") or now.strftime("%Y-%m-%d"),  # env: the run's date
+              "run_id": os.environ.get("TIERWISE_RUN_ID")}                                # env: the run's id
+    if values["run_id"] is None and "{run_id}" in path:
+        values["run_id"] = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+        log.warning("output.path {run_id} is %s (set TIERWISE_RUN_ID=%s to resume this run)", values["run_id"],
+                    values["run_id"])
+    resolved = path.format(**values)
+    return spec.model_copy(update={"output": spec.output.model_copy(update={"path": resolved})})
 
 
 def _format(exc: ValidationError, source: str) -> str:

@@ -10,6 +10,7 @@ S3 makes visible only when complete. A committed part file is the commit record.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -234,16 +235,7 @@ def with_retries(fn, what: str, attempts: int = WRITE_ATTEMPTS, backoff_s: float
 
 def committed_parts(out_uri: str, storage_options: dict[str, Any] | None = None) -> dict[int, dict]:
     """Returns ``{part_id: summary}`` for every committed part under ``out_uri``."""
-    fs, root = filesystem(out_uri, storage_options)
-    if not fs.exists(root):
-        return {}
-    done = {}
-    for p in sorted(fs.glob(f"{root.rstrip('/')}/part-*.parquet")):
-        name = p.rsplit("/", 1)[-1]
-        with fs.open(p, "rb") as fh:
-            md = pq.ParquetFile(fh).schema_arrow.metadata or {}
-        done[int(name[5:11])] = json.loads(md.get(PART_METADATA_KEY, b"{}"))
-    return done
+    return {pid: summary for pid, (summary, _) in scan_committed(out_uri, storage_options).items()}
 
 
 def read_output(out_uri: str, storage_options: dict[str, Any] | None = None, columns: list[str] | None = None,
@@ -284,3 +276,137 @@ def read_json(out_uri: str, name: str, storage_options: dict[str, Any] | None = 
         return None
     with fs.open(target, "r") as fh:
         return json.load(fh)
+
+
+# ---------------------------------------------------------------- job identity and the output lease
+
+def file_identity(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the storage says about one file's version: its size and, on S3, its ETag (and
+    VersionId on a versioned bucket), locally its mtime in nanoseconds. Equal identities mean
+    the same bytes (locally, an untouched file)."""
+    fs, p = filesystem(path, storage_options)
+    fs.invalidate_cache(p)
+    info = with_retries(lambda: fs.info(p), f"stat input file {path}")
+    out: dict[str, Any] = {"path": path, "size": int(info.get("size") or 0)}
+    if _protocol_prefix(fs):
+        for key, name in (("ETag", "etag"), ("VersionId", "version")):
+            if info.get(key):
+                out[name] = str(info[key]).strip('"')
+    else:
+        out["mtime_ns"] = os.stat(p).st_mtime_ns
+    return out
+
+
+def scan_committed(out_uri: str, storage_options: dict[str, Any] | None = None,
+                   columns: list[str] = ()) -> dict[int, tuple[dict, pa.Table]]:
+    """``{part_id: (summary, table)}`` of every committed part, ``table`` holding ``columns``
+    of the part's rows (those the part has; none: an empty selection)."""
+    fs, root = filesystem(out_uri, storage_options)
+    if not with_retries(lambda: fs.exists(root), f"list output {out_uri}"):
+        return {}
+    fs.invalidate_cache(root)
+    done = {}
+    for p in sorted(fs.glob(f"{root.rstrip('/')}/part-*.parquet")):
+        name = p.rsplit("/", 1)[-1]
+        with fs.open(p, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            md = pf.schema_arrow.metadata or {}
+            have = [c for c in columns if c in pf.schema_arrow.names]
+            table = pf.read(columns=have) if have else pa.table({})
+        done[int(name[5:11])] = (json.loads(md.get(PART_METADATA_KEY, b"{}")), table)
+    return done
+
+
+def create_exclusive(out_uri: str, name: str, data: bytes, storage_options: dict[str, Any] | None = None) -> bool:
+    """Creates ``name`` under ``out_uri`` only if it does not exist; returns whether it did.
+
+    S3: one PUT with ``If-None-Match: *`` (s3fs ``mode="create"``), which S3 (and moto) refuse
+    with 412 when the key exists. Local: the bytes go to a temporary file first, then
+    ``os.link`` gives them the name, which fails if it is taken (O_EXCL semantics, and a
+    reader never sees a half-written file).
+    """
+    fs, root = filesystem(out_uri, storage_options)
+    target = f"{root.rstrip('/')}/{name}"
+    if _protocol_prefix(fs):
+        def put():
+            try:
+                fs.pipe_file(target, data, mode="create")
+                return True
+            except FileExistsError:
+                return False
+        return with_retries(put, f"create {target}")
+    os.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    try:
+        os.link(tmp, target)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def put_bytes(out_uri: str, name: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Writes ``name`` under ``out_uri`` whole (a local temporary file renamed over it; one S3 PUT)."""
+    fs, root = filesystem(out_uri, storage_options)
+    target = f"{root.rstrip('/')}/{name}"
+
+    def write():
+        if _protocol_prefix(fs):
+            fs.pipe_file(target, data)
+            return
+        os.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+
+    with_retries(write, f"write {target}")
+
+
+def list_names(out_uri: str, folder: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The file names directly under ``folder`` of ``out_uri`` (none when it does not exist)."""
+    fs, root = filesystem(out_uri, storage_options)
+    where = f"{root.rstrip('/')}/{folder}"
+    fs.invalidate_cache(where)
+    try:
+        found = with_retries(lambda: fs.ls(where, detail=False), f"list {where}")
+    except StorageError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            return []
+        raise
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found)
+
+
+def remove(out_uri: str, name: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Deletes ``name`` under ``out_uri`` if it is there."""
+    fs, root = filesystem(out_uri, storage_options)
+    try:
+        fs.rm_file(f"{root.rstrip('/')}/{name}")
+    except FileNotFoundError:
+        pass
+
+
+def archive_output(out_uri: str, suffix: str, keep: str, storage_options: dict[str, Any] | None = None) -> str | None:
+    """Moves everything under ``out_uri`` except the folder ``keep`` to ``<out_uri>.<suffix>``,
+    file by file (never deleting what it cannot move); returns the archive's URI, or None
+    when there was nothing to move."""
+    fs, root = filesystem(out_uri, storage_options)
+    root = root.rstrip("/")
+    if not fs.exists(root):
+        return None
+    fs.invalidate_cache(root)
+    dest = f"{root}.{suffix}"
+    moved = 0
+    for p in sorted(fs.find(root)):
+        rel = p[len(root) + 1:]
+        if rel == keep or rel.startswith(keep.rstrip("/") + "/"):
+            continue
+        target = f"{dest}/{rel}"
+        if not _protocol_prefix(fs):
+            os.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        with_retries(lambda p=p, target=target: fs.mv(p, target), f"archive {p} to {target}")
+        moved += 1
+    return _protocol_prefix(fs) + dest if moved else None

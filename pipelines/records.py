@@ -5,12 +5,17 @@ from __future__ import annotations
 import pyarrow as pa
 
 STATUSES = ("ok", "skipped_budget", "error")
+# Why an error row failed: "row" (the row's own input: a null or over-long prompt, a generation
+# that failed for this row) or "job" (not the row: its part failed after retries, the engine
+# died, storage, the job's configuration). A part with "job" rows is redone on resume.
+ERROR_CAUSES = ("row", "job")
 
 OUTPUT_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("answer", pa.string()),
     pa.field("status", pa.string(), nullable=False),   # ok | skipped_budget | error
     pa.field("error", pa.string()),
+    pa.field("error_cause", pa.string()),              # row | job for error rows, else null
     pa.field("tier", pa.string()),
     pa.field("n_samples", pa.int32()),
     pa.field("prompt_tokens", pa.int64()),
@@ -39,10 +44,14 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 
 
-def empty_record(row_id: str, status: str, error: str | None = None, prompt_tokens: int | None = None) -> dict:
-    """A record for a row that produced no samples (budget skip or row error)."""
-    return {"id": row_id, "status": status, "error": error, "n_samples": 0,
-            "prompt_tokens": prompt_tokens, "output_tokens": 0, "cost": 0.0}
+def empty_record(row_id: str, status: str, error: str | None = None, prompt_tokens: int | None = None,
+                 cause: str = "row") -> dict:
+    """A record for a row that produced no samples (budget skip or row error); ``cause``
+    (``ERROR_CAUSES``) is recorded for error rows."""
+    if cause not in ERROR_CAUSES:
+        raise ValueError(f"error cause {cause!r} is not one of {ERROR_CAUSES}")
+    return {"id": row_id, "status": status, "error": error, "error_cause": cause if status == "error" else None,
+            "n_samples": 0, "prompt_tokens": prompt_tokens, "output_tokens": 0, "cost": 0.0}
 
 
 def to_table(records: list[dict]) -> pa.Table:

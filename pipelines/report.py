@@ -6,8 +6,12 @@ from collections import Counter
 
 
 def build_report(spec, summaries: list[dict], ledger: dict, n_rows: int, n_parts: int,
-                 resumed_parts: int, wall_s: float, generate_wall_s: float = 0.0) -> dict:
-    """Totals over every committed part (resumed ones included)."""
+                 resumed_parts: int, wall_s: float, generate_wall_s: float = 0.0,
+                 attempt: list[dict] | None = None, prior_spent: float = 0.0) -> dict:
+    """Totals over every committed part (resumed ones included), and ``this_attempt``: the
+    work of this invocation alone (``attempt``: the parts it committed; None: all of them),
+    which the throughput figures are of: a resumed run never reports the parts it found as
+    work it did."""
     status: Counter[str] = Counter()
     for s in summaries:
         status.update(s.get("status", {}))
@@ -30,13 +34,21 @@ def build_report(spec, summaries: list[dict], ledger: dict, n_rows: int, n_parts
         "output_tokens": tot["output_tokens"],
         "samples": tot["samples"],
         "wall_s": round(wall_s, 3),
-        "output_tokens_per_s": tot["output_tokens"] / wall_s if wall_s > 0 else None,
+        "output_tokens_per_s": None,  # this attempt's: see below
         # Time spent generating in this invocation (engines started, parts streaming).
         "generate_wall_s": round(generate_wall_s, 3),
         "part_seconds": round(gen_seconds, 3),
         "policy": spec.policy.model_dump(),
         "model": spec.model.path,
     }
+    attempt = summaries if attempt is None else attempt
+    new_tokens = sum(s.get("output_tokens", 0) for s in attempt)
+    report["this_attempt"] = {
+        "parts": len(attempt), "rows": sum(s.get("rows", 0) for s in attempt),
+        "output_tokens": new_tokens, "spent": max(0.0, spent - prior_spent), "wall_s": round(wall_s, 3),
+        "output_tokens_per_s": new_tokens / wall_s if wall_s > 0 and new_tokens else None,
+    }
+    report["output_tokens_per_s"] = report["this_attempt"]["output_tokens_per_s"]
     judged = [s for s in summaries if "judge_tokens" in s]
     if judged:  # an llm_judge verifier: its share of the spend (in `spent`) and why samples lack a verdict
         issues: Counter[str] = Counter()

@@ -112,6 +112,7 @@ class ReplicaActor:
 
         features = frame.select(pl.col(c).cast(pl.Float64).alias(k) for k, c in feats.items()).to_dicts() \
             if feats else [{}] * len(ids)
+        own_errors = errors
         try:
             scorer = self._scoring(cfg)
         except ValueError as exc:  # a judge this replica does not host: every row reports it
@@ -128,6 +129,9 @@ class ReplicaActor:
             recs = await asyncio.gather(*(rows.run(rid, p, e, f, t)
                                           for rid, p, e, f, t in zip(ids, prompts, errors, features, token_ids)))
             await client.drain()  # every settlement is in the ledger before the part commits
+        if scorer is None:  # the job's configuration failed these rows, not their input: redone on resume
+            for r, own in zip(recs, own_errors):
+                r["error_cause"] = r["error_cause"] if own else "job"
         for r, g in zip(recs, golds):
             if g is not None:  # rows without an answer (skipped, error) count as wrong
                 r["correct"] = r.get("answer") is not None and r["answer"] == g.strip()
