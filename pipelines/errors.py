@@ -12,9 +12,24 @@ class InputError(TierwiseError):
     unreadable path). Raised before any generation starts."""
 
 
+# Errors of a location that retrying cannot mend: no such bucket or path, access denied
+# (s3fs raises these for S3's NoSuchBucket and AccessDenied), as ``pipelines.io`` classes them.
+PERMANENT_STORAGE_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+
+
 class StorageError(TierwiseError):
     """Reading or writing a location failed (permissions, missing bucket, ...)."""
+
+    @property
+    def permanent(self) -> bool:
+        """Whether retrying cannot help (by the type of the error it was raised from)."""
+        return isinstance(self.__cause__, PERMANENT_STORAGE_ERRORS)
 
 
 class EngineError(TierwiseError):
     """The inference engine failed to start or serve a request."""
+
+
+class EngineDead(EngineError):
+    """The engine died (its process was killed, a CUDA error, OOM) and could not be
+    restarted in place: the replica is lost and its parts go to another one."""

@@ -9,6 +9,11 @@ A step verifier may also judge a trace while it is being generated: its prefix c
 ``g(prompt, text_so_far) -> bool`` turns False once no continuation can verify, and the
 sampler then stops that sample (``policy.abort_failed_steps``). ``arithmetic_steps`` has
 one; a user function offers one as its attribute ``prefix_ok``.
+
+The built-in verifiers (``INLINE_VERIFIERS``) are fast and run inline on the replica; a
+user's ``module:function`` runs off its event loop, in a bounded thread pool, within the
+job's ``verifier_timeout_s`` (``ray_cluster.scoring``): a call that times out (``TIMEOUT``)
+or raises (``ERROR``) scores null, counted in the row's ``verifier_issues``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from collections.abc import Callable
 
 Verifier = Callable[[str, str], float]
 PrefixCheck = Callable[[str, str], bool]
+
+INLINE_VERIFIERS = frozenset({"arithmetic_steps"})
+# Why a sample has no score of a pure verifier's (the row's ``verifier_issues``).
+TIMEOUT, ERROR = "timeout", "error"
 
 
 def make_verifier(name: str) -> Verifier:
