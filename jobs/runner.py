@@ -18,6 +18,7 @@ passes the budget.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -100,6 +101,7 @@ def job_context(spec: JobSpec):
         extractor=spec.answer_extractor, verifier=verifier, keep_samples=spec.output.keep_samples,
         seed=spec.sampling.seed, input_storage=spec.input.storage_options, output_storage=spec.output.storage_options,
         row_features=tuple(difficulty_columns(spec).items()), abort_failed_steps=aborts_failed_steps(spec),
+        verifier_timeout_s=spec.verifier_timeout_s,
     )
 
 
@@ -124,7 +126,8 @@ def start_pool(spec: JobSpec, address: str | None = None):
         judge = EngineSpec(jm, None, m.dtype, spec.sampling.seed, spec.verifier.engine_kwargs)
     return ReplicaPool(EngineSpec(m.path, m.max_model_len, m.dtype, spec.sampling.seed, m.engine_kwargs),
                        PoolConfig(r.count, r.num_cpus, r.num_gpus, r.max_part_retries,
-                                  max_rows_in_flight=r.max_rows_in_flight), judge)
+                                  max_rows_in_flight=r.max_rows_in_flight,
+                                  max_engine_restarts=r.max_engine_restarts), judge)
 
 
 def _check_pool(spec: JobSpec, pool) -> None:
@@ -234,13 +237,27 @@ class Session:
             on_done(_commit_failed_part(self.spec, part, reason))
 
         t0 = time.monotonic()
-        unsent = self.pool.run(self.job, self.ledger, parts, tier, on_done, on_failed,
-                               poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
-                               stopping=lambda: self.stopping or stop_when(), max_inflight=max_inflight,
-                               on_sent=on_sent, parts_per_replica=self.spec.replicas.parts_per_replica)
+        with self._saving_ledger(t0):
+            return self.pool.run(self.job, self.ledger, parts, tier, on_done, on_failed,
+                                 poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
+                                 stopping=lambda: self.stopping or stop_when(), max_inflight=max_inflight,
+                                 on_sent=on_sent, parts_per_replica=self.spec.replicas.parts_per_replica)
+
+    @contextlib.contextmanager
+    def _saving_ledger(self, t0: float):
+        """Saves the ledger after the pool's run, also when it stops the job (a storage error):
+        what the stopped parts spent is recorded for the resume, where it can be written."""
+        try:
+            yield
+        except BaseException:
+            self.generate_wall_s += time.monotonic() - t0
+            try:
+                self.save_ledger(force=True)
+            except Exception as exc:
+                log.error("cannot save the ledger (%s); a resume will not know the last spend", exc)
+            raise
         self.generate_wall_s += time.monotonic() - t0
         self.save_ledger(force=True)
-        return unsent
 
     def run_side_parts(self, parts: list[io.Part], tier: Callable[[], Tier], job,
                        stop_when: Callable[[], bool] = lambda: False,
@@ -260,12 +277,11 @@ class Session:
             log.warning("side part %d (%s) failed: %s", part.part_id, job.output_uri, reason)
 
         t0 = time.monotonic()
-        self.pool.run(job, self.ledger, parts, tier, on_done, on_failed,
-                      poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
-                      stopping=lambda: self.stopping or stop_when(),
-                      parts_per_replica=self.spec.replicas.parts_per_replica)
-        self.generate_wall_s += time.monotonic() - t0
-        self.save_ledger(force=True)
+        with self._saving_ledger(t0):
+            self.pool.run(job, self.ledger, parts, tier, on_done, on_failed,
+                          poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
+                          stopping=lambda: self.stopping or stop_when(),
+                          parts_per_replica=self.spec.replicas.parts_per_replica)
         return done
 
 

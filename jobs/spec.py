@@ -101,6 +101,10 @@ class ReplicaSpec(_Strict):
     start_timeout_s: float = Field(
         600, gt=0, description="most seconds to wait for the cluster to free or add (autoscaler) the replicas' "
                                "resources; replicas no node of the cluster can ever host are refused at once")
+    max_engine_restarts: int = Field(
+        2, ge=0, description="times a replica restarts its engine in place after it dies (EngineCore killed, "
+                             "a CUDA error or OOM) and re-sends its lost requests; past that the replica is "
+                             "replaced and its parts retried elsewhere")
 
 
 class SamplingSpec(_Strict):
@@ -431,6 +435,10 @@ class JobSpec(_Strict):
     answer_extractor: str = Field("full", description="arithmetic | regex:PATTERN | last_line | full")
     verifier: Verifier | None = Field(None, description="arithmetic_steps | module:function | "
                                       "{kind: llm_judge, mode: ..., ...} (see JudgeSpec)")
+    verifier_timeout_s: float = Field(
+        30.0, gt=0, description="seconds a module:function verifier's call may take (it runs off the replica's "
+                                "event loop); a call that times out or raises scores null, counted in the row's "
+                                "verifier_issues")
 
     @field_validator("verifier")
     @classmethod

@@ -14,8 +14,18 @@ class InputError(TierwiseError):
     as errors naming the file and row group."""
 
 
+# Errors of a location that retrying cannot mend: no such bucket or path, access denied
+# (s3fs raises these for S3's NoSuchBucket and AccessDenied), as ``pipelines.io`` classes them.
+PERMANENT_STORAGE_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+
+
 class StorageError(TierwiseError):
     """Reading or writing a location failed (permissions, missing bucket, ...)."""
+
+    @property
+    def permanent(self) -> bool:
+        """Whether retrying cannot help (by the type of the error it was raised from)."""
+        return isinstance(self.__cause__, PERMANENT_STORAGE_ERRORS)
 
 
 class EngineError(TierwiseError):
@@ -29,3 +39,6 @@ def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> st
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown {kind} {name!r}{hint}; valid: {', '.join(valid)}"
+class EngineDead(EngineError):
+    """The engine died (its process was killed, a CUDA error, OOM) and could not be
+    restarted in place: the replica is lost and its parts go to another one."""

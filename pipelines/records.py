@@ -26,6 +26,8 @@ OUTPUT_SCHEMA = pa.schema([
     # budget / too_long / error (score null), unparseable (score 0). See pipelines.judge.
     pa.field("judge_tokens", pa.int64()),
     pa.field("judge_issues", pa.map_(pa.string(), pa.int32())),
+    # A pure verifier's calls that gave no score, per reason: timeout / error (score null).
+    pa.field("verifier_issues", pa.map_(pa.string(), pa.int32())),
     pa.field("difficulty", pa.float64()),              # null until estimated
     pa.field("bucket", pa.int32()),
     pa.field("votes", pa.map_(pa.string(), pa.float64())),

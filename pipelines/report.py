@@ -55,6 +55,11 @@ def build_report(spec, summaries: list[dict], ledger: dict, n_rows: int, n_parts
         for s in judged:
             issues.update(s.get("judge_issues", {}))
         report["judge"] = {"tokens": sum(s["judge_tokens"] for s in judged), "issues": dict(issues)}
+    verifier_issues: Counter[str] = Counter()
+    for s in summaries:
+        verifier_issues.update(s.get("verifier_issues", {}))
+    if verifier_issues:  # a pure verifier's calls that timed out or raised (their scores are null)
+        report["verifier_issues"] = dict(verifier_issues)
     if tot["graded"]:
         report["accuracy"] = tot["correct"] / tot["graded"]
         report["graded_rows"] = tot["graded"]

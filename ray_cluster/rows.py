@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 from pipelines import records
 from pipelines.budget import DENIED
+from pipelines.errors import EngineDead
 from pipelines.tiers import RowState, Tier
-from ray_cluster.scoring import Scorer
+from ray_cluster.scoring import RowScorer, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +37,41 @@ class RowRunner:
         seed: the job's seed; cost_per_token: in the budget's unit; keep_samples: whether
             records keep the sampled texts; abort_failed_steps: stop samples at their first
             step the verifier's prefix check fails (when it has one).
+        halt: the job's stop flag (``.stopped``): once set, rows start no new round (their
+            records are never committed; ``ReplicaActor.halt``).
     """
 
     def __init__(self, engine, sem: asyncio.Semaphore, tier: Tier, ledger, scorer: Scorer, seed: int,
-                 cost_per_token: float, keep_samples: bool, abort_failed_steps: bool = False):
+                 cost_per_token: float, keep_samples: bool, abort_failed_steps: bool = False, halt=None):
         self.engine, self.sem, self.tier, self.ledger, self.scorer = engine, sem, tier, ledger, scorer
+        self.halt = halt if halt is not None else _NoHalt
         self.seed, self.cpt, self.keep_samples = seed, cost_per_token, keep_samples
         # A step verifier's check of unfinished traces: samples stop at their first failed step.
         self.prefix_ok = scorer.prefix_ok if abort_failed_steps else None
 
     async def run(self, row_id: str, prompt: str | None, error: str | None, features: dict[str, float | None],
                   token_ids: list[int] | None) -> dict:
-        """The row's output record (``pipelines.records``); raises only when the engine is lost."""
+        """The row's output record (``pipelines.records``).
+
+        A row that fails keeps what it spent (its record's tokens and cost are what the
+        ledger settled for it). Raises ``EngineDead`` only: the replica is lost, and the
+        pool retries the part elsewhere (its rows are never committed as errors)."""
         if error:
             return records.empty_record(row_id, "error", error)
+        spent = _Spent()
         async with self.sem:
+            if self.halt.stopped:
+                return spent.error_record(row_id, "the job stopped")
             try:
-                return await self._generate(row_id, prompt, features, token_ids)
+                return await self._generate(row_id, prompt, features, token_ids, spent)
+            except EngineDead:
+                raise
             except Exception as exc:
-                if self.engine.dead:
-                    raise  # the replica is lost: the pool retries the part elsewhere
                 log.exception("row %s failed", row_id)
-                return records.empty_record(row_id, "error", f"{type(exc).__name__}: {exc}")
+                return spent.error_record(row_id, f"{type(exc).__name__}: {exc}")
 
     async def _generate(self, row_id: str, prompt: str, features: dict[str, float | None],
-                        token_ids: list[int]) -> dict:
+                        token_ids: list[int], spent: _Spent) -> dict:
         engine, tier, ledger, cpt = self.engine, self.tier, self.ledger, self.cpt
         extract = self.scorer.extract
         n_prompt = len(token_ids)
@@ -68,15 +79,17 @@ class RowRunner:
         if n_prompt >= max_len:
             return records.empty_record(
                 row_id, "error", f"prompt has {n_prompt} tokens; the model's context is {max_len}", n_prompt)
-        state = RowState(row_id, n_prompt, features={k: v for k, v in features.items() if v is not None})
+        state = spent.state = RowState(row_id, n_prompt, features={k: v for k, v in features.items() if v is not None})
         cost, prompt_spent = 0.0, 0
         # A seed from the row id makes reruns reproducible whatever replica or part size
         # serves the row. vLLM seeds sample i of a request with seed + i, so each round
         # starts past the samples already drawn: every sample of the row has its own seed.
         seed = (self.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
-        scoring = self.scorer.for_row(row_id, prompt, seed, cpt)
+        scoring = spent.scoring = self.scorer.for_row(row_id, prompt, seed, cpt)
         keep_going = partial(self.prefix_ok, prompt) if self.prefix_ok else None
         while (asked := tier.next_request(state, seed + len(state.samples))) is not None:
+            if self.halt.stopped:
+                return spent.error_record(row_id, "the job stopped")
             requests = asked if isinstance(asked, list) else [asked]
             inputs = [len(engine.input_ids(token_ids, r)) for r in requests]  # prompt + prefix tokens
             requests = [_clip(r, k, max_len) for r, k in zip(requests, inputs)]
@@ -104,14 +117,11 @@ class RowRunner:
             await ledger.settle(worst, actual)
             cost += actual
             prompt_spent += sum(r.prompt_tokens for r in results)
+            spent.add(actual, results)
             if failed := next((o for o in outcomes if isinstance(o, BaseException)), None):
-                if engine.dead:
+                if isinstance(failed, EngineDead):
                     raise failed  # the replica is lost: the pool retries the part elsewhere
-                rec = records.empty_record(row_id, "error", f"generation failed: {failed}", prompt_spent)
-                return rec | {"n_samples": len(state.samples) + sum(len(r.samples) for r in results),
-                              "output_tokens": sum(s.output_tokens for s in state.samples)
-                              + sum(r.output_tokens for r in results),
-                              "cost": cost + scoring.cost} | scoring.columns()
+                return spent.error_record(row_id, f"generation failed: {failed}")
             # Verifiers score the whole trace: a request's prefix, then its sample. A judge's
             # requests reserve and settle their own cost (scoring.cost).
             scores = [await scoring.score([replace(s, text=q.prefix + s.text) for s in r.samples]
@@ -138,6 +148,36 @@ class RowRunner:
             "sample_mean_logprobs": [s.mean_logprob for s in samples],
             "samples": [s.text for s in samples] if self.keep_samples else None,
         }
+
+
+class _NoHalt:
+    stopped = False
+
+
+@dataclass
+class _Spent:
+    """What a row has spent so far (settled in the ledger), for the record of a row that fails
+    part way: its rounds' tokens and cost, its judge's share included."""
+
+    cost: float = 0.0
+    prompt_tokens: int = 0
+    n_samples: int = 0
+    output_tokens: int = 0
+    state: RowState | None = None
+    scoring: RowScorer | None = None
+
+    def add(self, cost: float, results) -> None:
+        self.cost += cost
+        self.prompt_tokens += sum(r.prompt_tokens for r in results)
+        self.n_samples += sum(len(r.samples) for r in results)
+        self.output_tokens += sum(r.output_tokens for r in results)
+
+    def error_record(self, row_id: str, error: str) -> dict:
+        rec = records.empty_record(row_id, "error", error, self.prompt_tokens if self.state else None)
+        if self.scoring is None:
+            return rec
+        return rec | {"n_samples": self.n_samples, "output_tokens": self.output_tokens,
+                      "cost": self.cost + self.scoring.cost} | self.scoring.columns()
 
 
 def _share(votes: dict[str, float], answer: str | None) -> float:

@@ -1,7 +1,9 @@
-"""Fault tests on the real stack: lost replicas, a killed driver, flaky S3.
+"""Fault tests on the real stack: lost replicas, a killed engine, a killed driver,
+flaky S3, an output made read-only, slow and broken verifiers.
 
 Each checks the output contract afterwards: every input id exactly once, and
-spend never above the budget.
+spend never above the budget (and, where no work is lost, the ledger's spend equal
+to the rows' costs).
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import polars as pl
 import pytest
 import yaml
 
-from jobs.runner import run_job
+from jobs.runner import run_job, start_pool
 from jobs.spec import parse_spec
 from pipelines import io
 from pipelines.errors import StorageError
 from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+from tests.support.slow_verifier import is_slow_row
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 from flaky_proxy import FlakyProxy  # noqa: E402
@@ -60,6 +63,24 @@ def data(tmp_path_factory):
     return path
 
 
+def _ledger_spent(out: Path) -> float:
+    return json.loads((out / "_tierwise" / "ledger.json").read_text())["spent"]
+
+
+def _kill_engine_core(pool, out: Path, after_parts: int, killed: list) -> threading.Thread:
+    """Kills (-9) the EngineCore process of the pool's first replica once ``after_parts``
+    parts are committed, as a CUDA error or the OOM killer would; the replica actor lives."""
+    def killer():
+        _wait_for_parts(out, after_parts)
+        info = next(iter(pool.info().values()))
+        for pid in info["engine_pids"]:
+            os.kill(pid, signal.SIGKILL)
+        killed.append(info)
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    return t
+
+
 def _wait_for_parts(out: Path, n: int, timeout: float = 300) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -89,6 +110,140 @@ def test_killed_replica_is_replaced_and_output_is_exactly_once(data, tmp_path, r
     assert_exactly_once(df, data)
     assert (df["status"] == "ok").all()
     assert report["spent"] <= 1e7 and report["complete"]
+
+
+@pytest.mark.slow
+def test_engine_core_killed_mid_job_is_restarted_and_its_rows_retried(data, tmp_path, ray_cluster, shared_pool):
+    """Issue 16, point 8: with the EngineCore killed mid-job, every row sent after it ended
+    `error` (EngineDeadError), exit 0. Now the replica restarts its engine in place and the
+    lost requests go again: every id once, no error row, and nothing spent twice."""
+    out = tmp_path / "out"
+    killed: list[dict] = []
+    t = _kill_engine_core(shared_pool, out, 2, killed)
+    report = run_job(parse_spec(spec_dict(data, out)), show_progress=False, pool=shared_pool)
+    t.join(timeout=5)
+    assert killed and killed[0]["engine_pids"], "the engine was never killed"
+    after = next(iter(shared_pool.info().values()))
+    assert after["pid"] == killed[0]["pid"]  # the same actor, a new engine
+    assert after["engine_restarts"] == killed[0]["engine_restarts"] + 1
+    assert not set(after["engine_pids"]) & set(killed[0]["engine_pids"])
+    df = pl.read_parquet(f"{out}/part-*.parquet")
+    assert_exactly_once(df, data)
+    assert (df["status"] == "ok").all() and report["complete"]
+    assert _ledger_spent(out) == pytest.approx(df["cost"].sum(), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_engine_that_cannot_restart_ends_its_replica_which_is_replaced(data, tmp_path, ray_cluster):
+    """The escalation of point 8: a replica out of engine restarts (here none are allowed)
+    ends itself; the pool replaces it and retries its parts, which end ok."""
+    out = tmp_path / "out"
+    spec = parse_spec(spec_dict(data, out, replicas={"max_engine_restarts": 0}) | {"model": {
+        "path": "embedded:tiny-adder", "max_model_len": 256}})
+    pool = start_pool(spec)
+    try:
+        killed: list[dict] = []
+        t = _kill_engine_core(pool, out, 2, killed)
+        report = run_job(spec, show_progress=False, pool=pool)
+        t.join(timeout=5)
+        assert killed, "the engine was never killed"
+        assert pool.replaced == 1 and next(iter(pool.info().values()))["pid"] != killed[0]["pid"]
+    finally:
+        pool.shutdown()
+    df = pl.read_parquet(f"{out}/part-*.parquet")
+    assert_exactly_once(df, data)
+    assert (df["status"] == "ok").all() and report["complete"]
+    # The lost part's finished rounds were spent (and reported before the replica ended).
+    part_cost = df.with_columns((pl.col("id").rank("ordinal") // 10).alias("p")).group_by("p").agg(pl.col("cost").sum())
+    assert df["cost"].sum() - 1e-6 <= _ledger_spent(out) <= df["cost"].sum() + part_cost["cost"].max()
+
+
+def _verifier_job(inp, out, verifier: str, **over) -> dict:
+    d = spec_dict(inp, out, replicas={"parts_per_replica": 4})
+    return d | {"verifier": verifier, "verifier_timeout_s": 0.5} | over
+
+
+@pytest.mark.slow
+def test_slow_verifier_cannot_stall_a_replica(data, tmp_path, ray_cluster, shared_pool):
+    """Issue 16, point 9: a verifier that sleeps 30 s made 6 rows take 237 s, its calls run one
+    after another on the replica's loop. Now they run on threads within verifier_timeout_s:
+    the job's wall stays within 2x of the same job with a fast verifier, and the slow calls
+    are recorded as timed out (score null) while the rows end ok."""
+    inp = data
+    slow_rows = {str(i) for i, p in pl.read_parquet(inp).select("id", "prompt").iter_rows() if is_slow_row(p)}
+    assert 2 <= len(slow_rows) <= 8  # their calls (n=2) all fit the replica's verifier threads
+    fast = run_job(parse_spec(_verifier_job(inp, tmp_path / "fast", "tests.support.slow_verifier:steps")),
+                   show_progress=False, pool=shared_pool)
+    slow = run_job(parse_spec(_verifier_job(inp, tmp_path / "slow", "tests.support.slow_verifier:sometimes_slow")),
+                   show_progress=False, pool=shared_pool)
+    assert slow["generate_wall_s"] < 2 * fast["generate_wall_s"], (slow["generate_wall_s"], fast["generate_wall_s"])
+    df = pl.read_parquet(f"{tmp_path}/slow/part-*.parquet")
+    assert (df["status"] == "ok").all()
+    timed_out = df.filter(pl.col("id").is_in(list(slow_rows)))
+    assert all(dict(v) == {"timeout": 2} for v in timed_out["verifier_issues"].to_list())
+    assert timed_out["verifier_scores"].list.eval(pl.element().is_null()).list.all().all()
+    rest = df.filter(~pl.col("id").is_in(list(slow_rows)))
+    assert rest["verifier_issues"].is_null().all() and rest["verifier_scores"].list.eval(
+        pl.element().is_not_null()).list.all().all()
+    assert slow["verifier_issues"] == {"timeout": 2 * len(slow_rows)}
+    assert _ledger_spent(tmp_path / "slow") == pytest.approx(df["cost"].sum(), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_broken_verifier_rows_keep_their_cost(tmp_path, ray_cluster, shared_pool):
+    """Issue 16, point 12: a verifier that raised left its row at cost 0 while its tokens were
+    spent (ledger 4,719 vs output 4,537). Now the scores are null (counted) and the row ends ok."""
+    inp = tmp_path / "in.parquet"
+    generate_dataset(20, DEMO_MIX, seed=6).write_parquet(inp)
+    out = tmp_path / "out"
+    report = run_job(parse_spec(_verifier_job(inp, out, "tests.support.slow_verifier:broken")), show_progress=False,
+                     pool=shared_pool)
+    df = pl.read_parquet(f"{out}/part-*.parquet")
+    assert (df["status"] == "ok").all() and (df["cost"] > 0).all()
+    assert report["verifier_issues"] == {"error": 40}
+    assert _ledger_spent(out) == pytest.approx(df["cost"].sum(), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_output_made_read_only_stops_the_job_at_once(data, tmp_path, ray_cluster, shared_pool):
+    """Issue 16, point 10: with the output made read-only after 2 parts, every part was
+    generated again on every retry (PermissionError is permanent) until the budget burned.
+    Now the first permanent write error stops the job (StorageError, exit 2) within one
+    part's spend, the ledger holds exactly the committed rows' cost plus that part's, and
+    the resume, once the output is writable, completes it."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (it makes a directory read-only even for root)")
+    subprocess.run(["chattr", "-i", str(probe)], check=True)
+    out = tmp_path / "out"
+    locked: list[float] = []
+
+    def lock():
+        _wait_for_parts(out, 2)
+        subprocess.run(["chattr", "+i", str(out)], check=True)  # no new file can land there
+        locked.append(time.monotonic())
+
+    t = threading.Thread(target=lock, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(StorageError, match="the job stopped at once") as err:
+            run_job(parse_spec(spec_dict(data, out)), show_progress=False, pool=shared_pool)
+        stopped_s = time.monotonic() - locked[0]
+    finally:
+        t.join(timeout=60)
+        subprocess.run(["chattr", "-i", str(out)], check=False)
+    assert "PermissionError" in str(err.value)
+    committed = io.committed_parts(str(out))
+    df = pl.read_parquet(f"{out}/part-*.parquet")
+    part_cost = max(s["cost"] for s in committed.values())
+    spent = _ledger_spent(out)
+    assert spent == pytest.approx(df["cost"].sum() + err.value.uncommitted_cost, rel=1e-9)
+    assert 0 < spent - df["cost"].sum() <= 1.5 * part_cost  # one part's spend, not the budget
+    assert stopped_s < 60
+    again = run_job(parse_spec(spec_dict(data, out)), show_progress=False, pool=shared_pool)
+    assert again["complete"] and again["resumed_parts"] == len(committed)
+    assert_exactly_once(pl.read_parquet(f"{out}/part-*.parquet"), data)
 
 
 @pytest.mark.slow

@@ -99,3 +99,81 @@ def test_samples_stop_at_their_first_failed_step(ray_cluster):
             else:
                 assert (b.text, b.output_tokens, b.finish_reason) == (a.text, a.output_tokens, a.finish_reason)
     assert stopped >= 16  # the 7- and 8-digit rows never verify: their samples stop early
+
+
+class _FlakyEngine:
+    """``VllmEngine``'s restart logic over a fake engine: ``deaths`` requests die (the engine
+    dead after each) before the engine serves again; ``start_fails`` makes restarts fail."""
+
+    @staticmethod
+    def make(max_restarts: int, deaths: int, start_fails: bool = False):
+        from pipelines.errors import EngineError
+        from pipelines.generation import GenResult, Sample
+        from ray_cluster.engine import EngineSpec, VllmEngine
+
+        class Flaky(VllmEngine):
+            alive, starts, served = True, 0, 0
+
+            @property
+            def dead(self):
+                return not self.alive
+
+            def start(self):
+                self.starts += 1
+                if start_fails:
+                    raise EngineError("no device")
+                self.alive = True
+
+            def _stop(self):
+                pass
+
+            async def _generate_once(self, request_id, ids, sampling, keep_going):
+                import asyncio
+                await asyncio.sleep(0.01)
+                if self.alive and self.deaths_left > 0:
+                    self.deaths_left -= 1
+                    self.alive = False
+                if not self.alive:
+                    raise RuntimeError("EngineDeadError")
+                self.served += 1
+                return GenResult(request_id, len(ids), [Sample(f"{request_id}:{sampling.seed}", 3)])
+
+        e = Flaky(EngineSpec("fake"), max_restarts)
+        e.deaths_left = deaths
+        return e
+
+
+def test_dead_engine_restarts_in_place_and_lost_requests_go_again():
+    """Issue 16, point 8: an engine killed mid-job failed every row sent after. Now the
+    requests in flight when it died wait for one restart and are sent again (same seeds)."""
+    import asyncio
+
+    from pipelines.generation import SamplingConfig
+
+    e = _FlakyEngine.make(max_restarts=2, deaths=1)
+
+    async def go():
+        return await asyncio.gather(*(e.generate(f"r{i}", [1, 2], SamplingConfig(seed=i)) for i in range(20)))
+    out = asyncio.run(go())
+    assert [o.samples[0].text for o in out] == [f"r{i}:{i}" for i in range(20)]
+    assert (e.restarts, e.starts, e.served) == (1, 1, 20)  # one restart for all the requests it lost
+
+
+def test_engine_out_of_restarts_or_failing_restart_is_engine_dead():
+    import asyncio
+
+    import pytest
+
+    from pipelines.errors import EngineDead
+    from pipelines.generation import SamplingConfig
+
+    for e, restarts in ((_FlakyEngine.make(max_restarts=1, deaths=2), 1),
+                        (_FlakyEngine.make(max_restarts=2, deaths=1, start_fails=True), 1)):
+        async def go(e=e):
+            return await asyncio.gather(*(e.generate(f"r{i}", [1], SamplingConfig()) for i in range(5)),
+                                        return_exceptions=True)
+        out = asyncio.run(go())
+        assert all(isinstance(o, EngineDead) for o in out) and e.restarts == restarts
+        with pytest.raises(EngineDead):  # and it stays dead: no restart per request
+            asyncio.run(e.generate("late", [1], SamplingConfig()))
+        assert e.restarts == restarts

@@ -26,7 +26,45 @@ def test_pure_verifier_scores_inline_and_spends_nothing():
                          [good, good.replace("A: 65", "A: 64"), "nonsense"])
     assert scores[0] == 1.0 and scores[1] < 1.0 and scores[2] == 0.0
     assert (row.tokens, row.cost) == (0, 0.0)
-    assert row.columns() == {"judge_tokens": None, "judge_issues": None}
+    assert row.columns() == {"judge_tokens": None, "judge_issues": None, "verifier_issues": None}
+
+
+def test_user_verifier_runs_off_the_event_loop_and_a_slow_call_times_out():
+    """Issue 16, point 9: a module:function verifier that sleeps made rows wait one call
+    after another on the replica's loop. Now its calls run on threads, each within the
+    timeout: the slow one scores null (counted), the others score, and the loop runs on."""
+    import time
+
+    scorer = Scorer(make_extractor("full"), "tests.support.slow_verifier:sleepy", timeout_s=0.3)
+    ticks = []
+
+    async def go():
+        async def ticker():
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.02)
+        t = asyncio.ensure_future(ticker())
+        row = scorer.for_row("r1", "p", seed=0, cost_per_token=1.0)
+        t0 = time.monotonic()
+        scores = await row.score([Sample("ok", 5), Sample("slow", 5), Sample("ok too", 5)], None)
+        t.cancel()
+        return scores, row, time.monotonic() - t0
+
+    scores, row, took = asyncio.run(go())
+    assert scores == [1.0, None, 1.0]
+    assert row.verifier_issues == {"timeout": 1} and row.columns()["verifier_issues"] == {"timeout": 1}
+    assert took < 1.5  # the timeout, not the 2 s sleep
+    assert max(b - a for a, b in zip(ticks, ticks[1:])) < 0.25  # the event loop never stalled
+
+
+def test_a_verifier_that_raises_scores_null_and_is_counted():
+    for name, inline in (("tests.support.slow_verifier:broken", False), ("arithmetic_steps", True)):
+        scorer = Scorer(make_extractor("arithmetic"), name, timeout_s=5)
+        assert scorer.inline is inline
+        if inline:
+            scorer.verify = lambda prompt, text: 1 / 0
+        scores, row = _score(scorer, "57+8=\n", ["a", "b"])
+        assert scores == [None, None] and row.verifier_issues == {"error": 2}
 
 
 def test_no_verifier_gives_null_scores():
