@@ -120,7 +120,7 @@ def test_a_different_job_is_refused_naming_the_change_and_overwrite_archives(tmp
         assert snapshot(out) == before  # nothing written, nothing spent
 
     refused(["--set", "policy.n=4"], "policy.n: 1 -> 4")
-    refused(["--set", "model.path=embedded:other"], "model.path: embedded:tiny-adder -> embedded:other")
+    refused(["--set", "model.path=models/tiny-adder"], "model.path: embedded:tiny-adder -> models/tiny-adder")
     refused(["--set", "sampling.temperature=0.2"], "sampling.temperature: 0.7 -> 0.2")
     original, stat = inp.read_bytes(), inp.stat()
     write_input(inp, rows=ROWS + 5)
