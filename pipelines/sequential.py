@@ -320,7 +320,8 @@ class SequentialRun:
 
     def details(self) -> dict:
         fin = [p for p in self.prices if math.isfinite(p)]
-        return {"slice_rows": self.slice_rows, "checker": bool(self.model and self.model.checker), "slice_depth": self.slice_depth, "parts": len(self.prices),
+        return {"slice_rows": self.slice_rows, "checker": bool(self.model and self.model.checker),
+                "slice_depth": self.slice_depth, "parts": len(self.prices),
                 "price_min": min(fin) if fin else None, "price_max": max(fin) if fin else None,
                 "stops": {r: int((self.stop_reason == r).sum()) for r in ("settled", "price", "cap", "budget")}}
 
@@ -360,10 +361,10 @@ def learn_model(slice_rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig
     return RowModel(checker, prior, mean_cost)
 
 
-def slice_model(rows: RowSamples, cfg: SequentialConfig) -> RowModel:
+def slice_model(has_verifier: bool) -> RowModel:
     """The model the slice itself runs with (before anything is learned): checker verdicts settle rows
     whenever the rows carry verifier scores, and the price is 0, so only settling stops them."""
-    return RowModel(rows.verifier_score is not None, None, 1.0)
+    return RowModel(has_verifier, None, 1.0)
 
 
 @dataclass
@@ -376,6 +377,13 @@ class Reference:
 
     def price(self, per_row: float) -> float:
         return solve_price(self.priority, self.cumcost, self.known, self.known, per_row)
+
+    def spend(self, price: float) -> float:
+        """Mean spend per row at ``price``."""
+        if len(self.priority) == 0:
+            return 0.0
+        n = draws_at_price(self.priority, price, self.known, self.known)
+        return float(self.cumcost[np.arange(len(n)), n].mean())
 
 
 def simulated_reference(model: RowModel, hints: np.ndarray | None, cfg: SequentialConfig, width: int,
@@ -396,17 +404,175 @@ def simulated_reference(model: RowModel, hints: np.ndarray | None, cfg: Sequenti
     return Reference(row_priority(rows, cfg, model), cum, np.full(m, width))
 
 
+@dataclass(frozen=True)
+class PartPlan:
+    """What one part's rows run with: sample while ``row_priority >= price`` and under ``cap``.
+
+    Attributes:
+        phase: ``slice`` (price 0, to the slice's depth) or ``main`` (priced).
+        expected: The pacer's expected spend of the part (the budget's unit).
+    """
+
+    phase: str
+    price: float
+    cap: int
+    model: RowModel
+    expected: float
+
+
+class Pacer:
+    """The job-level half of the sequential policy, driven part by part by a live job
+    (``jobs.sequential_driver``) and by replay (``sequential_draws``) in the same order of calls:
+    ``plan(key, rows)`` before a part is sent, ``observe(key, samples, drawn, spent)`` once it is done.
+
+    The slice's parts come first and one at a time (each planned from the costs the slice has measured so
+    far, the first from ``cost_guess``); the slice ends once it holds ``slice_plan``'s rows, and its samples
+    train the ``RowModel`` (checker prior, mean cost) and the reference trajectories. Every later part gets
+    the price at which the reference's expected spend per row fits the budget left over the rows left; the
+    budget left is the budget less what finished parts spent and what parts in flight are expected to.
+
+    Args:
+        rows: Rows the job has left to run.
+        budget: The budget they may spend.
+        cost_guess: Expected cost of one sample before any is measured.
+        has_verifier: Rows carry verifier scores.
+        max_width: Most samples a row can draw (replay: the table's width).
+    """
+
+    def __init__(self, rows: int, budget: float, cfg: SequentialConfig, cost_guess: float, has_verifier: bool,
+                 max_width: int | None = None, hints: bool = False):
+        self.cfg, self.budget, self.rows = cfg, float(budget), rows
+        self.width = min(cfg.max_samples, max_width or cfg.max_samples)
+        self.cost_guess, self.has_verifier = float(cost_guess), has_verifier
+        self.rows_sent, self.spent = 0, 0.0
+        self.in_flight: dict = {}  # key -> PartPlan
+        self.slice: list[tuple[RowSamples, np.ndarray]] = []
+        self.finished: list[tuple[RowSamples, np.ndarray]] = []
+        self.model: RowModel | None = None
+        self.ref: Reference | None = None
+        self.prices: list[float] = []
+        self.slice_rows, self.depth = 0, 1
+        self._slice_target()
+
+    # ------------------------------------------------------------------ the slice
+    def _first_cost(self) -> float:
+        firsts = [r.cost[:, 0][d > 0] for r, d in self.slice]
+        firsts = np.concatenate(firsts) if firsts else np.zeros(0)
+        return float(firsts.mean()) if firsts.size else self.cost_guess
+
+    def _slice_target(self) -> None:
+        c = self._first_cost()
+        self.slice_target, self.depth = slice_plan(self.rows, self.rows * c, c, self.budget, self.cfg, self.width)
+
+    @property
+    def in_slice(self) -> bool:
+        """The next part is a slice part (sent alone: the slice's depth follows its measured costs)."""
+        return self.model is None and self.slice_target > 0 and self.rows_sent < self.slice_target
+
+    def _end_slice(self) -> None:
+        """Learns the row model and the reference trajectories from the slice's samples."""
+        if not self.slice:
+            self.model, self.ref = RowModel(), None
+            return
+        rows, drawn = concat_rows([r for r, _ in self.slice]), np.concatenate([d for _, d in self.slice])
+        self.model = learn_model(rows, drawn, self.cfg)
+        self.ref = Reference(row_priority(rows, self.cfg, self.model), _cumcost(rows), drawn)
+        self._slice_hints = rows.hint
+
+    # ------------------------------------------------------------------ per part
+    def plan(self, key, n_rows: int) -> PartPlan:
+        """The plan of the next part (``key``, ``n_rows`` rows), counted as in flight."""
+        if self.in_slice:
+            self._slice_target()
+            plan = PartPlan("slice", 0.0, self.depth, slice_model(self.has_verifier),
+                            n_rows * self.depth * self._first_cost())
+        else:
+            if self.model is None:
+                self._end_slice()
+            plan = self._priced(n_rows)
+        self.prices.append(plan.price)
+        self.in_flight[key] = plan
+        self.rows_sent += n_rows
+        return plan
+
+    def _priced(self, n_rows: int) -> PartPlan:
+        if self.ref is None:  # no slice (the budget buys no second samples): first samples only
+            return PartPlan("main", math.inf, 1, self.model, n_rows * self._first_cost())
+        model, ref = self.model, self.ref
+        if model.checker:  # the prior, refit on every row finished so far, prices the rest
+            done = concat_rows([r for r, _ in self.finished])
+            drawn = np.concatenate([d for _, d in self.finished])
+            model = self.model = replace(model, prior=fit_prior(verdict_counts(done, drawn, self.cfg), drawn, done.hint))
+            ref = simulated_reference(model, self._slice_hints, self.cfg, self.width)
+            cap = self.width
+        else:
+            cap = self.depth
+        left = self.budget - self.spent - sum(p.expected for p in self.in_flight.values())
+        rows_left = max(self.rows - self.rows_sent, n_rows)
+        price = ref.price(max(left, 0.0) / rows_left)
+        return PartPlan("main", price, cap, model, n_rows * ref.spend(price))
+
+    def observe(self, key, rows: RowSamples, drawn: np.ndarray, spent: float) -> None:
+        """A part is done: its rows' samples (``drawn`` each) and what it spent."""
+        plan = self.in_flight.pop(key)
+        self.spent += spent
+        self.finished.append((rows, np.asarray(drawn)))
+        if plan.phase == "slice":
+            self.slice.append((rows, np.asarray(drawn)))
+
+    def details(self) -> dict:
+        fin = [p for p in self.prices if math.isfinite(p)]
+        return {"slice_rows": sum(len(d) for _, d in self.slice), "slice_depth": self.depth,
+                "checker": bool(self.model and self.model.checker), "parts": len(self.prices),
+                "price_min": min(fin) if fin else None, "price_max": max(fin) if fin else None}
+
+
+def concat_rows(parts: list[RowSamples]) -> RowSamples | None:
+    """Rows of several parts as one ``RowSamples`` (narrower ones padded: no sample, cost 0)."""
+    if not parts:
+        return None
+    width = max(r.codes.shape[1] for r in parts)
+
+    def pad(a, fill):
+        return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
+
+    ver = None if any(r.verifier_score is None for r in parts) else \
+        np.concatenate([pad(r.verifier_score, np.nan) for r in parts])
+    hint = None if any(r.hint is None for r in parts) else np.concatenate([r.hint for r in parts])
+    return RowSamples(np.concatenate([pad(r.codes, -1) for r in parts]),
+                      np.concatenate([pad(r.valid, False) for r in parts]),
+                      np.concatenate([pad(r.cost, 0.0) for r in parts]),
+                      [i for r in parts for i in r.row_ids], ver, hint)
+
+
+def _cumcost(rows: RowSamples) -> np.ndarray:
+    return np.concatenate([np.zeros((len(rows.row_ids), 1)), np.cumsum(rows.cost, axis=1)], axis=1)
+
+
+def run_part(rows: RowSamples, plan: PartPlan, cfg: SequentialConfig, n_available: np.ndarray) -> np.ndarray:
+    """[rows] samples each row of a part draws under ``plan`` (what live rows decide one sample at a time)."""
+    return draws_at_price(row_priority(rows, cfg, plan.model), plan.price, plan.cap, n_available)
+
+
 def sequential_draws(rows: RowSamples, cumcost: np.ndarray, n_available: np.ndarray, budget: float,
-                     order: np.ndarray, cfg: SequentialConfig) -> SequentialRun:
-    """Replays the sequential policy over recorded rows, parts in ``order`` as a job sends them: the
-    slice first (price 0, to its depth), then parts priced from the slice by ``solve_price``.
+                     order: np.ndarray, cfg: SequentialConfig, parts: list[np.ndarray] | None = None,
+                     events: list[tuple[str, int]] | None = None, in_flight: int = 1,
+                     cost_guess: float | None = None) -> SequentialRun:
+    """Replays the sequential policy over recorded rows, parts sent and finished as a job sends them:
+    the ``Pacer`` plans each part, ``run_part`` decides its rows, the ledger's refusals trim them.
 
     Args:
         rows: The recorded samples.
         cumcost: [rows, samples + 1] cumulative cost of the first k samples, in the budget's unit.
         n_available: [rows] samples recorded per row.
         budget: Total budget; never exceeded.
-        order: Processing order (a permutation of row indices).
+        order: Processing order (a permutation of row indices); cut into parts of ``pacing_rows``
+            unless ``parts`` gives them (row indices per part, in sending order).
+        events: A live job's sequence of ``("send", part)`` / ``("done", part)`` (part: index into
+            ``parts``) to replay exactly; else each part is done once ``in_flight`` later ones are sent
+            (slice parts one at a time, as live).
+        cost_guess: The pacer's cost of a sample before any is measured (live: the job's guess; default:
+            the mean first sample's cost, as measured).
 
     Returns:
         SequentialRun.
@@ -418,41 +584,54 @@ def sequential_draws(rows: RowSamples, cumcost: np.ndarray, n_available: np.ndar
         fits = np.cumsum(first[order]) <= budget
         drawn[order[fits]] = np.minimum(1, n_available[order[fits]])
         return SequentialRun(drawn, [math.inf], 0, 1, None, np.full(q, "budget", dtype=object))
-    n_s, depth = slice_plan(q, float(first.sum()), float(first.mean()), budget, cfg, width)
-    left, prices, lam = float(budget), [], np.full(q, math.inf)
-    model, cap = RowModel(), np.full(q, min(cfg.max_samples, width))
-    sl, rest = order[:n_s], order[n_s:]
-    if n_s:
-        s_rows = _take(rows, sl)
-        n_sl = draws_at_price(row_priority(s_rows, cfg, slice_model(s_rows, cfg)), 0.0, depth, n_available[sl])
-        drawn[sl] = _fit_budget(n_sl, cumcost[sl], left - first[rest].sum())
-        left -= float(cumcost[sl, drawn[sl]].sum())
-        model = learn_model(s_rows, drawn[sl], cfg)
-        prices.append(0.0)
-        lam[sl], cap[:] = 0.0, depth
-    pri = row_priority(rows, cfg, model)
-    ref = Reference(pri[sl], cumcost[sl], drawn[sl])
-    if model.checker:
-        cap[:] = min(cfg.max_samples, width)
-    step = pacing_rows(q, cfg)
-    for lo in range(0, len(rest), step):
-        part, after = rest[lo:lo + step], rest[lo + step:]
-        if model.checker and n_s:  # the prior, refit on every row finished so far, prices the rest
-            done = order[: n_s + lo]
-            model = replace(model, prior=fit_prior(verdict_counts(_take(rows, done), drawn[done], cfg), drawn[done],
-                                                   None if rows.hint is None else rows.hint[done]))
-            pri[part] = row_priority(_take(rows, part), cfg, model)
-            ref = simulated_reference(model, None if rows.hint is None else rows.hint[sl], cfg, int(cap[0]))
-        price = ref.price(left / (len(rest) - lo)) if n_s else math.inf
-        prices.append(price)
-        lam[part] = price
-        n_p = draws_at_price(pri[part], price, cap[part], n_available[part])
-        drawn[part] = _fit_budget(n_p, cumcost[part], left - first[after].sum())
-        left -= float(cumcost[part, drawn[part]].sum())
-    if n_s:  # the slice's own decisions were made with the slice model
-        pri[sl] = row_priority(_take(rows, sl), cfg, slice_model(_take(rows, sl), cfg))
+    parts = parts if parts is not None else [order[i:i + pacing_rows(q, cfg)]
+                                             for i in range(0, q, pacing_rows(q, cfg))]
+    guess = float(first.mean()) if cost_guess is None else cost_guess
+    pacer = Pacer(q, budget, cfg, guess, rows.verifier_score is not None, width)
+    lam, cap = np.full(q, math.inf), np.full(q, 1)
+    pri = np.full((q, width), -np.inf)
+    spent, sent = 0.0, set()
+    later_first = np.concatenate([np.cumsum(first[np.concatenate(parts)][::-1])[::-1][1:], [0.0]])
+    offset = np.cumsum([0] + [len(p) for p in parts])
+
+    def send(i: int) -> None:
+        nonlocal spent
+        idx = parts[i]
+        plan = pacer.plan(i, len(idx))
+        part_rows = _take(rows, idx)
+        n = run_part(part_rows, plan, cfg, n_available[idx])
+        # The ledger's refusals: first samples of the rows still to come are not spent here.
+        n = _fit_budget(n, cumcost[idx], budget - spent - later_first[offset[i + 1] - 1])
+        drawn[idx], lam[idx], cap[idx] = n, plan.price, plan.cap
+        pri[idx] = row_priority(part_rows, cfg, plan.model)
+        spent += float(cumcost[idx, n].sum())
+        sent.add(i)
+
+    def done(i: int) -> None:
+        idx = parts[i]
+        pacer.observe(i, _take(rows, idx), drawn[idx], float(cumcost[idx, drawn[idx]].sum()))
+
+    if events is None:
+        events = _pool_events(len(parts), pacer, in_flight, send, done)
+    for kind, i in events:
+        (send if kind == "send" else done)(i)
     reason = stop_reasons(pri, drawn, lam, np.minimum(np.minimum(cap, n_available), width))
-    return SequentialRun(drawn, prices, n_s, depth, model, reason)
+    return SequentialRun(drawn, pacer.prices, pacer.details()["slice_rows"], pacer.depth, pacer.model, reason)
+
+
+def _pool_events(n_parts: int, pacer: Pacer, in_flight: int, send, done) -> list:
+    """Runs the parts as a pool sends them (calling ``send`` / ``done``; returns no further events):
+    in order, at most ``in_flight`` at a time; a slice part, and the first priced part, wait until every
+    part in flight is done (the slice's parts go one at a time and end before any price is set)."""
+    flying: list[int] = []
+    for i in range(n_parts):
+        while flying and (pacer.in_slice or pacer.model is None or len(flying) >= in_flight):
+            done(flying.pop(0))
+        send(i)
+        flying.append(i)
+    for i in flying:
+        done(i)
+    return []
 
 
 def _take(rows: RowSamples, idx: np.ndarray) -> RowSamples:
