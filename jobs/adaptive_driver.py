@@ -97,7 +97,7 @@ class AdaptiveDriver:
             enough = self.pol.calibration_rows is not None and sum(d["rows"] for d in done) >= self.pol.calibration_rows
             return enough or spent + per_part > cal_cap
 
-        session.run_parts(todo, tier=lambda: self.calibration_tier, stop_when=calibration_full, max_inflight=1)
+        session.run_parts(todo, tier=lambda _part: self.calibration_tier, stop_when=calibration_full, max_inflight=1)
         main = [p for p in self.parts if p.part_id not in session.summaries]
         if session.stopping:
             return len(main)
@@ -146,7 +146,7 @@ class AdaptiveDriver:
                     current[0] = self._adaptive_tier(self._plan(session, unsent, in_flight=in_flight_tokens))
                     self.replans += 1
 
-        unsent = session.run_parts(main, tier=lambda: current[0], on_part=on_part, on_sent=on_sent)
+        unsent = session.run_parts(main, tier=lambda _part: current[0], on_part=on_part, on_sent=on_sent)
         self.report["adaptive"] |= {"replans": self.replans}
         return unsent
 

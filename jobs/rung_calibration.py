@@ -101,7 +101,7 @@ def calibrate_rungs(spec: JobSpec, session, cal_parts: list[io.Part], samples: p
 
         if todo and not full():
             job = replace(session.job, output_uri=out, keep_samples=False)
-            session.run_side_parts(todo, lambda tier=tier: tier, job, stop_when=full,
+            session.run_side_parts(todo, lambda _part, tier=tier: tier, job, stop_when=full,
                                    on_part=lambda s, costs=costs: costs.append(s["cost"]))
         spent += sum(costs)
         output = io.read_output(out, so) if costs else pl.DataFrame()

@@ -221,7 +221,7 @@ class Session:
             self._last_save = time.monotonic()
         return self.snapshot
 
-    def run_parts(self, parts: list[io.Part], tier: Callable[[], Tier],
+    def run_parts(self, parts: list[io.Part], tier: Callable[[io.Part], Tier],
                   stop_when: Callable[[], bool] = lambda: False,
                   on_part: Callable[[dict], None] | None = None, max_inflight: int | None = None,
                   on_sent: Callable[[io.Part], None] | None = None) -> int:
@@ -259,7 +259,7 @@ class Session:
         self.generate_wall_s += time.monotonic() - t0
         self.save_ledger(force=True)
 
-    def run_side_parts(self, parts: list[io.Part], tier: Callable[[], Tier], job,
+    def run_side_parts(self, parts: list[io.Part], tier: Callable[[io.Part], Tier], job,
                        stop_when: Callable[[], bool] = lambda: False,
                        on_part: Callable[[dict], None] | None = None) -> dict[int, dict]:
         """Streams parts that are not the job's rows (the adaptive ladder's rung calibration) through the
@@ -338,7 +338,11 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
     if todo and prior_spent >= spec.budget.amount:  # nothing left to spend: no engine starts
         summaries |= preflight.commit_skipped(spec, todo)
     elif todo:
-        if spec.policy.kind == "adaptive":
+        if spec.policy.kind == "adaptive" and spec.policy.planner == "sequential":
+            from jobs.sequential_driver import SequentialDriver
+
+            driver = SequentialDriver(spec, parts, done)
+        elif spec.policy.kind == "adaptive":
             from jobs.adaptive_driver import AdaptiveDriver
 
             driver = AdaptiveDriver(spec, parts, done)
@@ -347,7 +351,7 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
             tier = policy_tier(spec.policy, spec.sampling)
         with Session(spec, start.n_rows, done, prior_spent, address, show_progress, pool, lease) as session:
             if driver is None:
-                unsent = session.run_parts(todo, lambda: tier)
+                unsent = session.run_parts(todo, lambda _part: tier)
             else:
                 unsent = driver.run(session)
                 extra = driver.report

@@ -221,6 +221,11 @@ class AdaptivePolicy(_Strict):
     job's ``verifier``, which it requires)."""
 
     kind: Literal["adaptive"] = "adaptive"
+    planner: Literal["sequential", "calibrated"] = Field(
+        "calibrated", description="sequential: the label-free sequential policy (pipelines.sequential; rows "
+        "sample one at a time while their gain per cost clears a price the pacer sets per part), the one "
+        "`tierwise replay` runs; calibrated: a gold-calibrated plan of buckets and stop rules (needed for "
+        "ladder rungs, calibration_from and learned difficulty models)")
     objective: Literal["accuracy", "coverage", "verified_yield"] = "accuracy"
     yield_cap: int = Field(4, ge=1, description="verified_yield: verified samples worth keeping per row "
                                                 "(score min(verified, cap) / cap); other objectives ignore it")

@@ -436,13 +436,11 @@ class Pacer:
         budget: The budget they may spend.
         cost_guess: Expected cost of one sample before any is measured.
         has_verifier: Rows carry verifier scores.
-        max_width: Most samples a row can draw (replay: the table's width).
     """
 
-    def __init__(self, rows: int, budget: float, cfg: SequentialConfig, cost_guess: float, has_verifier: bool,
-                 max_width: int | None = None, hints: bool = False):
+    def __init__(self, rows: int, budget: float, cfg: SequentialConfig, cost_guess: float, has_verifier: bool):
         self.cfg, self.budget, self.rows = cfg, float(budget), rows
-        self.width = min(cfg.max_samples, max_width or cfg.max_samples)
+        self.width = cfg.max_samples  # (replay: rows run out of recorded samples before, as live rows never do)
         self.cost_guess, self.has_verifier = float(cost_guess), has_verifier
         self.rows_sent, self.spent = 0, 0.0
         self.in_flight: dict = {}  # key -> PartPlan
@@ -463,6 +461,8 @@ class Pacer:
     def _slice_target(self) -> None:
         c = self._first_cost()
         self.slice_target, self.depth = slice_plan(self.rows, self.rows * c, c, self.budget, self.cfg, self.width)
+        if self.slice_target == 0 and not self.slice:  # from a guess alone: a first part measures the costs
+            self.slice_target, self.depth = 1, 2
 
     @property
     def in_slice(self) -> bool:
@@ -519,6 +519,14 @@ class Pacer:
         self.finished.append((rows, np.asarray(drawn)))
         if plan.phase == "slice":
             self.slice.append((rows, np.asarray(drawn)))
+            self._slice_target()  # from the costs measured so far
+
+    def absorb(self, rows: RowSamples, drawn: np.ndarray) -> None:
+        """Rows an earlier attempt finished (a resumed job): they train the model as the slice's rows
+        do, and no slice is run."""
+        self.slice.append((rows, np.asarray(drawn)))
+        self.finished.append((rows, np.asarray(drawn)))
+        self.slice_target = 0
 
     def details(self) -> dict:
         fin = [p for p in self.prices if math.isfinite(p)]
@@ -587,7 +595,7 @@ def sequential_draws(rows: RowSamples, cumcost: np.ndarray, n_available: np.ndar
     parts = parts if parts is not None else [order[i:i + pacing_rows(q, cfg)]
                                              for i in range(0, q, pacing_rows(q, cfg))]
     guess = float(first.mean()) if cost_guess is None else cost_guess
-    pacer = Pacer(q, budget, cfg, guess, rows.verifier_score is not None, width)
+    pacer = Pacer(q, budget, cfg, guess, rows.verifier_score is not None)
     lam, cap = np.full(q, math.inf), np.full(q, 1)
     pri = np.full((q, width), -np.inf)
     spent, sent = 0.0, set()
@@ -615,7 +623,7 @@ def sequential_draws(rows: RowSamples, cumcost: np.ndarray, n_available: np.ndar
         events = _pool_events(len(parts), pacer, in_flight, send, done)
     for kind, i in events:
         (send if kind == "send" else done)(i)
-    reason = stop_reasons(pri, drawn, lam, np.minimum(np.minimum(cap, n_available), width))
+    reason = stop_reasons(pri, drawn, lam, cap, np.minimum(np.minimum(cap, n_available), width))
     return SequentialRun(drawn, pacer.prices, pacer.details()["slice_rows"], pacer.depth, pacer.model, reason)
 
 
@@ -660,12 +668,13 @@ def _fit_budget(n: np.ndarray, cumcost: np.ndarray, allowed: float) -> np.ndarra
     return out
 
 
-def stop_reasons(pri: np.ndarray, drawn: np.ndarray, lam: np.ndarray, cap: np.ndarray) -> np.ndarray:
-    """Why each row stopped: ``settled`` (verified / yield met), ``price`` (its priority fell below the
-    price), ``cap``, or ``budget`` (the ledger refused more)."""
+def stop_reasons(pri: np.ndarray, drawn: np.ndarray, lam: np.ndarray, cap: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """Why each row stopped, as live rows say it: ``settled`` (verified / yield met), ``cap`` (the plan's
+    cap, or no more recorded samples: ``limit``), ``price`` (its priority fell below the price), or
+    ``budget`` (the ledger refused more)."""
     last = pri[np.arange(len(drawn)), np.maximum(drawn - 1, 0)]
     out = np.full(len(drawn), "budget", dtype=object)
-    out[drawn >= cap] = "cap"
+    out[drawn >= limit] = "cap"
     out[(drawn < cap) & (last < lam)] = "price"
     out[(drawn > 0) & np.isneginf(last)] = "settled"
     out[drawn == 0] = "budget"

@@ -107,7 +107,7 @@ class ReplicaPool:
         new = self._spawn()
         self.rows_in_flight[new] = ray.get(self.actors[new].start.remote())["max_rows_in_flight"]
 
-    def run(self, job: JobContext, ledger, parts: Iterable[Part], tier: Callable[[], object],
+    def run(self, job: JobContext, ledger, parts: Iterable[Part], tier: Callable[[Part], object],
             on_done: Callable[[dict], None], on_failed: Callable[[Part, str], None],
             poll: Callable[[], None] | None = None, stopping: Callable[[], bool] = lambda: False,
             max_inflight: int | None = None, on_sent: Callable[[Part], None] | None = None,
@@ -115,7 +115,7 @@ class ReplicaPool:
         """Processes ``parts`` of ``job``; calls ``on_done(summary)`` per committed part
         and ``on_failed(part, reason)`` for a part whose retries are exhausted.
 
-        ``tier()`` is the row program sent with each part (the runner may re-plan
+        ``tier(part)`` is the row program sent with the part (the runner may re-plan
         between parts); ``on_sent(part)`` follows each send (a retry is a send too).
         Once ``stopping()`` is true no new part is sent and the parts in flight drain
         (finish and commit). ``max_inflight`` caps the parts in flight across the pool
@@ -149,7 +149,7 @@ class ReplicaPool:
                 while queue and takes_part(held, self.rows_in_flight[name], parts_per_replica) and (
                         max_inflight is None or len(inflight) < max_inflight) and not stopped():
                     part, tries = queue.popleft()
-                    ref = self.actors[name].process_part.remote(part, job, tier(), ledger)
+                    ref = self.actors[name].process_part.remote(part, job, tier(part), ledger)
                     inflight[ref] = (name, part, tries)
                     held.append(part.length)
                     if on_sent is not None:
