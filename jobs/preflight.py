@@ -187,10 +187,11 @@ def _stop_on_signal(what: str):
 
 # ---------------------------------------------------------------- nothing left to spend
 
-def commit_skipped(spec: JobSpec, parts: list[io.Part]) -> dict[int, dict]:
+def commit_skipped(spec: JobSpec, parts: list[io.Part], lost: dict[int, float] | None = None) -> dict[int, dict]:
     """Commits ``parts`` from the driver, every row ``skipped_budget`` (cost 0, ``correct`` false where
     a gold column grades it, ``prompt_tokens`` null: no tokenizer ran): the budget left is zero, so
-    no engine starts. Each part commits atomically as the replicas' do; returns their summaries.
+    no engine starts. Each part commits atomically as the replicas' do, carrying what earlier lost
+    attempts at it spent (``lost``, by part id: ``lost_cost``); returns their summaries.
     """
     import polars as pl
 
@@ -205,7 +206,7 @@ def commit_skipped(spec: JobSpec, parts: list[io.Part]) -> dict[int, dict]:
         if inp.gold_column:  # as a replica grades a row without an answer: wrong
             for rec, gold in zip(recs, frame[inp.gold_column].to_list()):
                 rec["correct"] = False if gold is not None else None
-        table = records.to_table(recs)
+        table = records.with_lost_cost(records.to_table(recs), (lost or {}).get(part.part_id, 0.0))
         done[part.part_id] = summarize(part.part_id, table, 0.0)
         io.write_part(table, spec.output.path, part.part_id, done[part.part_id], spec.output.storage_options)
     return done

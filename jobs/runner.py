@@ -13,7 +13,9 @@ whose rows failed for a job-level cause, is redone). One driver writes an output
 time (``pipelines.lease``). The budget survives crashes: ``_tierwise/ledger.json``
 records everything spent so far, including work of parts that never committed (it
 was spent); a resumed run starts its ledger there, so the total across attempts never
-passes the budget.
+passes the budget. It keeps the spend per part too: a part redone after a lost attempt
+(a replica lost mid-part, a killed driver) carries that attempt's spend in its rows
+(``lost_cost``, part of ``cost``), so the output's costs add up to the ledger's spend.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Callable
 
 from jobs import preflight, resume
 from jobs.progress import Progress
-from jobs.resume import LEDGER_FILE, JobChanged  # noqa: F401  (JobChanged: re-exported for callers)
+from jobs.resume import LEDGER_FILE, JobChanged, ledger_record  # noqa: F401  (JobChanged: re-exported for callers)
 from jobs.spec import (
     JobSpec,
     JudgeSpec,
@@ -40,7 +42,7 @@ from jobs.spec import (
 )
 from pipelines import io, records
 from pipelines.budget import cost_per_token
-from pipelines.errors import TierwiseError
+from pipelines.errors import StartInterrupted, TierwiseError
 from pipelines.lease import LeaseLost, OutputLease, OutputLeased  # noqa: F401  (OutputLeased: re-exported)
 from pipelines.report import breakdown, build_report
 from pipelines.search import SearchTier
@@ -111,10 +113,11 @@ def judge_model(spec: JobSpec) -> str | None:
     return v.model if isinstance(v, JudgeSpec) and v.model not in (None, spec.model.path) else None
 
 
-def start_pool(spec: JobSpec, address: str | None = None):
+def start_pool(spec: JobSpec, address: str | None = None, stopping: Callable[[], bool] = lambda: False):
     """Starts the spec's replicas (engines built inside the workers; with a judge model
     of its own, a second engine on each). Pass the pool to several ``run_job`` calls
-    with the same model (and judge model) to start engines once."""
+    with the same model (and judge model) to start engines once. ``stopping()`` true
+    while the engines start stops them (``StartInterrupted``)."""
     from ray_cluster.cluster import connect
     from ray_cluster.engine import EngineSpec
     from ray_cluster.pool import PoolConfig, ReplicaPool
@@ -127,7 +130,7 @@ def start_pool(spec: JobSpec, address: str | None = None):
     return ReplicaPool(EngineSpec(m.path, m.max_model_len, m.dtype, spec.sampling.seed, m.engine_kwargs),
                        PoolConfig(r.count, r.num_cpus, r.num_gpus, r.max_part_retries,
                                   max_rows_in_flight=r.max_rows_in_flight,
-                                  max_engine_restarts=r.max_engine_restarts), judge)
+                                  max_engine_restarts=r.max_engine_restarts), judge, stopping)
 
 
 def _check_pool(spec: JobSpec, pool) -> None:
@@ -168,7 +171,8 @@ class Session:
     and the summaries of committed parts."""
 
     def __init__(self, spec: JobSpec, n_rows: int, committed: dict[int, dict], prior_spent: float,
-                 address: str | None, show_progress: bool, pool=None, lease: OutputLease | None = None):
+                 address: str | None, show_progress: bool, pool=None, lease: OutputLease | None = None,
+                 prior_parts: dict[int, float] | None = None):
         from ray_cluster.cluster import connect
         from ray_cluster.ledger import BudgetLedger
 
@@ -178,7 +182,8 @@ class Session:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         here = self.ray.get_runtime_context().get_node_id()
         self.ledger = BudgetLedger.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(spec.budget.amount, prior_spent)
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
+            spec.budget.amount, prior_spent, {spec.output.path: prior_parts or {}})
         self.progress = Progress(n_rows, spec.budget.amount, spec.budget.unit, done=committed.values(),
                                  enabled=show_progress)
         self.pool, self._own_pool = pool, pool is None
@@ -195,7 +200,7 @@ class Session:
         self.stop.__enter__()
         try:
             if self.pool is None:
-                self.pool = start_pool(self.spec)
+                self.pool = start_pool(self.spec, stopping=lambda: self.stopping)
         except BaseException:  # refused, interrupted or failed to start: the ledger and handlers go too
             self.__exit__(None, None, None)
             raise
@@ -216,8 +221,10 @@ class Session:
     def save_ledger(self, force: bool = False) -> dict:
         self.snapshot = self.ray.get(self.ledger.snapshot.remote())
         if force or time.monotonic() - self._last_save > LEDGER_SAVE_EVERY_S:
-            io.write_json({"spent": self.snapshot["spent"], "budget": self.snapshot["budget"]},
-                          self.spec.output.path, LEDGER_FILE, self.spec.output.storage_options)
+            out = self.spec.output.path
+            parts = self.ray.get(self.ledger.part_spend.remote(out))
+            io.write_json(ledger_record(self.snapshot["spent"], self.snapshot["budget"], parts), out, LEDGER_FILE,
+                          self.spec.output.storage_options)
             self._last_save = time.monotonic()
         return self.snapshot
 
@@ -234,7 +241,8 @@ class Session:
                 on_part(summary)
 
         def on_failed(part: io.Part, reason: str) -> None:
-            on_done(_commit_failed_part(self.spec, part, reason))
+            lost = self.ray.get(self.ledger.spent_on.remote((self.spec.output.path, part.part_id)))
+            on_done(_commit_failed_part(self.spec, part, reason, lost))
 
         t0 = time.monotonic()
         with self._saving_ledger(t0):
@@ -329,14 +337,14 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
     out, so = spec.output.path, spec.output.storage_options
     parts, done, prior_spent = start.parts, start.done, start.prior_spent
     # Fails fast (StorageError) on an output location that cannot be written.
-    io.write_json({"spent": prior_spent, "budget": spec.budget.amount}, out, LEDGER_FILE, so)
+    io.write_json(ledger_record(prior_spent, spec.budget.amount, start.prior_parts), out, LEDGER_FILE, so)
     todo = [p for p in parts if p.part_id not in done]
     log.info("%d rows in %d parts; %d done, %d to do, %.6g spent before", start.n_rows, len(parts), len(done),
              len(todo), prior_spent)
     extra: dict = {}
     summaries, snapshot, generate_wall_s, signum, unsent = dict(done), {"spent": prior_spent}, 0.0, None, 0
     if todo and prior_spent >= spec.budget.amount:  # nothing left to spend: no engine starts
-        summaries |= preflight.commit_skipped(spec, todo)
+        summaries |= preflight.commit_skipped(spec, todo, start.prior_parts)
     elif todo:
         if spec.policy.kind == "adaptive" and spec.policy.planner == "sequential":
             from jobs.sequential_driver import SequentialDriver
@@ -349,14 +357,20 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
         else:
             driver = None
             tier = policy_tier(spec.policy, spec.sampling)
-        with Session(spec, start.n_rows, done, prior_spent, address, show_progress, pool, lease) as session:
-            if driver is None:
-                unsent = session.run_parts(todo, lambda _part: tier)
-            else:
-                unsent = driver.run(session)
-                extra = driver.report
-            summaries, snapshot = session.summaries, session.snapshot
-            generate_wall_s, signum = session.generate_wall_s, session.stop.signum
+        session = Session(spec, start.n_rows, done, prior_spent, address, show_progress, pool, lease,
+                          start.prior_parts)
+        try:
+            with session:
+                if driver is None:
+                    unsent = session.run_parts(todo, lambda _part: tier)
+                else:
+                    unsent = driver.run(session)
+                    extra = driver.report
+                summaries, snapshot = session.summaries, session.snapshot
+                generate_wall_s = session.generate_wall_s
+        except StartInterrupted:  # a signal while the engines started: nothing ran, nothing was spent
+            unsent = len(todo)
+        signum = session.stop.signum
     elif spec.policy.kind == "adaptive":
         extra = io.read_json(out, "calibration.json", so) or {}
         extra = {"adaptive": extra.get("summary", {})} if extra else {}
@@ -376,8 +390,9 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
     return report | {"_signum": signum, "_unsent": unsent}
 
 
-def _commit_failed_part(spec: JobSpec, part: io.Part, reason: str) -> dict:
-    """Writes a part whose retries are exhausted as row-level error records."""
+def _commit_failed_part(spec: JobSpec, part: io.Part, reason: str, lost: float = 0.0) -> dict:
+    """Writes a part whose retries are exhausted as row-level error records, carrying ``lost``,
+    what its failed attempts spent."""
     import polars as pl
 
     from ray_cluster.replica import summarize
@@ -385,7 +400,7 @@ def _commit_failed_part(spec: JobSpec, part: io.Part, reason: str) -> dict:
     ids = pl.from_arrow(io.read_part(part, [spec.input.id_column], spec.input.storage_options))
     recs = [records.empty_record(i, "error", f"part failed after retries: {reason}", cause="job")
             for i in ids.to_series().cast(pl.String).to_list()]
-    table = records.to_table(recs)
+    table = records.with_lost_cost(records.to_table(recs), lost)
     summary = summarize(part.part_id, table, 0.0)
     io.write_part(table, spec.output.path, part.part_id, summary, spec.output.storage_options)
     return summary

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+import pyarrow.compute as pc
 import ray
 
 from pipelines import io, records
@@ -119,8 +120,10 @@ class ReplicaActor:
         Two other answers, never committed: a part whose write failed returns its finished
         table (``{"unwritten": True, "table", "summary", "error", "permanent"}``), so a retry
         writes it without generating it again; a part of a halted job (``halt``) returns
-        ``{"halted": True, "cost"}``, what its rows spent. An engine that died for good ends
-        this actor (``_give_up``): the pool replaces it and retries its parts."""
+        ``{"halted": True, "cost"}``, what its rows spent. A part committed after lost attempts
+        (the ledger's spend on it beyond its rows' own) carries their spend (``lost_cost``). An
+        engine that died for good ends this actor (``_give_up``): the pool replaces it and
+        retries its parts."""
         t0 = time.monotonic()
         cfg = job
         feats = dict(cfg.row_features)
@@ -145,8 +148,9 @@ class ReplicaActor:
         for i, t in zip(valid, self.engine.tokenize_many([prompts[i] for i in valid])):
             token_ids[i] = t
         halt = self._halt_flag(ledger)
+        key = (cfg.output_uri, part.part_id)
         async with self._ledger_client(ledger) as client:
-            rows = RowRunner(self.engine, self._sem, tier, client, scorer, cfg.seed, cfg.cost_per_token,
+            rows = RowRunner(self.engine, self._sem, tier, client.for_part(key), scorer, cfg.seed, cfg.cost_per_token,
                              cfg.keep_samples, cfg.abort_failed_steps, halt)
             # Every row runs to its end (a row raises only EngineDead), so no row is left spending.
             recs = await asyncio.gather(*(rows.run(rid, p, e, f, t)
@@ -157,6 +161,7 @@ class ReplicaActor:
             if other := next((r for r in recs if isinstance(r, BaseException)), None):
                 raise other
             await client.drain()  # every settlement is in the ledger before the part commits
+            part_spent = await ledger.spent_on.remote(key)  # this attempt's and any lost one's
         if scorer is None:  # the job's configuration failed these rows, not their input: redone on resume
             for r, own in zip(recs, own_errors):
                 r["error_cause"] = r["error_cause"] if own else "job"
@@ -166,6 +171,8 @@ class ReplicaActor:
             if g is not None:  # rows without an answer (skipped, error) count as wrong
                 r["correct"] = r.get("answer") is not None and r["answer"] == g.strip()
         table = records.to_table(recs)
+        own = pc.sum(table.column("cost")).as_py() or 0.0
+        table = records.with_lost_cost(table, records.lost_spend(part_spent, own))
         summary = summarize(part.part_id, table, time.monotonic() - t0)
         try:
             io.write_part(table, cfg.output_uri, part.part_id, summary, cfg.output_storage)
@@ -224,8 +231,8 @@ class _Halt:
 
 def summarize(part_id: int, table, seconds: float) -> dict:
     """Per-part counts merged by the driver into the run report."""
-    df = pl.from_arrow(table.select(["status", "prompt_tokens", "output_tokens", "cost", "correct", "n_samples",
-                                     "judge_tokens"]))
+    df = pl.from_arrow(table.select(["status", "prompt_tokens", "output_tokens", "cost", "lost_cost", "correct",
+                                     "n_samples", "judge_tokens"]))
     status = dict(df.group_by("status").len().iter_rows())
     judge = {}
     if df["judge_tokens"].is_not_null().any():
@@ -244,6 +251,7 @@ def summarize(part_id: int, table, seconds: float) -> dict:
         "part_id": part_id, "rows": df.height, "status": {s: int(status.get(s, 0)) for s in records.STATUSES},
         "prompt_tokens": int(df["prompt_tokens"].fill_null(0).sum()),
         "output_tokens": int(df["output_tokens"].sum()), "cost": float(df["cost"].sum()),
+        "lost_cost": float(df["lost_cost"].fill_null(0.0).sum()),
         "samples": int(df["n_samples"].sum()),
         "correct": int(df["correct"].fill_null(False).sum()), "graded": int(df["correct"].is_not_null().sum()),
         "seconds": seconds,
