@@ -37,15 +37,18 @@ class RowRunner:
         seed: the job's seed; cost_per_token: in the budget's unit; keep_samples: whether
             records keep the sampled texts; abort_failed_steps: stop samples at their first
             step the verifier's prefix check fails (when it has one).
+        structured: the job's structured-output constraint, put on each of its requests.
         halt: the job's stop flag (``.stopped``): once set, rows start no new round (their
             records are never committed; ``ReplicaActor.halt``).
     """
 
     def __init__(self, engine, sem: asyncio.Semaphore, tier: Tier, ledger, scorer: Scorer, seed: int,
-                 cost_per_token: float, keep_samples: bool, abort_failed_steps: bool = False, halt=None):
+                 cost_per_token: float, keep_samples: bool, abort_failed_steps: bool = False, halt=None,
+                 structured: tuple[str, str] | None = None):
         self.engine, self.sem, self.tier, self.ledger, self.scorer = engine, sem, tier, ledger, scorer
         self.halt = halt if halt is not None else _NoHalt
         self.seed, self.cpt, self.keep_samples = seed, cost_per_token, keep_samples
+        self.structured = structured  # every request's constraint (SamplingConfig.structured)
         # A step verifier's check of unfinished traces: samples stop at their first failed step.
         self.prefix_ok = scorer.prefix_ok if abort_failed_steps else None
 
@@ -93,6 +96,8 @@ class RowRunner:
             requests = asked if isinstance(asked, list) else [asked]
             inputs = [len(engine.input_ids(token_ids, r)) for r in requests]  # prompt + prefix tokens
             requests = [_clip(r, k, max_len) for r, k in zip(requests, inputs)]
+            if self.structured:
+                requests = [replace(r, structured=self.structured) for r in requests]
             # The worst case of this round: each request's input plus n samples of max_tokens.
             # A round is reserved whole: if it cannot be, the row stops with what it has.
             # Samples that stop at a failed step are requests of their own: each pays its input.
