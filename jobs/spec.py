@@ -32,7 +32,8 @@ class _Strict(BaseModel):
 
 
 class InputSpec(_Strict):
-    path: str = Field(description="Parquet file or directory; local path or s3:// URI")
+    path: str = Field(description="Parquet or JSONL (.jsonl/.ndjson, OpenAI batch files too) file or directory; "
+                                  "local path or s3:// URI")
     id_column: str = "id"
     prompt_column: str = "prompt"
     messages_column: str | None = Field(None, description="a column of chat messages (list of {role, content}) "
@@ -566,7 +567,7 @@ class JobSpec(_Strict):
                              f"({self.sampling.max_tokens})")
         if self.input.gold_column and self.input.gold_column in (self.input.id_column, self.input.prompt_column):
             raise ValueError("input.gold_column must differ from the id and prompt columns")
-        if self.input.gold_column and self.input.gold_column in prompt_columns(self):
+        if self.input.gold_column and self.input.gold_column in prompt_columns(self).values():
             raise ValueError("input.gold_column must not be read by the prompt: the model would see gold")
         if self.input.messages_column and (self.prompt.template or self.prompt.chat is False):
             raise ValueError("input.messages_column is the whole conversation: it does not go with "

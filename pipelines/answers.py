@@ -75,7 +75,7 @@ MAX_BOXED_PARSE = 200  # characters of a box math-verify parses
 
 def boxed_answer(text: str) -> str | None:
     """The last ``\\boxed{...}`` of ``text`` in a canonical form: math-verify's parse of it (a SymPy
-    expression, printed), so 0.5, \\frac{1}{2} and \\tfrac12 are one answer; its stripped content
+    expression, simplified and printed), so 0.5, \\frac{1}{2} and \\tfrac12 are one answer; its stripped content
     when math-verify cannot parse it; None without a box."""
     from math_verify import LatexExtractionConfig, parse
 
@@ -88,7 +88,21 @@ def boxed_answer(text: str) -> str | None:
     # (extractors run on a replica's event loop); the length bound above stands in for it.
     parsed = parse(f"\\boxed{{{box}}}", extraction_config=[LatexExtractionConfig(boxed_match_priority=0)],
                    parsing_timeout=None)
-    return str(parsed[0]) if parsed else box.strip() or None
+    if not parsed:
+        return box.strip() or None
+    return str(_simplified(parsed[0]))
+
+
+def _simplified(expr):
+    """SymPy's ``simplify`` of a parsed answer (sqrt(8) and 2*sqrt(2) print alike); atoms as they are."""
+    import sympy
+
+    if not isinstance(expr, sympy.Basic) or expr.is_Atom:
+        return expr
+    try:
+        return sympy.simplify(expr)
+    except Exception:  # an expression SymPy cannot simplify is still an answer
+        return expr
 
 
 def last_boxed(text: str) -> str | None:

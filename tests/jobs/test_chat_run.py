@@ -45,7 +45,7 @@ def test_chat_rendering_is_the_tokenizers_own_apply_chat_template(ray_cluster):
         own = engine.chat_template()
         got = {"own": engine.render_chat(convs, own, {}),
                "override": engine.render_chat(convs, engine.chat_template(override), {"short": True}),
-               "raw": engine.tokenize_many([c[0]["content"] for c in convs])}
+               "raw": engine.tokenize_many([c[-1]["content"] for c in convs])}
         want = {"own": [tok.apply_chat_template(c, add_generation_prompt=True, return_dict=False) for c in convs],
                 "override": [tok.apply_chat_template(c, chat_template=override, add_generation_prompt=True,
                                                      short=True, return_dict=False) for c in convs]}
@@ -180,3 +180,40 @@ def test_structured_choice_and_json_schema_outputs_are_always_valid(demo_rows, t
         obj = json.loads(text)
         assert set(obj) == {"size", "carry"} and obj["size"] in labels and isinstance(obj["carry"], bool)
     assert out["answer"].is_in(labels).all()
+
+
+@pytest.mark.slow
+def test_jsonl_and_openai_batch_inputs_give_the_parquet_copys_outputs(demo_rows, tmp_path, s3_bucket, shared_pool):
+    """The same rows as Parquet, as JSONL (prompt column) and as an OpenAI batch file (custom_id,
+    body.messages), locally and on S3: the same answers and token counts, row for row."""
+    from pipelines import io
+
+    df = pl.read_parquet(demo_rows)
+    jsonl = tmp_path / "in-jsonl" / "rows.jsonl"
+    jsonl.parent.mkdir()
+    df.write_ndjson(jsonl)
+    batch = "".join(json.dumps({"custom_id": r["id"], "method": "POST", "url": "/v1/chat/completions",
+                                "body": {"model": "tiny-adder", "max_tokens": 200,
+                                         "messages": [{"role": "user", "content": r["prompt"]}]},
+                                "gold": r["gold"]}) + "\n" for r in df.iter_rows(named=True))
+    (tmp_path / "batch.jsonl").write_text(batch)
+    bucket, so = s3_bucket
+    fs, _ = io.filesystem(f"s3://{bucket}", so)
+    fs.pipe_file(f"{bucket}/in/batch.jsonl", batch.encode())
+    greedy = {"sampling": {"temperature": 0.0, "max_tokens": 200}, "policy": {"kind": "uniform", "n": 1}}
+    chat_batch = {"id_column": "custom_id", "messages_column": "messages"}
+    runs = {"parquet": ({"path": str(demo_rows)}, str(tmp_path / "o-parquet")),
+            "jsonl": ({"path": str(jsonl.parent)}, str(tmp_path / "o-jsonl")),
+            "batch": ({"path": str(tmp_path / "batch.jsonl")} | chat_batch, str(tmp_path / "o-batch")),
+            "s3": ({"path": f"s3://{bucket}/in", "storage_options": so} | chat_batch, f"s3://{bucket}/out")}
+    got = {}
+    for name, (inp, out) in runs.items():
+        spec = make_spec(demo_rows, out, input=inp, **greedy)
+        if name == "s3":
+            spec["output"]["storage_options"] = so
+        run_job(parse_spec(spec), show_progress=False, pool=shared_pool)
+        got[name] = io.read_output(out, so if name == "s3" else None).sort("id").select(
+            "id", "status", "answer", "prompt_tokens", "output_tokens", "correct")
+    assert got["parquet"].height == 32 and (got["parquet"]["status"] == "ok").all()
+    for name in ("jsonl", "batch", "s3"):
+        assert got[name].equals(got["parquet"]), name
