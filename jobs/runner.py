@@ -65,6 +65,7 @@ def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int, list]:
     inp = spec.input
     files = io.list_input_files(inp.path, inp.storage_options)
     required = {"id_column": inp.id_column, "gold_column": inp.gold_column} | prompt_columns(spec)
+    required |= {f"input.sampling_columns.{k}": col for k, col in inp.sampling_columns.items()}
     required |= {f"policy.difficulty.{'column' if k == 'difficulty_hint' else 'feature_columns'}[{col}]": col
                  for k, col in difficulty_columns(spec).items()}
     for f in files:
@@ -104,6 +105,7 @@ def job_context(spec: JobSpec):
         row_features=tuple(difficulty_columns(spec).items()), abort_failed_steps=aborts_failed_steps(spec),
         verifier_timeout_s=spec.verifier_timeout_s,
         structured=spec.structured.constraint() if spec.structured else None,
+        sampling_columns=tuple(spec.input.sampling_columns.items()),
     )
 
 

@@ -39,6 +39,9 @@ class InputSpec(_Strict):
     messages_column: str | None = Field(None, description="a column of chat messages (list of {role, content}) "
                                         "sent instead of the prompt column (see PromptSpec)")
     gold_column: str | None = Field(None, description="used only to score the run, never by a policy")
+    sampling_columns: dict[Literal["max_tokens", "temperature", "top_p"], str] = Field(
+        default_factory=dict, description="per-row sampling from input columns (an OpenAI batch file's "
+        "max_tokens / temperature), in place of `sampling`'s for that row; a null cell keeps the spec's")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec / s3fs")
 
 
@@ -572,6 +575,9 @@ class JobSpec(_Strict):
         if self.input.messages_column and (self.prompt.template or self.prompt.chat is False):
             raise ValueError("input.messages_column is the whole conversation: it does not go with "
                              "prompt.template or prompt.chat false")
+        if self.input.sampling_columns and (self.policy.kind != "uniform" or tier != "sample"):
+            raise ValueError("input.sampling_columns applies to policy kind 'uniform' with tier 'sample' (other "
+                             "policies plan their own sampling)")
         if self.structured and (tier == "search" or "search" in getattr(self.policy, "rungs", ())):
             raise ValueError("structured outputs do not apply to step-level search (its steps are partial)")
         if self.policy.kind == "adaptive" and self.input.gold_column in difficulty_columns(self).values():

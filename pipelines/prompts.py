@@ -136,6 +136,30 @@ def message_errors(cells: pl.Series) -> pl.Series:
         .otherwise(pl.lit(None, pl.String))).to_series()
 
 
+SAMPLING_RULES = {"max_tokens": (pl.Int64, lambda v: v >= 1, "at least 1"),
+                  "temperature": (pl.Float64, lambda v: v >= 0, "at least 0"),
+                  "top_p": (pl.Float64, lambda v: (v > 0) & (v <= 1), "in (0, 1]")}
+
+
+def row_sampling(frame: pl.DataFrame, columns: dict[str, str]) -> tuple[list[dict], list[str | None]]:
+    """Each row's sampling overrides from ``input.sampling_columns`` (``{field: column}``; null cells
+    left out) and its error: a value that is not a number or breaks the field's rule, naming both."""
+    if not columns:
+        return [{}] * frame.height, [None] * frame.height
+    values, errors = [], []
+    for name, col in columns.items():
+        dtype, ok, rule = SAMPLING_RULES[name]
+        raw = pl.col(col)
+        v = raw.cast(dtype, strict=False)
+        bad = (v.is_null() & raw.is_not_null()) | ~ok(v).fill_null(True)
+        errors.append(pl.when(bad).then(pl.format(f"input column '{col}' ({name}) is {{}}: it must be a number "
+                                                  f"{rule}", raw.cast(pl.String))))
+        values.append(pl.when(bad).then(None).otherwise(v).alias(name))
+    errs = frame.select(pl.coalesce(errors).alias("e"))["e"].to_list()
+    overrides = [{k: x for k, x in d.items() if x is not None} for d in frame.select(values).to_dicts()]
+    return overrides, errs
+
+
 def check_messages_type(t: pa.DataType, column: str) -> None:
     """A messages column must be a list of structs with string ``role`` and ``content`` fields.
 

@@ -26,7 +26,7 @@ from pipelines.answers import make_extractor
 from pipelines.errors import EngineDead, StorageError
 from pipelines.judge import JudgeConfig
 from pipelines.tiers import Tier
-from pipelines.prompts import PromptConfig, row_prompts
+from pipelines.prompts import PromptConfig, row_prompts, row_sampling
 from ray_cluster.engine import EngineSpec, VllmEngine
 from ray_cluster.ledger import LedgerClient
 from ray_cluster.rows import RowRunner
@@ -53,6 +53,7 @@ class JobContext:
     output_storage: dict[str, Any] = field(default_factory=dict)
     row_features: tuple[tuple[str, str], ...] = ()  # (feature name, input column): difficulty signals per row
     abort_failed_steps: bool = False  # stop a sample at its first step the verifier's prefix check fails
+    sampling_columns: tuple[tuple[str, str], ...] = ()  # (sampling field, input column): per-row sampling
     structured: tuple[str, str] | None = None  # every request's constraint (SamplingConfig.structured)
     verifier_timeout_s: float = 30.0  # how long a user verifier's call may take (then its score is null)
 
@@ -127,6 +128,7 @@ class ReplicaActor:
         cfg = job
         feats = dict(cfg.row_features)
         cols = [cfg.id_column] + cfg.prompt.columns() + ([cfg.gold_column] if cfg.gold_column else [])
+        cols += list(dict(cfg.sampling_columns).values())
         cols = list(dict.fromkeys(cols))
         frame = pl.from_arrow(io.read_part(part, cols + sorted(set(feats.values()) - set(cols)), cfg.input_storage))
         ids = frame[cfg.id_column].cast(pl.String).to_list()
@@ -134,6 +136,8 @@ class ReplicaActor:
         features = frame.select(pl.col(c).cast(pl.Float64).alias(k) for k, c in feats.items()).to_dicts() \
             if feats else [{}] * len(ids)
         prompts, errors, token_ids, job_error = self._prompt_ids(frame, cfg.prompt)
+        sampling, sampling_errors = row_sampling(frame, dict(cfg.sampling_columns))
+        errors = [e or s for e, s in zip(errors, sampling_errors)]
         own_errors = errors
         try:
             scorer = self._scoring(cfg)
@@ -147,8 +151,8 @@ class ReplicaActor:
             rows = RowRunner(self.engine, self._sem, tier, client, scorer, cfg.seed, cfg.cost_per_token,
                              cfg.keep_samples, cfg.abort_failed_steps, halt, cfg.structured)
             # Every row runs to its end (a row raises only EngineDead), so no row is left spending.
-            recs = await asyncio.gather(*(rows.run(rid, p, e, f, t)
-                                          for rid, p, e, f, t in zip(ids, prompts, errors, features, token_ids)),
+            recs = await asyncio.gather(*(rows.run(rid, p, e, f, t, o) for rid, p, e, f, t, o
+                                          in zip(ids, prompts, errors, features, token_ids, sampling)),
                                         return_exceptions=True)
             if lost := next((r for r in recs if isinstance(r, EngineDead)), None):
                 await self._give_up(part, lost)

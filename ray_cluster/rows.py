@@ -53,8 +53,9 @@ class RowRunner:
         self.prefix_ok = scorer.prefix_ok if abort_failed_steps else None
 
     async def run(self, row_id: str, prompt: str | None, error: str | None, features: dict[str, float | None],
-                  token_ids: list[int] | None) -> dict:
-        """The row's output record (``pipelines.records``).
+                  token_ids: list[int] | None, sampling: dict | None = None) -> dict:
+        """The row's output record (``pipelines.records``); ``sampling``: the row's own sampling
+        fields (``input.sampling_columns``), put on each of its requests.
 
         A row that fails keeps what it spent (its record's tokens and cost are what the
         ledger settled for it). Raises ``EngineDead`` only: the replica is lost, and the
@@ -66,7 +67,7 @@ class RowRunner:
             if self.halt.stopped:
                 return spent.error_record(row_id, "the job stopped")
             try:
-                return await self._generate(row_id, prompt, features, token_ids, spent)
+                return await self._generate(row_id, prompt, features, token_ids, spent, sampling)
             except EngineDead:
                 raise
             except Exception as exc:
@@ -74,7 +75,7 @@ class RowRunner:
                 return spent.error_record(row_id, f"{type(exc).__name__}: {exc}")
 
     async def _generate(self, row_id: str, prompt: str, features: dict[str, float | None],
-                        token_ids: list[int], spent: _Spent) -> dict:
+                        token_ids: list[int], spent: _Spent, sampling: dict | None = None) -> dict:
         engine, tier, ledger, cpt = self.engine, self.tier, self.ledger, self.cpt
         extract = self.scorer.extract
         n_prompt = len(token_ids)
@@ -94,6 +95,8 @@ class RowRunner:
             if self.halt.stopped:
                 return spent.error_record(row_id, "the job stopped")
             requests = asked if isinstance(asked, list) else [asked]
+            if sampling:  # the row's own max_tokens / temperature / top_p (input.sampling_columns)
+                requests = [replace(r, **sampling) for r in requests]
             inputs = [len(engine.input_ids(token_ids, r)) for r in requests]  # prompt + prefix tokens
             requests = [_clip(r, k, max_len) for r, k in zip(requests, inputs)]
             if self.structured:

@@ -103,7 +103,8 @@ def test_messages_column_and_bad_cells_become_row_errors(tmp_path, shared_pool):
     out = read_output(tmp_path / "out").sort("id")
     assert out["id"].to_list() == ids
     assert out["status"].to_list() == ["ok", "ok"] + ["error"] * 5
-    assert out["answer"].to_list()[:2] == ["46", "12"]
+    assert out["answer"][0] == "46"  # the system turn is rendered in (the model was not trained on one)
+    assert out["prompt_tokens"].to_list()[:2] == [len("12+34=\n"), len("Add.\n5+7=\n")]
     assert out["error"].to_list()[2:] == [
         "messages is null", "messages is empty",
         "messages: turn 0 has unknown role 'robot' (known: system, developer, user, assistant, tool)",
@@ -165,7 +166,7 @@ def test_structured_choice_and_json_schema_outputs_are_always_valid(demo_rows, t
     samples = out["samples"].explode()
     assert samples.len() == 96 and samples.is_in(labels).all()
     assert out["answer"].is_in(labels).all()
-    assert out["votes"].explode().struct.field("key").is_in(labels).all()
+    assert all(set(v) <= set(labels) for v in out["votes"].to_list())
 
     schema = {"type": "object", "properties": {"size": {"enum": labels}, "carry": {"type": "boolean"}},
               "required": ["size", "carry"], "additionalProperties": False}
@@ -217,3 +218,17 @@ def test_jsonl_and_openai_batch_inputs_give_the_parquet_copys_outputs(demo_rows,
     assert got["parquet"].height == 32 and (got["parquet"]["status"] == "ok").all()
     for name in ("jsonl", "batch", "s3"):
         assert got[name].equals(got["parquet"]), name
+
+    # Per-row max_tokens of the batch file (input.sampling_columns): even rows get 4 tokens at most.
+    capped = batch.replace('"max_tokens": 200', '"max_tokens": 4')
+    lines = [c if i % 2 == 0 else o for i, (c, o) in enumerate(zip(capped.splitlines(), batch.splitlines()))]
+    (tmp_path / "capped.jsonl").write_text("\n".join(lines) + "\n")
+    inp = {"path": str(tmp_path / "capped.jsonl"), "sampling_columns": {"max_tokens": "max_tokens"}} | chat_batch
+    run_job(parse_spec(make_spec(demo_rows, tmp_path / "o-capped", input=inp, **greedy)), show_progress=False,
+            pool=shared_pool)
+    out = read_output(tmp_path / "o-capped").sort("id")
+    order = [json.loads(line)["custom_id"] for line in lines]
+    short = out["id"].is_in(order[0::2])
+    assert (out.filter(short)["output_tokens"] <= 4).all() and short.sum() == 16
+    full = got["parquet"].filter(pl.col("id").is_in(order[1::2]))
+    assert out.filter(~short).select(full.columns).equals(full)

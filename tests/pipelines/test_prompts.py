@@ -71,3 +71,18 @@ def test_structured_constraint_is_stable():
     spec = parse_spec(BASE | {"structured": {"json_schema": {"b": 1, "a": {"type": "object"}}}})
     assert spec.structured.constraint() == ("json_schema", '{"a": {"type": "object"}, "b": 1}')
     assert parse_spec(BASE | {"structured": {"choice": ["x", "y"]}}).structured.constraint() == ("choice", '["x", "y"]')
+
+
+def test_row_sampling_overrides_and_bad_cells():
+    from pipelines.prompts import row_sampling
+
+    frame = pl.DataFrame({"mt": [5, None, 0, 7], "t": ["0.5", "hot", None, "-1"]})
+    overrides, errors = row_sampling(frame, {"max_tokens": "mt", "temperature": "t"})
+    assert overrides == [{"max_tokens": 5, "temperature": 0.5}, {}, {}, {"max_tokens": 7}]
+    assert errors == [None, "input column 't' (temperature) is hot: it must be a number at least 0",
+                      "input column 'mt' (max_tokens) is 0: it must be a number at least 1",
+                      "input column 't' (temperature) is -1: it must be a number at least 0"]
+    assert row_sampling(frame, {}) == ([{}] * 4, [None] * 4)
+    with pytest.raises(SpecError, match="sampling_columns applies to policy kind 'uniform' with tier 'sample'"):
+        parse_spec(BASE | {"input": {"path": "x", "sampling_columns": {"max_tokens": "mt"}},
+                           "policy": {"kind": "uniform", "tier": "think"}})
