@@ -25,8 +25,8 @@ from pipelines import io, records
 from pipelines.answers import make_extractor
 from pipelines.errors import EngineDead, StorageError
 from pipelines.judge import JudgeConfig
-from pipelines.tiers import Tier
 from pipelines.prompts import PromptConfig, row_prompts, row_sampling
+from pipelines.tiers import Tier
 from ray_cluster.engine import EngineSpec, VllmEngine
 from ray_cluster.ledger import LedgerClient
 from ray_cluster.rows import RowRunner
