@@ -105,6 +105,12 @@ class VllmEngine:
             # happens once more prompt tokens arrive together than one step takes (2,048),
             # as in search rounds, whose prompts carry the trace so far.
             args["enable_chunked_prefill"] = False
+        from vllm.config import StructuredOutputsConfig
+        # Structured JSON outputs (jobs.spec.StructuredSpec) are compact: free whitespace between JSON
+        # tokens only costs budget, and a small model can spend a whole sample on it. vLLM reads this
+        # flag from the engine's config only (the per-request one is ignored by its xgrammar backend), and
+        # only with a named backend: xgrammar, the one ``check_structured`` checks before a job starts.
+        args["structured_outputs_config"] = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
         args.update(self.spec.kwargs)
         try:
             # Offline batch defaults (vllm.LLM's): on CPU 256 sequences and 4,096 tokens per step
@@ -379,14 +385,13 @@ def structured_params(constraint: tuple[str, str] | None):
     from vllm.sampling_params import StructuredOutputsParams
 
     kind, value = constraint
-    if kind == "json_schema":  # compact JSON: whitespace between tokens only costs budget
-        return StructuredOutputsParams(json=json.loads(value), disable_any_whitespace=True)
-    return StructuredOutputsParams(**{kind: json.loads(value)})
+    return StructuredOutputsParams(**{"json" if kind == "json_schema" else kind: json.loads(value)})
 
 
 def check_structured(constraint: tuple[str, str]) -> None:
-    """Raises ``ValueError`` (vLLM's message) when vLLM's default structured-output backend (xgrammar)
-    cannot compile the constraint: checked on the driver before any engine starts or anything is spent."""
+    """Raises ``ValueError`` (vLLM's message) when the engines' structured-output backend (xgrammar, set
+    in ``VllmEngine.start``) cannot compile the constraint: checked on the driver before any engine
+    starts or anything is spent."""
     from vllm import SamplingParams
     from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
 

@@ -116,11 +116,13 @@ def test_messages_column_and_bad_cells_become_row_errors(tmp_path, shared_pool):
 def test_missing_or_mistyped_prompt_columns_fail_the_job_before_any_work(tmp_path):
     """A messages column or template field the input lacks, or a messages column that is not a list of
     {role, content}, fails the job naming the column, before anything starts or is written."""
-    pl.DataFrame({"id": ["a"], "prompt": ["1+1=\n"], "text": ["x"], "tags": [["t"]]}).write_parquet(tmp_path / "in.parquet")
+    frame = pl.DataFrame({"id": ["a"], "prompt": ["1+1=\n"], "text": ["x"], "tags": [["t"]]})
+    frame.write_parquet(tmp_path / "in.parquet")
     cases = [({"input": {"messages_column": "messages"}}, r"lacks column\(s\) 'messages' \(input.messages_column\)"),
              ({"input": {"messages_column": "text"}}, r"'text' \(input.messages_column\) must be a list of"),
              ({"prompt": {"template": "Q: {question}\n"}}, r"'question' \(prompt.template\[question\]\)"),
-             ({"prompt": {"template": "{text} {tags}"}}, r"'tags' \(prompt.template\[tags\]\) must be text or a number"),
+             ({"prompt": {"template": "{text} {tags}"}},
+              r"'tags' \(prompt.template\[tags\]\) must be text or a number"),
              ({"input": {"sampling_columns": {"max_tokens": "mt"}}}, r"'mt' \(input.sampling_columns.max_tokens\)")]
     for i, (patch, message) in enumerate(cases):
         spec = make_spec(tmp_path / "in.parquet", tmp_path / f"out{i}", **patch)
