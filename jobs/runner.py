@@ -38,6 +38,7 @@ from jobs.spec import (
     UniformPolicy,
     aborts_failed_steps,
     difficulty_columns,
+    prompt_columns,
     resolve_output_path,
 )
 from pipelines import io, records
@@ -65,7 +66,8 @@ class RowErrorsInStrictMode(TierwiseError):
 def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int, list]:
     inp = spec.input
     files = io.list_input_files(inp.path, inp.storage_options)
-    required = {"id_column": inp.id_column, "prompt_column": inp.prompt_column, "gold_column": inp.gold_column}
+    required = {"id_column": inp.id_column, "gold_column": inp.gold_column} | prompt_columns(spec)
+    required |= {f"input.sampling_columns.{k}": col for k, col in inp.sampling_columns.items()}
     required |= {f"policy.difficulty.{'column' if k == 'difficulty_hint' else 'feature_columns'}[{col}]": col
                  for k, col in difficulty_columns(spec).items()}
     for f in files:
@@ -97,14 +99,26 @@ def job_context(spec: JobSpec):
     if isinstance(verifier, JudgeSpec):
         verifier = verifier.config(spec.model.path, spec.sampling.max_tokens)
     return JobContext(
-        output_uri=spec.output.path, id_column=spec.input.id_column, prompt_column=spec.input.prompt_column,
+        output_uri=spec.output.path, id_column=spec.input.id_column, prompt=prompt_config(spec),
         gold_column=spec.input.gold_column,
         cost_per_token=cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour),
         extractor=spec.answer_extractor, verifier=verifier, keep_samples=spec.output.keep_samples,
         seed=spec.sampling.seed, input_storage=spec.input.storage_options, output_storage=spec.output.storage_options,
         row_features=tuple(difficulty_columns(spec).items()), abort_failed_steps=aborts_failed_steps(spec),
         verifier_timeout_s=spec.verifier_timeout_s,
+        structured=spec.structured.constraint() if spec.structured else None,
+        sampling_columns=tuple(spec.input.sampling_columns.items()),
     )
+
+
+def prompt_config(spec: JobSpec):
+    """The replicas' ``PromptConfig`` of the spec's input and ``prompt`` section."""
+    from pipelines.prompts import PromptConfig
+
+    p = spec.prompt
+    return PromptConfig(prompt_column=spec.input.prompt_column, messages_column=spec.input.messages_column,
+                        template=p.template, system_prompt=p.system_prompt, chat=p.chat,
+                        chat_template=p.chat_template, chat_template_kwargs=dict(p.chat_template_kwargs))
 
 
 def judge_model(spec: JobSpec) -> str | None:
