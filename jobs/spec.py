@@ -359,6 +359,17 @@ class AdaptivePolicy(_Strict):
                               "score): a sub-slice of the calibration rows, to bound what the measuring costs")
 
     @model_validator(mode="after")
+    def _sequential_supports(self):
+        if self.planner == "sequential":
+            needs = [n for n, on in (("ladder", self.ladder), ("calibration_from", self.calibration_from),
+                                     ("difficulty.estimators: learned", "learned" in self.difficulty.estimators))
+                     if on]
+            if needs:
+                raise ValueError(f"policy.planner 'sequential' does not take {', '.join(needs)} (use planner: "
+                                 "calibrated)")
+        return self
+
+    @model_validator(mode="after")
     def _pilot_fits(self):
         if self.pilot_samples is not None and self.pilot_samples > self.calibration_samples:
             raise ValueError("policy.pilot_samples must not exceed policy.calibration_samples")
