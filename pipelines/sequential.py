@@ -66,7 +66,7 @@ class SequentialConfig:
     slice_fraction: float = 0.03
     slice_min_rows: int = 16
     slice_max_rows: int = 2000
-    slice_depth: float = 2.0
+    slice_depth: float = 1.0
     slice_share: float = 0.25
     part_rows: int = 256
 
@@ -188,15 +188,18 @@ class RowModel:
     checker: bool = False
     prior: SolvePrior | None = None
     mean_cost: float = 1.0
+    answer_prior: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
         return {"checker": self.checker, "mean_cost": self.mean_cost,
-                "prior": None if self.prior is None else self.prior.to_dict()}
+                "prior": None if self.prior is None else self.prior.to_dict(),
+                "answer_prior": None if self.answer_prior is None else list(self.answer_prior)}
 
     @classmethod
     def from_dict(cls, d: dict) -> RowModel:
+        ap = d.get("answer_prior")
         return cls(bool(d["checker"]), None if d.get("prior") is None else SolvePrior.from_dict(d["prior"]),
-                   float(d["mean_cost"]))
+                   float(d["mean_cost"]), None if ap is None else tuple(float(x) for x in ap))
 
 
 COST_PRIOR_SAMPLES = 2.0  # a row's expected next cost: its mean so far, shrunk to the slice's mean
@@ -242,10 +245,28 @@ def row_priority(rows: RowSamples, cfg: SequentialConfig, model: RowModel) -> np
         need = cfg.yield_cap if cfg.objective == "verified_yield" else 1
         gain = (model.prior or SolvePrior()).next_verifies(rows.hint, s, k1 - s) / need
         gain = np.where(s >= need, -np.inf, gain)
+    elif cfg.objective == "coverage" and model.answer_prior is not None:
+        gain = _novelty_gain(rows, np.asarray(model.answer_prior))
     else:
         gain = _vote_gain(rows)
     mean_cost = (np.cumsum(rows.cost, axis=1) + COST_PRIOR_SAMPLES * model.mean_cost) / (k1 + COST_PRIOR_SAMPLES)
     return gain / np.maximum(mean_cost, 1e-9) * _jitter(rows.row_ids)[:, None]
+
+
+def _novelty_gain(rows: RowSamples, answer_prior: np.ndarray) -> np.ndarray:
+    """Coverage without a checker: the posterior chance that the next sample gives an answer the row has
+    not given yet (only a new answer can add coverage), under the fitted answer prior (``THETA``)."""
+    width = rows.codes.shape[1]
+    new = novelty(rows, np.full(len(rows.row_ids), width))
+    j = np.arange(width, dtype=np.float64)[None, :, None]
+    t = THETA[None, None, :]
+    step = np.where(new[..., None], np.log(t / (j + t)), np.log(np.maximum(j, 1e-12) / (j + t)))
+    step[:, 0] = 0.0
+    ll = np.cumsum(step, axis=1) + np.log(np.maximum(answer_prior, 1e-300))[None, None, :]
+    post = np.exp(ll - ll.max(axis=2, keepdims=True))
+    nxt = t / (j + 1.0 + t)  # after samples 0..k, sample k + 1 is new with chance theta / (k + 1 + theta)
+    distinct = 1.0 + np.cumsum(new, axis=1)
+    return (post * nxt).sum(axis=2) / post.sum(axis=2) * NEW_ANSWER_RIGHT * (1 - NEW_ANSWER_RIGHT) ** distinct
 
 
 def _vote_gain(rows: RowSamples) -> np.ndarray:
@@ -296,7 +317,7 @@ def solve_price(priority: np.ndarray, cumcost: np.ndarray, cap: np.ndarray, n_av
     if spend(math.inf) > per_row:
         return math.inf
     finite = priority[np.isfinite(priority) & (priority > 0)]
-    cands = np.unique(np.quantile(finite, np.linspace(0, 1, 257))) if finite.size else np.zeros(0)
+    cands = np.unique(finite)  # spend falls stepwise as the price passes each priority: search them all
     lo, hi = 0, len(cands)  # spend(cands[i]) falls as i grows; find the first i that fits
     while lo < hi:
         mid = (lo + hi) // 2
@@ -345,7 +366,9 @@ def slice_plan(rows: int, pilot_cost: float, mean_cost: float, budget: float, cf
             depth = max(2, int(afford // n_s) + 1)
         else:
             n_s = int(afford // (depth - 1))
-    return (n_s, depth) if n_s >= 8 else (0, 1)
+    if n_s >= 8:
+        return n_s, depth
+    return (min(rows, 8), 2) if surplus >= 8 * mean_cost else (0, 1)
 
 
 def pacing_rows(rows: int, cfg: SequentialConfig) -> int:
@@ -358,11 +381,16 @@ def learn_model(slice_rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig
     k = np.arange(slice_rows.codes.shape[1])[None, :] < drawn[:, None]
     mean_cost = float(slice_rows.cost[k].mean()) if k.any() else 1.0
     if slice_rows.verifier_score is None:
-        return RowModel(False, None, mean_cost)
+        return RowModel(False, None, mean_cost, answer_model(slice_rows, drawn, cfg))
     ver = verdict_counts(slice_rows, drawn, cfg)
     checker = cfg.objective != "accuracy" or bool(ver.any())
     prior = fit_prior(ver, drawn, slice_rows.hint) if checker else None
     return RowModel(checker, prior, mean_cost)
+
+
+def answer_model(rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig) -> tuple[float, ...] | None:
+    """The answer prior coverage without a checker prices novelty with (None for other objectives)."""
+    return tuple(fit_answer_prior(novelty(rows, drawn), drawn)) if cfg.objective == "coverage" else None
 
 
 def slice_model(has_verifier: bool) -> RowModel:
@@ -390,6 +418,13 @@ class Reference:
         return float(self.cumcost[np.arange(len(n)), n].mean())
 
 
+def _sample_hints(hint: np.ndarray | None, most: int = 1024) -> np.ndarray | None:
+    """A fixed-seed sample of at most ``most`` finished rows' hints: the rows the reference simulates."""
+    if hint is None or len(hint) <= most:
+        return hint
+    return hint[np.sort(np.random.default_rng(0).choice(len(hint), most, replace=False))]
+
+
 def simulated_reference(model: RowModel, hints: np.ndarray | None, cfg: SequentialConfig, width: int,
                         copies: int = 16, seed: int = 0) -> Reference:
     """Checker rows' trajectories drawn from the learned prior (solve rates per hint, verdicts
@@ -406,6 +441,81 @@ def simulated_reference(model: RowModel, hints: np.ndarray | None, cfg: Sequenti
                       [f"sim{i}" for i in range(m)], ver.astype(np.float32) * max(cfg.verifier_pass, 1.0), h)
     cum = np.concatenate([np.zeros((m, 1)), np.cumsum(rows.cost, axis=1)], axis=1)
     return Reference(row_priority(rows, cfg, model), cum, np.full(m, width))
+
+
+NEW_ANSWER_RIGHT = 0.5  # coverage without a checker: chance that an answer not seen yet is the right one
+THETA = np.geomspace(0.02, 50.0, 41)  # CRP concentrations the answer prior puts mass on
+
+
+def novelty(rows: RowSamples, drawn: np.ndarray) -> np.ndarray:
+    """[rows, samples] True where a drawn sample (position >= 1) gives an answer the row had not given yet
+    (invalid samples count as one answer of their own); False elsewhere."""
+    c = np.where(rows.valid, rows.codes, np.int64(-(2 ** 62)))
+    width = c.shape[1]
+    seen = (c[:, :, None] == c[:, None, :]) & (np.arange(width)[None, :] < np.arange(width)[:, None])[None]
+    return ~seen.any(axis=2) & (np.arange(width)[None, :] < drawn[:, None]) & (np.arange(width)[None, :] >= 1)
+
+
+def _crp_loglik(new: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    """[rows, len(THETA)] log-likelihood of each row's novelty sequence under a Chinese-restaurant
+    process of concentration theta: sample j + 1 is new with chance theta / (j + theta)."""
+    j = np.arange(new.shape[1], dtype=np.float64)[None, :, None]
+    t = THETA[None, None, :]
+    live = ((np.arange(new.shape[1])[None, :] < drawn[:, None]) & (np.arange(new.shape[1])[None, :] >= 1))[..., None]
+    ll = np.where(new[..., None], np.log(t / (j + t)), np.log(np.maximum(j, 1e-12) / (j + t)))
+    return (ll * live).sum(axis=1)
+
+
+def fit_answer_prior(new: np.ndarray, drawn: np.ndarray, iters: int = 60) -> np.ndarray:
+    """A histogram over ``THETA`` of how rows scatter their answers, by EM from their novelty sequences
+    (no gold; a stopping rule that looks only at a row's own samples leaves the likelihood unchanged)."""
+    lik = np.exp(_crp_loglik(new, drawn))
+    start = np.full(len(THETA), 1.0 / len(THETA))
+    w = start.copy()
+    for _ in range(iters):
+        post = lik * w
+        post /= np.maximum(post.sum(axis=1, keepdims=True), 1e-300)
+        w = post.mean(axis=0) * 0.98 + 0.02 * start
+    return w / w.sum()
+
+
+def urn_reference(rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig, model: RowModel, width: int,
+                  seed: int = 0, max_rows: int = 4096) -> Reference:
+    """Vote rows' trajectories to ``width``: each finished row's own samples, continued as a Chinese-
+    restaurant process (a new answer with chance theta / (j + theta), else a copy of one of its samples so
+    far), theta drawn from the row's posterior under the answer prior fitted on all of them. Rows stopped
+    at any price so contribute their whole future, and the slice need not be deep."""
+    rng = np.random.default_rng(seed)
+    keep = np.flatnonzero(drawn > 0)
+    if len(keep) > max_rows:
+        keep = np.sort(rng.choice(keep, max_rows, replace=False))
+    r, n = _take(rows, keep), drawn[keep]
+    m, w0 = r.codes.shape
+    new = novelty(r, n)
+    prior = fit_answer_prior(new, n)
+    post = np.exp(_crp_loglik(new, n) - _crp_loglik(new, n).max(axis=1, keepdims=True)) * prior
+    cdf = np.cumsum(post, axis=1)
+    theta = THETA[np.minimum((cdf < rng.random((m, 1)) * cdf[:, -1:]).sum(axis=1), len(THETA) - 1)]
+    pad = max(width - w0, 0)
+    codes = np.pad(r.codes, ((0, 0), (0, pad)))[:, :width].astype(np.int64)
+    valid = np.pad(r.valid, ((0, 0), (0, pad)))[:, :width]
+    cost = np.pad(r.cost, ((0, 0), (0, pad)))[:, :width]
+    ver = None if r.verifier_score is None else np.pad(r.verifier_score, ((0, 0), (0, pad)))[:, :width]
+    ar, mean_cost = np.arange(m), cost.sum(axis=1) / np.maximum(n, 1)
+    for j in range(1, width):
+        sim = n <= j
+        if not sim.any():
+            continue
+        is_new = rng.random(m) < theta / (j + theta)
+        src = np.minimum((rng.random(m) * j).astype(np.int64), j - 1)
+        codes[:, j] = np.where(sim, np.where(is_new, np.int64(2 ** 40) + j, codes[ar, src]), codes[:, j])
+        valid[:, j] = np.where(sim, is_new | valid[ar, src], valid[:, j])
+        cost[:, j] = np.where(sim, np.where(is_new, mean_cost, cost[ar, src]), cost[:, j])
+        if ver is not None:
+            pool = ver[ar, src]
+            ver[:, j] = np.where(sim, np.where(is_new, np.nan, pool), ver[:, j])
+    sim_rows = RowSamples(codes, valid, cost, r.row_ids, ver, r.hint)
+    return Reference(row_priority(sim_rows, cfg, model), _cumcost(sim_rows), np.full(m, width))
 
 
 @dataclass(frozen=True)
@@ -480,8 +590,11 @@ class Pacer:
             return
         rows, drawn = concat_rows([r for r, _ in self.slice]), np.concatenate([d for _, d in self.slice])
         self.model = learn_model(rows, drawn, self.cfg)
-        self.ref = Reference(row_priority(rows, self.cfg, self.model), _cumcost(rows), drawn)
-        self._slice_hints = rows.hint
+        self.ref, self._ref_rows = None, 0
+        if self.model.checker:  # (re-simulated from the refit prior before every part)
+            self.ref = Reference(row_priority(rows, self.cfg, self.model), _cumcost(rows), drawn)
+        else:
+            self._vote_reference()
 
     # ------------------------------------------------------------------ per part
     def plan(self, key, n_rows: int) -> PartPlan:
@@ -507,14 +620,24 @@ class Pacer:
             done = concat_rows([r for r, _ in self.finished])
             drawn = np.concatenate([d for _, d in self.finished])
             model = self.model = replace(model, prior=fit_prior(verdict_counts(done, drawn, self.cfg), drawn, done.hint))
-            ref = simulated_reference(model, self._slice_hints, self.cfg, self.width)
-            cap = self.width
-        else:
-            cap = self.depth
+            ref = simulated_reference(model, _sample_hints(done.hint), self.cfg, self.width)
+        else:  # vote rows: every finished row's samples, continued by the answer urn
+            ref = self._vote_reference()
         left = self.budget - self.spent - sum(p.expected for p in self.in_flight.values())
         rows_left = max(self.rows - self.rows_sent, n_rows)
         price = ref.price(max(left, 0.0) / rows_left)
-        return PartPlan("main", price, cap, model, n_rows * ref.spend(price))
+        return PartPlan("main", price, self.width, model, n_rows * ref.spend(price))
+
+    def _vote_reference(self) -> Reference:
+        """``urn_reference`` over the rows finished so far, refit once they grew by a tenth."""
+        n = sum(len(d) for _, d in self.finished)
+        if self.ref is None or n > 1.1 * self._ref_rows:
+            done = concat_rows([r for r, _ in self.finished])
+            drawn = np.concatenate([d for _, d in self.finished])
+            if self.model.answer_prior is not None:
+                self.model = replace(self.model, answer_prior=answer_model(done, drawn, self.cfg))
+            self.ref, self._ref_rows = urn_reference(done, drawn, self.cfg, self.model, self.width), n
+        return self.ref
 
     def observe(self, key, rows: RowSamples, drawn: np.ndarray, spent: float) -> None:
         """A part is done: its rows' samples (``drawn`` each) and what it spent."""
