@@ -442,14 +442,17 @@ class EngineMeter:
 
 def engine_usage(before: dict | None, after: dict) -> dict:
     """One replica's engine use between two ``EngineMeter.snapshot``s (``before`` None: since the
-    meter started): ``seconds`` of wall clock, ``busy_s`` and ``busy_fraction`` of engine time, and
-    the counts' differences."""
+    meter started): ``seconds`` of wall clock, ``busy_s`` and ``busy_fraction`` of engine time, the
+    counts' differences, and ``generated_tokens_per_step`` (the decode batch's mean fill)."""
     base = before or {"at": after["started"]}
     seconds = after["at"] - base["at"]
     out = {k: v - base.get(k, 0) for k, v in after.items() if k not in ("at", "started")}
     busy = min(out.pop("busy_s"), seconds)
+    # How full the busy steps were: an engine can be busy with a thin batch.
+    per_step = round(out["generated_tokens"] / out["steps"], 1) if out.get("steps") else None
     return {"seconds": round(seconds, 3), "busy_s": round(busy, 3),
-            "busy_fraction": round(busy / seconds, 4) if seconds > 0 else None} | out
+            "busy_fraction": round(busy / seconds, 4) if seconds > 0 else None} | out | {
+            "generated_tokens_per_step": per_step}
 
 
 def structured_params(constraint: tuple[str, str] | None):
