@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from datetime import UTC, datetime
 import signal
 import threading
 import time
 from collections.abc import Callable
 
-from jobs import preflight, resume
+from jobs import preflight, resume, skipping
 from jobs.progress import Progress
 from jobs.resume import LEDGER_FILE, JobChanged  # noqa: F401  (JobChanged: re-exported for callers)
 from jobs.spec import (
@@ -40,6 +41,7 @@ from jobs.spec import (
 )
 from pipelines import io, records
 from pipelines.budget import cost_per_token
+from pipelines.pricing import price_spec
 from pipelines.errors import TierwiseError
 from pipelines.lease import LeaseLost, OutputLease, OutputLeased  # noqa: F401  (OutputLeased: re-exported)
 from pipelines.report import breakdown, build_report
@@ -87,17 +89,19 @@ def policy_tier(policy: UniformPolicy, s: SamplingSpec) -> Tier:
     return uniform_tier(policy.n, s.temperature, s.top_p, s.max_tokens, weighted, logprobs)
 
 
-def job_context(spec: JobSpec):
+def job_context(spec: JobSpec, rows_stop_at: float | None = None):
     from ray_cluster.replica import JobContext
 
     b = spec.budget
     verifier = spec.verifier
     if isinstance(verifier, JudgeSpec):
         verifier = verifier.config(spec.model.path, spec.sampling.max_tokens)
+    cpt = cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour)
     return JobContext(
         output_uri=spec.output.path, id_column=spec.input.id_column, prompt_column=spec.input.prompt_column,
-        gold_column=spec.input.gold_column,
-        cost_per_token=cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour),
+        gold_column=spec.input.gold_column, cost_per_token=cpt,
+        pricing=price_spec(b.unit, cpt, b.prompt_token_weight, b.metering, b.usd_per_gpu_hour, spec.replicas.num_gpus),
+        rows_stop_at=rows_stop_at,
         extractor=spec.answer_extractor, verifier=verifier, keep_samples=spec.output.keep_samples,
         seed=spec.sampling.seed, input_storage=spec.input.storage_options, output_storage=spec.output.storage_options,
         row_features=tuple(difficulty_columns(spec).items()), abort_failed_steps=aborts_failed_steps(spec),
@@ -168,7 +172,8 @@ class Session:
     and the summaries of committed parts."""
 
     def __init__(self, spec: JobSpec, n_rows: int, committed: dict[int, dict], prior_spent: float,
-                 address: str | None, show_progress: bool, pool=None, lease: OutputLease | None = None):
+                 address: str | None, show_progress: bool, pool=None, lease: OutputLease | None = None,
+                 deadline: skipping.Deadline | None = None):
         from ray_cluster.cluster import connect
         from ray_cluster.ledger import BudgetLedger
 
@@ -182,7 +187,8 @@ class Session:
         self.progress = Progress(n_rows, spec.budget.amount, spec.budget.unit, done=committed.values(),
                                  enabled=show_progress)
         self.pool, self._own_pool = pool, pool is None
-        self.job = job_context(spec)
+        self.deadline = deadline
+        self.job = job_context(spec, deadline.rows_stop_at if deadline is not None else None)
         self.stop = _StopOnSignal()
         self.lease = lease
         self.generate_wall_s = 0.0
@@ -209,9 +215,33 @@ class Session:
         self.ray.kill(self.ledger)
 
     @property
-    def stopping(self) -> bool:
-        """A signal came, or another driver took the output over: send no more parts."""
+    def interrupted(self) -> bool:
+        """A signal came, or another driver took the output over."""
         return self.stop.signum is not None or (self.lease is not None and self.lease.lost)
+
+    @property
+    def stopping(self) -> bool:
+        """Interrupted, or a part sent now would not finish before the deadline: send no more parts."""
+        return self.interrupted or (self.deadline is not None and self.deadline.due(self._part_seconds()))
+
+    def _part_seconds(self) -> float:
+        """How long a part takes here (mean over the parts that ran so far; 0 before any)."""
+        if getattr(self, "_mean_at", None) != len(self.summaries):
+            seconds = [s["seconds"] for s in self.summaries.values() if s.get("seconds")]
+            self._mean_at, self._mean = len(self.summaries), sum(seconds) / len(seconds) if seconds else 0.0
+        return self._mean
+
+    def meters(self) -> list[dict]:
+        """Each replica's device time for this job (``pipelines.pricing.DeviceMeter``)."""
+        return self.ray.get([a.meter.remote(self.ledger) for a in self.pool.actors.values()])
+
+    def commit_left(self, parts: list[io.Part], status: str, tokens=None) -> None:
+        """Writes ``parts`` ``status`` in bulk (``jobs.skipping.commit_bulk``), as committed parts."""
+        t0 = time.monotonic()
+        for summary in skipping.commit_bulk(self.spec, parts, status, tokens).values():
+            self.summaries[summary["part_id"]] = summary
+            self.progress.part_done(summary)
+        log.info("%d part(s) written %s in %.2f s", len(parts), status, time.monotonic() - t0)
 
     def save_ledger(self, force: bool = False) -> dict:
         self.snapshot = self.ray.get(self.ledger.snapshot.remote())
@@ -335,8 +365,12 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
              len(todo), prior_spent)
     extra: dict = {}
     summaries, snapshot, generate_wall_s, signum, unsent = dict(done), {"spent": prior_spent}, 0.0, None, 0
+    deadline = skipping.job_deadline(spec, time.time() - (time.monotonic() - t0),
+                                     sum(p.length for p in todo))
     if todo and prior_spent >= spec.budget.amount:  # nothing left to spend: no engine starts
         summaries |= preflight.commit_skipped(spec, todo)
+    elif todo and deadline is not None and deadline.due():  # no time left: no engine starts
+        summaries |= skipping.commit_bulk(spec, todo, "skipped_deadline")
     elif todo:
         if spec.policy.kind == "adaptive" and spec.policy.planner == "sequential":
             from jobs.sequential_driver import SequentialDriver
@@ -349,12 +383,15 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
         else:
             driver = None
             tier = policy_tier(spec.policy, spec.sampling)
-        with Session(spec, start.n_rows, done, prior_spent, address, show_progress, pool, lease) as session:
+        with Session(spec, start.n_rows, done, prior_spent, address, show_progress, pool, lease,
+                     deadline) as session:
             if driver is None:
-                unsent = session.run_parts(todo, lambda _part: tier)
+                unsent = _run_uniform(session, todo, tier)
             else:
                 unsent = driver.run(session)
                 extra = driver.report
+            unsent = _commit_deadline_left(session, parts, unsent)
+            extra["metering"] = _metering(spec, session.meters(), session.save_ledger(force=True))
             summaries, snapshot = session.summaries, session.snapshot
             generate_wall_s, signum = session.generate_wall_s, session.stop.signum
     elif spec.policy.kind == "adaptive":
@@ -372,8 +409,69 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
     report |= extra
     report["by_tier"] = breakdown(io.read_output(out, so, ["tier", "bucket", "cost", "n_samples", "correct"]))
     report["complete"] = unsent == 0 and len(summaries) == len(parts)
+    if deadline is not None:
+        report["deadline"] = {"at": datetime.fromtimestamp(deadline.at, UTC).isoformat(),
+                              "finished_s_before": round(deadline.at - time.time(), 3)}
     io.write_json(report, out, "run_report.json", so)
     return report | {"_signum": signum, "_unsent": unsent}
+
+
+def _run_uniform(session: Session, todo: list[io.Part], tier: Tier) -> int:
+    """Streams a uniform policy's parts; once the budget left cannot cover the cheapest row of any
+    part not yet sent (``jobs.skipping.BudgetFloor``), the rest is written ``skipped_budget`` in
+    bulk. Returns the parts left unsent."""
+    floor, tokens = _budget_floor(session, todo, tier)
+    out = [False]
+
+    def budget_out() -> bool:
+        snap = session.snapshot
+        if floor is None or not snap.get("n_denied"):  # nothing refused yet: the budget is not at its end
+            return False
+        out[0] = floor.covers_none(snap["budget"] - snap["spent"])
+        return out[0]
+
+    unsent = session.run_parts(todo, lambda _part: tier, stop_when=budget_out,
+                               on_sent=floor.mark_sent if floor is not None else None)
+    left = [p for p in todo if p.part_id not in session.summaries]
+    if left and out[0] and not session.interrupted:
+        session.commit_left(left, "skipped_budget", tokens)
+        return 0
+    return unsent
+
+
+def _budget_floor(session: Session, todo: list[io.Part], tier: Tier):
+    """The job's ``BudgetFloor`` and ``PromptTokens`` (None, None where prices are metered, which the
+    driver does not know, or the model's tokenizer does not load here)."""
+    spec = session.spec
+    b = spec.budget
+    if b.metering == "measured":
+        return None, None
+    try:
+        max_len = min(i["max_model_len"] for i in session.pool.info().values())
+        tokens = skipping.PromptTokens(spec.model.path, max_len)
+    except Exception as exc:  # noqa: BLE001  (any failure: rows are skipped one by one, as before)
+        log.warning("no bulk budget skip: the model's tokenizer does not load on the driver (%s)", exc)
+        return None, None
+    price = cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour)
+    return skipping.BudgetFloor(spec, todo, tier, tokens, price), tokens
+
+
+def _commit_deadline_left(session: Session, parts: list[io.Part], unsent: int) -> int:
+    """After the deadline stopped the job, writes the parts it left ``skipped_deadline`` in bulk."""
+    left = [p for p in parts if p.part_id not in session.summaries]
+    if not left or session.interrupted or session.deadline is None or \
+            not session.deadline.due(session._part_seconds()):
+        return unsent
+    session.commit_left(left, "skipped_deadline")
+    return 0
+
+
+def _metering(spec: JobSpec, meters: list[dict], snapshot: dict) -> dict:
+    """What the replicas measured beside what the ledger settled (``run_report.json``'s ``metering``)."""
+    device_s = sum(m["device_seconds"] for m in meters)
+    return {"kind": spec.budget.metering, "unit": spec.budget.unit, "device_seconds": device_s,
+            "device_hours": device_s / 3600.0, "unattributed_s": sum(m["unattributed_s"] for m in meters),
+            "spent": snapshot["spent"], "replicas": meters}
 
 
 def _commit_failed_part(spec: JobSpec, part: io.Part, reason: str) -> dict:

@@ -25,6 +25,7 @@ from pipelines import io, records
 from pipelines.answers import make_extractor
 from pipelines.errors import EngineDead, StorageError
 from pipelines.judge import JudgeConfig
+from pipelines.pricing import DeviceMeter, Pricer, PriceSpec
 from pipelines.tiers import Tier
 from pipelines.validation import row_errors
 from ray_cluster.engine import EngineSpec, VllmEngine
@@ -54,6 +55,8 @@ class JobContext:
     row_features: tuple[tuple[str, str], ...] = ()  # (feature name, input column): difficulty signals per row
     abort_failed_steps: bool = False  # stop a sample at its first step the verifier's prefix check fails
     verifier_timeout_s: float = 30.0  # how long a user verifier's call may take (then its score is null)
+    pricing: PriceSpec | None = None  # weighted / metered prices (None: cost_per_token per token)
+    rows_stop_at: float | None = None  # the deadline for rows (unix seconds): no round starts past it
 
 
 @ray.remote
@@ -71,6 +74,7 @@ class ReplicaActor:
         self._scorers: dict = {}
         self._ledgers: dict[str, list] = {}  # ledger actor -> [its client, parts using it]
         self._halted: dict[str, _Halt] = {}  # ledger actor -> its job's stop flag (``halt``)
+        self._meters: dict[str, DeviceMeter] = {}  # ledger actor -> the job's device time here
 
     async def start(self) -> dict:
         """Builds the engines inside this worker; returns what the driver needs."""
@@ -95,6 +99,16 @@ class ReplicaActor:
 
     def _halt_flag(self, ledger) -> _Halt:
         return self._halted.setdefault(ledger._actor_id.hex(), _Halt())
+
+    def _pricer(self, ledger, job: JobContext) -> Pricer:
+        """The job's prices on this replica, over its one device meter (shared by its parts here)."""
+        spec = job.pricing or PriceSpec(job.cost_per_token)
+        return Pricer(spec, self._meters.setdefault(ledger._actor_id.hex(), DeviceMeter(spec.devices)))
+
+    async def meter(self, ledger) -> dict:
+        """The device time this replica held for the job of ``ledger`` (``DeviceMeter.snapshot``)."""
+        meter = self._meters.get(ledger._actor_id.hex())
+        return meter.snapshot() if meter is not None else DeviceMeter().snapshot()
 
     def _scoring(self, job: JobContext) -> Scorer:
         """The job's scorer (answer extractor, verifier or judge), built once per replica."""
@@ -146,8 +160,8 @@ class ReplicaActor:
             token_ids[i] = t
         halt = self._halt_flag(ledger)
         async with self._ledger_client(ledger) as client:
-            rows = RowRunner(self.engine, self._sem, tier, client, scorer, cfg.seed, cfg.cost_per_token,
-                             cfg.keep_samples, cfg.abort_failed_steps, halt)
+            rows = RowRunner(self.engine, self._sem, tier, client, scorer, cfg.seed, self._pricer(ledger, cfg),
+                             cfg.keep_samples, cfg.abort_failed_steps, halt, cfg.rows_stop_at)
             # Every row runs to its end (a row raises only EngineDead), so no row is left spending.
             recs = await asyncio.gather(*(rows.run(rid, p, e, f, t)
                                           for rid, p, e, f, t in zip(ids, prompts, errors, features, token_ids)),

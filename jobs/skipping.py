@@ -1,0 +1,226 @@
+"""Rows that no compute will reach, written by the driver at I/O speed.
+
+Two reasons a row gets no compute: the budget left cannot cover it (``skipped_budget``) or the
+job's deadline comes first (``skipped_deadline``). Either way the driver commits those parts
+itself, columnar, in the same exactly-once parts as the replicas' (``commit_bulk``): no
+reservation per row, no engine, no replica actor.
+
+- ``BudgetFloor``: the cheapest first round of every part not yet sent, in the budget's unit.
+  Once the budget left (``budget - spent``; spent only grows) is below the cheapest of them, no
+  row left can ever be granted a reservation: the pool stops sending and the rest is written
+  ``skipped_budget``, as the ledger would have refused each row one by one.
+- ``Deadline``: ``budget.deadline`` / ``budget.max_wall_s``. Rows start no round past
+  ``rows_stop_at`` (checked on the replica before each round), the driver sends no part that
+  would not finish by then, and what is left is written ``skipped_deadline``; ``rows_stop_at``
+  leaves time before the deadline for that bulk write and the report.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from jobs.spec import JobSpec
+from pipelines import io, records
+from pipelines.tiers import RowState, Tier
+from pipelines.validation import row_errors
+
+log = logging.getLogger(__name__)
+
+BULK_WRITERS = 4             # parts written at once (I/O bound; pyarrow releases the GIL)
+BULK_S_PER_ROW = 1e-5        # time budgeted per row for the bulk write before a deadline (measured ~2 us)
+DEADLINE_SLACK_S = 2.0       # fixed time kept before a deadline for the report and the last commits
+
+
+# ---------------------------------------------------------------- bulk commits
+
+def commit_bulk(spec: JobSpec, parts: list[io.Part], status: str, tokens=None) -> dict[int, dict]:
+    """Commits ``parts`` from the driver, every row ``status`` (cost 0, ``correct`` false where a gold
+    column grades it, ``prompt_tokens`` null), except rows whose prompt cannot be sent (null, empty,
+    or, with ``tokens``, longer than the model's context), which are row ``error`` records as a
+    replica writes them. Each part commits atomically; returns their summaries."""
+    if not parts:
+        return {}
+    with ThreadPoolExecutor(min(BULK_WRITERS, len(parts))) as ex:
+        return dict(ex.map(lambda p: _commit_one(spec, p, status, tokens), parts))
+
+
+def _commit_one(spec: JobSpec, part: io.Part, status: str, tokens) -> tuple[int, dict]:
+    from ray_cluster.replica import summarize
+
+    inp = spec.input
+    cols = list(dict.fromkeys([inp.id_column, inp.prompt_column] + ([inp.gold_column] if inp.gold_column else [])))
+    frame = pl.from_arrow(io.read_part(part, cols, inp.storage_options))
+    errors = row_errors(frame[inp.prompt_column])
+    if tokens is not None:
+        errors = tokens.too_long(frame[inp.prompt_column], errors)
+    correct = None
+    if inp.gold_column:  # as a replica grades a row without an answer: wrong
+        correct = pl.when(frame[inp.gold_column].is_not_null()).then(False).otherwise(None)
+        correct = frame.select(correct.alias("c"))["c"].to_arrow()
+    table = records.bulk_table(frame[inp.id_column].cast(pl.String).to_arrow(), status, errors.to_arrow(),
+                               correct=correct)
+    summary = summarize(part.part_id, table, 0.0)
+    io.write_part(table, spec.output.path, part.part_id, summary, spec.output.storage_options)
+    return part.part_id, summary
+
+
+# ---------------------------------------------------------------- prompt tokens on the driver
+
+class PromptTokens:
+    """Prompt token counts on the driver, from the model's own tokenizer (as the replicas count them).
+
+    ``bounds`` is columnar and cheap: a prompt of ``b`` UTF-8 bytes has at least
+    ``specials + ceil(b / longest)`` tokens (``longest``: the most bytes one token stands for;
+    1 for a byte tokenizer, where the bound is exact) and at most ``b + specials + 1``. Exact
+    counts (``exact``) run the tokenizer, only where a bound cannot decide.
+    """
+
+    def __init__(self, model: str, max_model_len: int):
+        from transformers import AutoTokenizer
+
+        from ray_cluster.engine import resolve_model
+
+        self.tok = AutoTokenizer.from_pretrained(resolve_model(model))
+        self.max_model_len = max_model_len
+        self.specials = len(self.tok("", add_special_tokens=True)["input_ids"])
+        vocab = self.tok.get_vocab()
+        self.longest = max(1, max(len(self.tok.convert_tokens_to_string([t]).encode()) for t in vocab))
+
+    def bounds(self, prompts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        b = prompts.str.len_bytes().fill_null(0).to_numpy().astype(np.int64)
+        return self.specials + -(-b // self.longest), b + self.specials + 1
+
+    def exact(self, prompts: list[str]) -> np.ndarray:
+        return np.array([len(x) for x in self.tok(prompts, add_special_tokens=True)["input_ids"]], np.int64)
+
+    def too_long(self, prompts: pl.Series, errors: pl.Series) -> pl.Series:
+        """``errors`` with a replica's message for prompts of at least the model's context."""
+        _, hi = self.bounds(prompts)
+        maybe = np.flatnonzero((hi >= self.max_model_len) & errors.is_null().to_numpy())
+        if not len(maybe):
+            return errors
+        counts = self.exact(prompts.gather(maybe).to_list())
+        out = errors.to_list()
+        for i, k in zip(maybe.tolist(), counts.tolist()):
+            if k >= self.max_model_len:
+                out[i] = f"prompt has {k} tokens; the model's context is {self.max_model_len}"
+        return pl.Series(out, dtype=pl.String)
+
+
+# ---------------------------------------------------------------- the budget's floor
+
+def first_round(tier: Tier) -> list[tuple[int, int]]:
+    """``(n, max_tokens)`` of each request of a row's first round under ``tier`` (the same for
+    every row of a uniform policy)."""
+    asked = tier.next_request(RowState("floor", 1), 0)
+    return [(r.n, r.max_tokens) for r in (asked if isinstance(asked, list) else [asked] if asked else [])]
+
+
+def round_worst(k: np.ndarray, requests: list[tuple[int, int]], max_model_len: int, prompt_weight: float,
+                k_hi: np.ndarray | None = None) -> np.ndarray:
+    """The weighted tokens a first round reserves for prompts of ``k`` tokens, as a replica reserves
+    them (each request pays its input once and ``n`` samples of ``max_tokens`` clipped to the
+    context); with ``k_hi`` (upper bounds of ``k``) a lower bound of it."""
+    hi = k if k_hi is None else k_hi
+    out = np.zeros(len(k))
+    for n, max_tokens in requests:
+        out += prompt_weight * k + n * np.maximum(1, np.minimum(max_tokens, max_model_len - hi))
+    return out
+
+
+class BudgetFloor:
+    """The cheapest first round (in the budget's unit) of the parts not yet sent.
+
+    Built on first use from the parts' prompts (bounds, columnar); a part whose bound does not
+    decide is tokenized exactly. ``price``: the budget unit per weighted token.
+    """
+
+    def __init__(self, spec: JobSpec, parts: list[io.Part], tier: Tier, tokens: PromptTokens, price: float):
+        self.spec, self.parts, self.tokens, self.price = spec, {p.part_id: p for p in parts}, tokens, price
+        self.requests = first_round(tier)
+        self.weight = spec.budget.prompt_token_weight
+        self.sent: set[int] = set()
+        self._heap: list[tuple[float, bool, int]] | None = None  # (floor, exact, part id)
+
+    def mark_sent(self, part: io.Part) -> None:
+        self.sent.add(part.part_id)
+
+    def covers_none(self, remaining: float) -> bool:
+        """Whether ``remaining`` cannot cover the cheapest row of any part not yet sent."""
+        if not self.requests:
+            return False
+        heap = self._build() if self._heap is None else self._heap
+        while heap:
+            floor, exact, pid = heap[0]
+            if pid in self.sent:
+                heapq.heappop(heap)
+            elif floor > remaining:
+                return True
+            elif exact:
+                return False
+            else:
+                heapq.heapreplace(heap, (self._part_floor(pid, exact=True), True, pid))
+        return True
+
+    def _build(self) -> list:
+        t0 = time.monotonic()
+        left = [p for pid, p in self.parts.items() if pid not in self.sent]
+        heap = [(self._floor(table.column(0)), False, p.part_id)
+                for p, table in zip(left, io.read_parts(left, [self.spec.input.prompt_column],
+                                                        self.spec.input.storage_options))]
+        heapq.heapify(heap)
+        log.info("budget floor of %d unsent parts in %.2f s", len(heap), time.monotonic() - t0)
+        self._heap = heap
+        return heap
+
+    def _part_floor(self, pid: int, exact: bool) -> float:
+        table = io.read_part(self.parts[pid], [self.spec.input.prompt_column], self.spec.input.storage_options)
+        return self._floor(table.column(0), exact)
+
+    def _floor(self, column, exact: bool = False) -> float:
+        prompts = pl.Series(column)
+        ok = row_errors(prompts).is_null().to_numpy()
+        lo, hi = self.tokens.bounds(prompts)
+        if exact and ok.any():
+            lo = hi = np.zeros(len(ok), np.int64)
+            lo[ok] = hi[ok] = self.tokens.exact(prompts.filter(pl.Series(ok)).to_list())
+        ok &= lo < self.tokens.max_model_len  # longer prompts are row errors, never reserved
+        if not ok.any():
+            return math.inf
+        return float(round_worst(lo[ok], self.requests, self.tokens.max_model_len, self.weight, hi[ok]).min()
+                     * self.price)
+
+
+# ---------------------------------------------------------------- the deadline
+
+@dataclass(frozen=True)
+class Deadline:
+    """When the job must be done (``at``, unix seconds) and when rows stop starting rounds."""
+
+    at: float
+    rows_stop_at: float
+
+    def due(self, part_seconds: float = 0.0, now: float | None = None) -> bool:
+        """Whether a part sent now (taking ``part_seconds``) would run past ``rows_stop_at``."""
+        return (time.time() if now is None else now) + part_seconds >= self.rows_stop_at
+
+
+def job_deadline(spec: JobSpec, started: float, rows_todo: int) -> Deadline | None:
+    """The job's deadline from ``budget.deadline`` and ``budget.max_wall_s`` (from ``started``, unix
+    seconds: the invocation's start), the earlier of the two; None without either. Rows stop
+    ``DEADLINE_SLACK_S`` plus the bulk write's time for ``rows_todo`` rows before it."""
+    b = spec.budget
+    ends = ([b.deadline.timestamp()] if b.deadline is not None else []) + \
+        ([started + b.max_wall_s] if b.max_wall_s is not None else [])
+    if not ends:
+        return None
+    at = min(ends)
+    return Deadline(at, at - DEADLINE_SLACK_S - rows_todo * BULK_S_PER_ROW)
