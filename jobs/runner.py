@@ -188,6 +188,7 @@ class Session:
                                  enabled=show_progress)
         self.pool, self._own_pool = pool, pool is None
         self.deadline = deadline
+        self.bulk_written: list[dict] = []  # parts the driver wrote skipped in bulk (commit_left)
         self.job = job_context(spec, deadline.rows_stop_at if deadline is not None else None)
         self.stop = _StopOnSignal()
         self.lease = lease
@@ -241,7 +242,10 @@ class Session:
         for summary in skipping.commit_bulk(self.spec, parts, status, tokens).values():
             self.summaries[summary["part_id"]] = summary
             self.progress.part_done(summary)
-        log.info("%d part(s) written %s in %.2f s", len(parts), status, time.monotonic() - t0)
+        seconds = time.monotonic() - t0
+        self.bulk_written.append({"status": status, "parts": len(parts), "rows": sum(p.length for p in parts),
+                                  "seconds": round(seconds, 3)})
+        log.info("%d part(s) written %s in %.2f s", len(parts), status, seconds)
 
     def save_ledger(self, force: bool = False) -> dict:
         self.snapshot = self.ray.get(self.ledger.snapshot.remote())
@@ -392,6 +396,7 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
                 extra = driver.report
             unsent = _commit_deadline_left(session, parts, unsent)
             extra["metering"] = _metering(spec, session.meters(), session.save_ledger(force=True))
+            extra["bulk_written"] = session.bulk_written
             summaries, snapshot = session.summaries, session.snapshot
             generate_wall_s, signum = session.generate_wall_s, session.stop.signum
     elif spec.policy.kind == "adaptive":

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 BULK_WRITERS = 4             # parts written at once (I/O bound; pyarrow releases the GIL)
 BULK_S_PER_ROW = 1e-5        # time budgeted per row for the bulk write before a deadline (measured ~2 us)
-DEADLINE_SLACK_S = 2.0       # fixed time kept before a deadline for the report and the last commits
+DEADLINE_SLACK_S = 3.0       # least time kept before a deadline for rounds in flight, the last commits, the report
+DEADLINE_SLACK_SHARE = 0.1   # ... or this share of the time the job was given, if more
 
 
 # ---------------------------------------------------------------- bulk commits
@@ -91,12 +92,16 @@ class PromptTokens:
         self.tok = AutoTokenizer.from_pretrained(resolve_model(model))
         self.max_model_len = max_model_len
         self.specials = len(self.tok("", add_special_tokens=True)["input_ids"])
-        vocab = self.tok.get_vocab()
-        self.longest = max(1, max(len(self.tok.convert_tokens_to_string([t]).encode()) for t in vocab))
+        self.added = sorted(self.tok.get_added_vocab())  # special tokens: they also match in text
+        plain = set(self.tok.get_vocab()) - set(self.added)
+        self.longest = max([1] + [_token_bytes(self.tok, t) for t in plain])
 
     def bounds(self, prompts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         b = prompts.str.len_bytes().fill_null(0).to_numpy().astype(np.int64)
-        return self.specials + -(-b // self.longest), b + self.specials + 1
+        lo = self.specials + -(-b // self.longest)
+        if self.added:  # a prompt holding a special token's text: no bound but one token
+            lo = np.where(prompts.str.contains_any(self.added).fill_null(False).to_numpy(), self.specials + 1, lo)
+        return lo, b + self.specials + 1
 
     def exact(self, prompts: list[str]) -> np.ndarray:
         return np.array([len(x) for x in self.tok(prompts, add_special_tokens=True)["input_ids"]], np.int64)
@@ -113,6 +118,15 @@ class PromptTokens:
             if k >= self.max_model_len:
                 out[i] = f"prompt has {k} tokens; the model's context is {self.max_model_len}"
         return pl.Series(out, dtype=pl.String)
+
+
+def _token_bytes(tok, token: str) -> int:
+    """The most UTF-8 bytes of text ``token`` stands for (a byte-level BPE spells each byte as one
+    character; otherwise its decoded text, where a partial character decodes to the 3-byte U+FFFD)."""
+    decoder = getattr(getattr(tok, "backend_tokenizer", None), "decoder", None)
+    if type(decoder).__name__ == "ByteLevel":
+        return len(token)
+    return len(tok.convert_tokens_to_string([token]).encode())
 
 
 # ---------------------------------------------------------------- the budget's floor
@@ -173,9 +187,11 @@ class BudgetFloor:
     def _build(self) -> list:
         t0 = time.monotonic()
         left = [p for pid, p in self.parts.items() if pid not in self.sent]
-        heap = [(self._floor(table.column(0)), False, p.part_id)
-                for p, table in zip(left, io.read_parts(left, [self.spec.input.prompt_column],
-                                                        self.spec.input.storage_options))]
+        prompts = io.read_parts(left, [self.spec.input.prompt_column], self.spec.input.storage_options).to_series()
+        worst = self._row_worst(prompts)
+        starts = np.cumsum([0] + [p.length for p in left[:-1]])
+        floors = np.minimum.reduceat(worst, starts) if len(worst) else np.array([])
+        heap = [(float(f), False, p.part_id) for f, p in zip(floors, left)]
         heapq.heapify(heap)
         log.info("budget floor of %d unsent parts in %.2f s", len(heap), time.monotonic() - t0)
         self._heap = heap
@@ -183,20 +199,19 @@ class BudgetFloor:
 
     def _part_floor(self, pid: int, exact: bool) -> float:
         table = io.read_part(self.parts[pid], [self.spec.input.prompt_column], self.spec.input.storage_options)
-        return self._floor(table.column(0), exact)
+        return float(self._row_worst(pl.Series(table.column(0)), exact).min(initial=math.inf))
 
-    def _floor(self, column, exact: bool = False) -> float:
-        prompts = pl.Series(column)
+    def _row_worst(self, prompts: pl.Series, exact: bool = False) -> np.ndarray:
+        """Each row's first-round reservation in the budget's unit (a lower bound unless ``exact``;
+        inf for rows that are errors, never reserved)."""
         ok = row_errors(prompts).is_null().to_numpy()
         lo, hi = self.tokens.bounds(prompts)
         if exact and ok.any():
-            lo = hi = np.zeros(len(ok), np.int64)
+            lo, hi = lo.copy(), hi.copy()
             lo[ok] = hi[ok] = self.tokens.exact(prompts.filter(pl.Series(ok)).to_list())
         ok &= lo < self.tokens.max_model_len  # longer prompts are row errors, never reserved
-        if not ok.any():
-            return math.inf
-        return float(round_worst(lo[ok], self.requests, self.tokens.max_model_len, self.weight, hi[ok]).min()
-                     * self.price)
+        worst = round_worst(lo, self.requests, self.tokens.max_model_len, self.weight, hi) * self.price
+        return np.where(ok, worst, math.inf)
 
 
 # ---------------------------------------------------------------- the deadline
@@ -215,12 +230,15 @@ class Deadline:
 
 def job_deadline(spec: JobSpec, started: float, rows_todo: int) -> Deadline | None:
     """The job's deadline from ``budget.deadline`` and ``budget.max_wall_s`` (from ``started``, unix
-    seconds: the invocation's start), the earlier of the two; None without either. Rows stop
-    ``DEADLINE_SLACK_S`` plus the bulk write's time for ``rows_todo`` rows before it."""
+    seconds: the invocation's start), the earlier of the two; None without either. Rows start no
+    round past ``rows_stop_at``: before it by ``DEADLINE_SLACK_S`` (or ``DEADLINE_SLACK_SHARE`` of
+    the time given, if more: for the rounds then in flight, the last commits and the report) plus
+    the bulk write's time for ``rows_todo`` rows."""
     b = spec.budget
     ends = ([b.deadline.timestamp()] if b.deadline is not None else []) + \
         ([started + b.max_wall_s] if b.max_wall_s is not None else [])
     if not ends:
         return None
     at = min(ends)
-    return Deadline(at, at - DEADLINE_SLACK_S - rows_todo * BULK_S_PER_ROW)
+    slack = max(DEADLINE_SLACK_S, DEADLINE_SLACK_SHARE * (at - started))
+    return Deadline(at, at - slack - rows_todo * BULK_S_PER_ROW)

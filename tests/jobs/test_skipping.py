@@ -1,0 +1,108 @@
+"""Driver-side skips: the budget's floor, the deadline, and bulk commits (no Ray, no engine)."""
+
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+import pytest
+
+from jobs.skipping import BudgetFloor, PromptTokens, commit_bulk, first_round, job_deadline, round_worst
+from jobs.spec import SpecError, parse_spec
+from pipelines import io, manifest
+from pipelines.tiers import uniform_tier
+
+PROMPTS = ["1+2=\n", "12+34=\n", None, "x" * 300, "1+1=\n", "99+99=\n", "5+5=\n", "7+7=\n", "", "3+3=\n"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "in.parquet"
+    pl.DataFrame({"id": [f"r{i}" for i in range(10)], "prompt": PROMPTS,
+                  "gold": ["3", "46", "0", "0", "2", None, "10", "14", "0", "6"]}).write_parquet(path)
+    return path
+
+
+def spec_for(data, out, **budget):
+    return parse_spec({"input": {"path": str(data), "gold_column": "gold"}, "output": {"path": str(out), "part_rows": 4},
+                       "budget": {"amount": 100, **budget}})
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return PromptTokens("embedded:tiny-adder", 256)
+
+
+def test_the_embedded_byte_tokenizer_bounds_are_exact(tokens):
+    prompts = pl.Series(["1+2=\n", "héllo", "a<|endoftext|>b"])
+    lo, hi = tokens.bounds(prompts)
+    exact = tokens.exact(prompts.to_list())
+    assert tokens.longest == 1 and lo[:2].tolist() == exact[:2].tolist()
+    assert (lo <= exact).all() and (exact <= hi).all()  # the special token's text: a bound of one
+
+
+def test_bulk_commit_writes_every_id_once_with_row_errors_as_a_replica_would(data, tmp_path, tokens):
+    spec = spec_for(data, tmp_path / "out")
+    parts = io.plan_parts(io.list_input_files(str(data)), 4)
+    summaries = commit_bulk(spec, parts, "skipped_deadline", tokens)
+    df = pl.read_parquet(f"{tmp_path}/out/part-*.parquet").sort("id")
+    assert df["id"].to_list() == sorted(f"r{i}" for i in range(10)) and sorted(summaries) == [0, 1, 2]
+    errors = dict(df.filter(pl.col("status") == "error").select("id", "error").iter_rows())
+    assert errors == {"r2": "prompt is null", "r3": "prompt has 300 tokens; the model's context is 256",
+                      "r8": "prompt is empty"}
+    assert (df.filter(pl.col("status") != "error")["status"] == "skipped_deadline").all()
+    assert (df["cost"] == 0).all() and df["answer"].is_null().all()
+    assert df.filter(pl.col("id") == "r5")["correct"].item() is None  # no gold: not graded
+    assert df.filter(pl.col("id") == "r0")["correct"].item() is False
+    assert sum(s["status"]["skipped_deadline"] for s in summaries.values()) == 7
+    assert all(s["cost"] == 0 for s in io.committed_parts(str(tmp_path / "out")).values())
+
+
+def test_the_floor_is_the_cheapest_first_round_of_the_parts_not_yet_sent(data, tmp_path, tokens):
+    spec = spec_for(data, tmp_path / "out")
+    parts = io.plan_parts(io.list_input_files(str(data)), 4)
+    tier = uniform_tier(1, 0.0, 1.0, 40)
+    assert first_round(tier) == [(1, 40)]
+    floor = BudgetFloor(spec, parts, tier, tokens, price=1.0)
+    # Part 0's cheapest valid row "1+2=\n" reserves 5 + 40; the null and the over-long prompt never reserve.
+    assert floor.covers_none(44.9) and not floor.covers_none(45.0)
+    floor.mark_sent(parts[0])
+    floor.mark_sent(parts[1])
+    assert floor.covers_none(45.0) is False  # part 2: "3+3=\n" is 5 tokens too
+    floor.mark_sent(parts[2])
+    assert floor.covers_none(1e9)  # nothing left to send
+
+
+def test_first_round_worst_case_matches_the_replicas_clipping():
+    k = np.array([5, 250])
+    assert round_worst(k, [(2, 40)], 256, 1.0).tolist() == [5 + 80, 250 + 2 * 6]
+    assert round_worst(k, [(1, 40)], 256, 0.5).tolist() == [2.5 + 40, 125 + 6]
+
+
+def test_deadline_is_the_earlier_of_deadline_and_max_wall_s(data, tmp_path):
+    at = datetime(2030, 1, 1, 12, 0, 0)
+    spec = spec_for(data, tmp_path / "o", deadline=at.isoformat(), max_wall_s=60)
+    assert spec.budget.deadline == at.replace(tzinfo=UTC)  # a deadline without a zone is UTC
+    d = job_deadline(spec, started=at.replace(tzinfo=UTC).timestamp() - 30, rows_todo=100_000)
+    assert d.at == at.replace(tzinfo=UTC).timestamp()
+    assert d.at - 10 < d.rows_stop_at < d.at  # time kept for the bulk write and the report
+    assert d.due(now=d.rows_stop_at) and not d.due(now=d.rows_stop_at - 5) and d.due(5.1, now=d.rows_stop_at - 5)
+    assert job_deadline(spec_for(data, tmp_path / "o"), 0.0, 10) is None
+
+
+def test_budget_spec_rules_for_metering_and_deadlines(data, tmp_path):
+    with pytest.raises(SpecError, match="metering 'measured'.*gpu_hours or usd"):
+        spec_for(data, tmp_path / "o", metering="measured")
+    with pytest.raises(SpecError, match="max_wall_s"):
+        spec_for(data, tmp_path / "o", max_wall_s=0)
+    ok = spec_for(data, tmp_path / "o", unit="gpu_hours", tokens_per_gpu_hour=1e6, metering="measured",
+                  prompt_token_weight=0.5)
+    assert ok.budget.metering == "measured" and ok.budget.prompt_token_weight == 0.5
+
+
+def test_a_new_deadline_is_the_same_job_and_its_skipped_parts_run_again(data, tmp_path):
+    a = spec_for(data, tmp_path / "o", max_wall_s=10).model_dump(mode="json")
+    b = spec_for(data, tmp_path / "o", deadline="2031-01-01T00:00:00").model_dump(mode="json")
+    assert manifest.identity_fields(a) == manifest.identity_fields(b)
+    s = {"rows": 4, "status": {"ok": 1, "skipped_budget": 0, "skipped_deadline": 3, "error": 0}}
+    check = manifest.classify_parts({0: s}, {0: "h"}, {}, ["h"], budget_raised=False)
+    assert check.redone() == {"deadline_skipped": [0]} and not check.done
