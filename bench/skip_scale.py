@@ -115,6 +115,8 @@ def main() -> None:
 
 def baseline(tmp: Path, args, pool, runner) -> dict:
     """Rows skipped one by one through the replica and the ledger (the bulk floor turned off)."""
+    from jobs.runner import run_job
+
     inp, out = tmp / "base.parquet", tmp / "base-out"
     write_input(inp, args.baseline_rows, seed=1)
     budget = 50 * worst_tokens(inp, args.max_tokens)
