@@ -101,6 +101,7 @@ class LedgerClient:
         self.ledger, self.holder = ledger, holder
         self.lease = 0.0      # held at the ledger
         self.carved = 0.0     # worst cases of rows in flight inside the lease
+        self._n_carved = 0    # their count: none in flight is exactly 0.0, whatever float residue
         self.pending: dict[str, float] = {}  # settled inside the lease, not yet reported, by kind
         self._direct: dict[float, int] = {}  # reservations held at the ledger itself, by amount
         self._direct_settling: list = []     # their settlements in flight
@@ -110,6 +111,16 @@ class LedgerClient:
         self._lock = asyncio.Lock()  # binds to the running loop on first use (Python >= 3.10)
         self._timer: asyncio.Task | None = None
 
+    def _carve(self, amount: float) -> None:
+        self.carved += amount
+        self._n_carved += 1
+
+    def _uncarve(self, amount: float) -> None:
+        # Amounts of varying size (metered prices) leave float residue: with nothing in flight the
+        # lease must hold nothing, or rows waiting at the ledger would wait for it forever.
+        self._n_carved -= 1
+        self.carved = self.carved - amount if self._n_carved else 0.0
+
     def _free(self) -> float:
         return self.lease - self.carved - sum(self.pending.values())
 
@@ -118,13 +129,13 @@ class LedgerClient:
         self._n += 1
         self._mean_worst += (amount - self._mean_worst) / self._n
         if not self._lock.locked() and self._free() >= amount:
-            self.carved += amount
+            self._carve(amount)
             return GRANTED
         async with self._lock:  # one renewal at a time; carve only between renewals
             if self._free() < amount:
                 await self._roll(need=amount)
             if self._free() >= amount:
-                self.carved += amount
+                self._carve(amount)
                 return GRANTED
             # The budget left cannot hold this row beside the lease's own work in flight:
             # give back the lease's unused part and wait at the ledger like any row.
@@ -148,7 +159,7 @@ class LedgerClient:
             self._direct_settling.append(asyncio.ensure_future(
                 self.ledger.settle.remote(reserved, actual, self.holder, kind)))
             return
-        self.carved -= reserved
+        self._uncarve(reserved)
         self.pending[kind] = self.pending.get(kind, 0.0) + actual
         if self._timer is None or self._timer.done():
             self._timer = asyncio.get_running_loop().create_task(self._roll_soon())
@@ -158,7 +169,7 @@ class LedgerClient:
         if self._take_direct(reserved):
             await self.ledger.release.remote(reserved, self.holder)
         else:
-            self.carved -= reserved
+            self._uncarve(reserved)
 
     async def drain(self) -> None:
         """Reports every settlement so far to the ledger; raises if one failed."""
