@@ -187,6 +187,9 @@ class BudgetFloor:
     def _build(self) -> list:
         t0 = time.monotonic()
         left = [p for pid, p in self.parts.items() if pid not in self.sent]
+        if not left:  # every part was sent
+            self._heap = []
+            return self._heap
         prompts = io.read_parts(left, [self.spec.input.prompt_column], self.spec.input.storage_options).to_series()
         worst = self._row_worst(prompts)
         starts = np.cumsum([0] + [p.length for p in left[:-1]])

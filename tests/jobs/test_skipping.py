@@ -106,3 +106,13 @@ def test_a_new_deadline_is_the_same_job_and_its_skipped_parts_run_again(data, tm
     s = {"rows": 4, "status": {"ok": 1, "skipped_budget": 0, "skipped_deadline": 3, "error": 0}}
     check = manifest.classify_parts({0: s}, {0: "h"}, {}, ["h"], budget_raised=False)
     assert check.redone() == {"deadline_skipped": [0]} and not check.done
+
+
+def test_with_every_part_sent_no_row_is_left_to_cover(data, tmp_path, tokens):
+    """Regression: the floor's first use after every part was sent read no part and raised."""
+    spec = spec_for(data, tmp_path / "out")
+    parts = io.plan_parts(io.list_input_files(str(data)), 4)
+    floor = BudgetFloor(spec, parts, uniform_tier(1, 0.0, 1.0, 40), tokens, price=1.0)
+    for p in parts:
+        floor.mark_sent(p)
+    assert floor.covers_none(0.0)
