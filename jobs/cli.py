@@ -109,6 +109,22 @@ def cmd_demo_data(args) -> int:
     return 0
 
 
+def cmd_export_batch(args) -> int:
+    from jobs.spec import load_spec, resolve_output_path
+    from pipelines import io
+    from pipelines.export import batch_lines
+
+    spec = resolve_output_path(load_spec(args.spec, _overrides(args.set)))
+    out = spec.output
+    lines = batch_lines(io.read_output(out.path, out.storage_options,
+                                       ["id", "status", "error", "answer", "prompt_tokens", "output_tokens"]))
+    fs, path = io.filesystem(args.out, out.storage_options)
+    with fs.open(path, "wb") as fh:
+        lines.write_ndjson(fh)
+    print(f"wrote {lines.height} lines to {args.out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tierwise", description="Spend a fixed inference budget wisely.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -132,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1234)
     demo.add_argument("--row-group-size", type=int, default=10_000)
     demo.set_defaults(func=cmd_demo_data)
+
+    export = sub.add_parser("export-batch", help="write a job's output as OpenAI-batch-style JSONL")
+    export.add_argument("spec")
+    export.add_argument("out", help="the JSONL file (local, or s3:// with the output's storage_options)")
+    export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    export.set_defaults(func=cmd_export_batch)
 
     from jobs import replay_command, sample_command
     sample_command.register(sub)

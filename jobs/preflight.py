@@ -18,6 +18,7 @@ Each failure is a ``SpecError`` naming the field (exit 2), never a traceback fro
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -48,7 +49,16 @@ def check_job(spec: JobSpec) -> None:
         except ValueError as exc:
             raise SpecError(f"verifier: {exc}") from None
     aborts_failed_steps(spec)  # a prefix check asked for and missing
+    if spec.structured is not None:
+        from ray_cluster.engine import check_structured
+
+        kind, _ = constraint = spec.structured.constraint()
+        try:
+            check_structured(constraint)
+        except ValueError as exc:
+            raise SpecError(f"structured.{kind}: vLLM's structured outputs (xgrammar) reject it: {exc}") from None
     check_model("model.path", spec.model.path)
+    check_chat_template(spec)
     if isinstance(spec.verifier, JudgeSpec) and spec.verifier.model is not None:
         check_model("verifier.model", spec.verifier.model)
 
@@ -71,6 +81,39 @@ def check_model(field: str, model: str) -> None:
         raise SpecError(f"{field}: local model directory {model!r} does not exist (checked on the driver)")
     if path.is_dir() and not (path / "config.json").is_file():
         raise SpecError(f"{field}: {model!r} is not a model directory (it holds no config.json)")
+
+
+def check_chat_template(spec: JobSpec) -> None:
+    """A job whose rows need a chat template (``input.messages_column``, ``prompt.system_prompt``,
+    ``prompt.chat`` true or ``chat_template_kwargs``) on a local model directory without one
+    (``chat_template`` in tokenizer_config.json, or chat_template.jinja) and no
+    ``prompt.chat_template`` is refused here; a Hugging Face id is checked by the replicas.
+
+    Raises:
+        SpecError: naming what needs the template.
+    """
+    p, inp = spec.prompt, spec.input
+    needs = next((f for f, v in (("input.messages_column", inp.messages_column),
+                                 ("prompt.system_prompt", p.system_prompt), ("prompt.chat", p.chat),
+                                 ("prompt.chat_template_kwargs", p.chat_template_kwargs)) if v), None)
+    if needs is None or p.chat_template is not None:
+        return
+    model = spec.model.path
+    if model.startswith("embedded:"):
+        from ray_cluster.engine import resolve_model
+        model = resolve_model(model)
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return
+    config = path / "tokenizer_config.json"
+    try:
+        has = (path / "chat_template.jinja").is_file() or (
+            config.is_file() and "chat_template" in json.loads(config.read_text()))
+    except (OSError, ValueError):
+        return  # the engine reports an unreadable tokenizer itself
+    if not has:
+        raise SpecError(f"{needs} needs a chat template, and the model {spec.model.path!r} has none: set "
+                        "prompt.chat_template (Jinja text or a file)")
 
 
 # ---------------------------------------------------------------- the cluster's resources
@@ -187,12 +230,13 @@ def _stop_on_signal(what: str):
 
 # ---------------------------------------------------------------- nothing left to spend
 
-def commit_skipped(spec: JobSpec, parts: list[io.Part]) -> dict[int, dict]:
+def commit_skipped(spec: JobSpec, parts: list[io.Part], lost: dict[int, float] | None = None) -> dict[int, dict]:
     """Commits ``parts`` from the driver, every row ``skipped_budget`` (cost 0, ``correct`` false where
-    a gold column grades it, ``prompt_tokens`` null: no tokenizer ran; a null or empty prompt is a row
-    error, as on a replica): the budget left is zero, so no engine starts. Each part commits
-    atomically as the replicas' do (``jobs.skipping.commit_bulk``); returns their summaries.
+    a gold column grades it, ``prompt_tokens`` null: no tokenizer ran; a prompt that cannot be sent is
+    a row error, as on a replica): the budget left is zero, so no engine starts. Each part commits
+    atomically as the replicas' do (``jobs.skipping.commit_bulk``), carrying what earlier lost attempts
+    at it spent (``lost``, by part id: ``lost_cost``); returns their summaries.
     """
     from jobs.skipping import commit_bulk
 
-    return commit_bulk(spec, parts, "skipped_budget")
+    return commit_bulk(spec, parts, "skipped_budget", lost=lost)

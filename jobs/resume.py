@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -46,6 +46,7 @@ class Start:
     check: manifest.PartCheck
     prior_spent: float
     archived: str | None = None
+    prior_parts: dict[int, float] = field(default_factory=dict)  # spend so far per part (``prior_spend``)
 
     @property
     def done(self) -> dict[int, dict]:
@@ -114,9 +115,34 @@ def prepare(spec: JobSpec, files: list[io.InputFile], n_rows: int, id_chunks: li
         current["skipped_at_budget"] = skipped_at
     io.write_json(current, out, manifest.MANIFEST_FILE, so)
     saved = io.read_json(out, LEDGER_FILE, so) or {}
-    # Everything spent on this output counts, the spend of parts now redone included: it was spent.
-    prior = max(sum(s.get("cost", 0.0) for s in committed.values()), float(saved.get("spent", 0.0)))
-    return Start(n_rows, parts, current, check, prior, archived)
+    prior, prior_parts = prior_spend(saved, committed, check.done, bool(changes))
+    return Start(n_rows, parts, current, check, prior, archived, prior_parts)
+
+
+def ledger_record(spent: float, budget: float, parts: dict[int, float]) -> dict:
+    """The content of ``_tierwise/ledger.json``: the spend so far, and per part (every attempt's)."""
+    return {"spent": spent, "budget": budget, "by_part": {str(pid): amount for pid, amount in sorted(parts.items())}}
+
+
+def prior_spend(saved: dict, committed: dict[int, dict], done: dict[int, dict],
+                changed: bool) -> tuple[float, dict[int, float]]:
+    """What earlier runs on the output spent: in all (everything counts, the spend of parts now
+    redone and of attempts lost with a replica or a crashed driver included: it was spent), and per
+    part of this job. A part kept ``done`` spent what its rows carry; a part to do (again) spent what
+    the saved ledger says (and at least its old rows' cost): its next commit carries that as
+    ``lost_cost``. Spend the saved ledger names no part for (an older ledger file, another job's
+    parts, side work) stays in the total only."""
+    spent = float(saved.get("spent", 0.0))
+    committed_cost = sum(float(s.get("cost", 0.0)) for s in committed.values())
+    if changed:  # another job's work: its spend counts, its parts are none of this job's
+        return max(spent, committed_cost), {}
+    saved_parts = {int(k): float(v) for k, v in (saved.get("by_part") or {}).items()}
+    parts = dict(saved_parts)
+    for pid, summary in committed.items():
+        cost = float(summary.get("cost", 0.0))
+        parts[pid] = cost if pid in done else max(parts.get(pid, 0.0), cost)
+    named = sum(saved_parts.values()) if "by_part" in saved else committed_cost
+    return max(spent, sum(parts.values()) + max(0.0, spent - named)), parts
 
 
 def finish(spec: JobSpec, start: Start, new_summaries: list[dict]) -> None:

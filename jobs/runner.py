@@ -13,22 +13,24 @@ whose rows failed for a job-level cause, is redone). One driver writes an output
 time (``pipelines.lease``). The budget survives crashes: ``_tierwise/ledger.json``
 records everything spent so far, including work of parts that never committed (it
 was spent); a resumed run starts its ledger there, so the total across attempts never
-passes the budget.
+passes the budget. It keeps the spend per part too: a part redone after a lost attempt
+(a replica lost mid-part, a killed driver) carries that attempt's spend in its rows
+(``lost_cost``, part of ``cost``), so the output's costs add up to the ledger's spend.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import UTC, datetime
 import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from jobs import preflight, resume, skipping
 from jobs.progress import Progress
-from jobs.resume import LEDGER_FILE, JobChanged  # noqa: F401  (JobChanged: re-exported for callers)
+from jobs.resume import LEDGER_FILE, JobChanged, ledger_record  # noqa: F401  (JobChanged: re-exported for callers)
 from jobs.spec import (
     JobSpec,
     JudgeSpec,
@@ -37,13 +39,14 @@ from jobs.spec import (
     UniformPolicy,
     aborts_failed_steps,
     difficulty_columns,
+    prompt_columns,
     resolve_output_path,
 )
 from pipelines import io, records
 from pipelines.budget import cost_per_token
-from pipelines.pricing import price_spec
-from pipelines.errors import TierwiseError
+from pipelines.errors import StartInterrupted, TierwiseError
 from pipelines.lease import LeaseLost, OutputLease, OutputLeased  # noqa: F401  (OutputLeased: re-exported)
+from pipelines.pricing import price_spec
 from pipelines.report import breakdown, build_report
 from pipelines.search import SearchTier
 from pipelines.tiers import Tier, think_tier, uniform_tier
@@ -65,7 +68,8 @@ class RowErrorsInStrictMode(TierwiseError):
 def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int, list]:
     inp = spec.input
     files = io.list_input_files(inp.path, inp.storage_options)
-    required = {"id_column": inp.id_column, "prompt_column": inp.prompt_column, "gold_column": inp.gold_column}
+    required = {"id_column": inp.id_column, "gold_column": inp.gold_column} | prompt_columns(spec)
+    required |= {f"input.sampling_columns.{k}": col for k, col in inp.sampling_columns.items()}
     required |= {f"policy.difficulty.{'column' if k == 'difficulty_hint' else 'feature_columns'}[{col}]": col
                  for k, col in difficulty_columns(spec).items()}
     for f in files:
@@ -98,7 +102,7 @@ def job_context(spec: JobSpec, rows_stop_at: float | None = None):
         verifier = verifier.config(spec.model.path, spec.sampling.max_tokens)
     cpt = cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour)
     return JobContext(
-        output_uri=spec.output.path, id_column=spec.input.id_column, prompt_column=spec.input.prompt_column,
+        output_uri=spec.output.path, id_column=spec.input.id_column, prompt=prompt_config(spec),
         gold_column=spec.input.gold_column, cost_per_token=cpt,
         pricing=price_spec(b.unit, cpt, b.prompt_token_weight, b.metering, b.usd_per_gpu_hour, spec.replicas.num_gpus),
         rows_stop_at=rows_stop_at,
@@ -106,7 +110,19 @@ def job_context(spec: JobSpec, rows_stop_at: float | None = None):
         seed=spec.sampling.seed, input_storage=spec.input.storage_options, output_storage=spec.output.storage_options,
         row_features=tuple(difficulty_columns(spec).items()), abort_failed_steps=aborts_failed_steps(spec),
         verifier_timeout_s=spec.verifier_timeout_s,
+        structured=spec.structured.constraint() if spec.structured else None,
+        sampling_columns=tuple(spec.input.sampling_columns.items()),
     )
+
+
+def prompt_config(spec: JobSpec):
+    """The replicas' ``PromptConfig`` of the spec's input and ``prompt`` section."""
+    from pipelines.prompts import PromptConfig
+
+    p = spec.prompt
+    return PromptConfig(prompt_column=spec.input.prompt_column, messages_column=spec.input.messages_column,
+                        template=p.template, system_prompt=p.system_prompt, chat=p.chat,
+                        chat_template=p.chat_template, chat_template_kwargs=dict(p.chat_template_kwargs))
 
 
 def judge_model(spec: JobSpec) -> str | None:
@@ -115,10 +131,11 @@ def judge_model(spec: JobSpec) -> str | None:
     return v.model if isinstance(v, JudgeSpec) and v.model not in (None, spec.model.path) else None
 
 
-def start_pool(spec: JobSpec, address: str | None = None):
+def start_pool(spec: JobSpec, address: str | None = None, stopping: Callable[[], bool] = lambda: False):
     """Starts the spec's replicas (engines built inside the workers; with a judge model
     of its own, a second engine on each). Pass the pool to several ``run_job`` calls
-    with the same model (and judge model) to start engines once."""
+    with the same model (and judge model) to start engines once. ``stopping()`` true
+    while the engines start stops them (``StartInterrupted``)."""
     from ray_cluster.cluster import connect
     from ray_cluster.engine import EngineSpec
     from ray_cluster.pool import PoolConfig, ReplicaPool
@@ -131,7 +148,7 @@ def start_pool(spec: JobSpec, address: str | None = None):
     return ReplicaPool(EngineSpec(m.path, m.max_model_len, m.dtype, spec.sampling.seed, m.engine_kwargs),
                        PoolConfig(r.count, r.num_cpus, r.num_gpus, r.max_part_retries,
                                   max_rows_in_flight=r.max_rows_in_flight,
-                                  max_engine_restarts=r.max_engine_restarts), judge)
+                                  max_engine_restarts=r.max_engine_restarts), judge, stopping)
 
 
 def _check_pool(spec: JobSpec, pool) -> None:
@@ -173,7 +190,7 @@ class Session:
 
     def __init__(self, spec: JobSpec, n_rows: int, committed: dict[int, dict], prior_spent: float,
                  address: str | None, show_progress: bool, pool=None, lease: OutputLease | None = None,
-                 deadline: skipping.Deadline | None = None):
+                 prior_parts: dict[int, float] | None = None, deadline: skipping.Deadline | None = None):
         from ray_cluster.cluster import connect
         from ray_cluster.ledger import BudgetLedger
 
@@ -183,11 +200,14 @@ class Session:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         here = self.ray.get_runtime_context().get_node_id()
         self.ledger = BudgetLedger.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(spec.budget.amount, prior_spent)
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
+            spec.budget.amount, prior_spent, {spec.output.path: prior_parts or {}})
         self.progress = Progress(n_rows, spec.budget.amount, spec.budget.unit, done=committed.values(),
                                  enabled=show_progress)
         self.pool, self._own_pool = pool, pool is None
         self.deadline = deadline
+        self.floor, self.tokens = None, None  # the budget's floor (jobs.skipping), set once the pool is up
+        self.budget_out = False  # the budget left covers no row of any part not yet sent
         self.bulk_written: list[dict] = []  # parts the driver wrote skipped in bulk (commit_left)
         self.job = job_context(spec, deadline.rows_stop_at if deadline is not None else None)
         self.stop = _StopOnSignal()
@@ -202,7 +222,7 @@ class Session:
         self.stop.__enter__()
         try:
             if self.pool is None:
-                self.pool = start_pool(self.spec)
+                self.pool = start_pool(self.spec, stopping=lambda: self.stopping)
         except BaseException:  # refused, interrupted or failed to start: the ledger and handlers go too
             self.__exit__(None, None, None)
             raise
@@ -222,8 +242,14 @@ class Session:
 
     @property
     def stopping(self) -> bool:
-        """Interrupted, or a part sent now would not finish before the deadline: send no more parts."""
-        return self.interrupted or (self.deadline is not None and self.deadline.due(self._part_seconds()))
+        """Interrupted, a part sent now would not finish before the deadline, or the budget left covers
+        no row of any part not yet sent (``floor``, checked once the ledger refused a row): send no
+        more parts."""
+        if self.interrupted or (self.deadline is not None and self.deadline.due(self._part_seconds())):
+            return True
+        if not self.budget_out and self.floor is not None and self.snapshot.get("n_denied"):
+            self.budget_out = self.floor.covers_none(self.snapshot["budget"] - self.snapshot["spent"])
+        return self.budget_out
 
     def _part_seconds(self) -> float:
         """How long a part takes here (mean over the parts that ran so far; 0 before any)."""
@@ -239,7 +265,8 @@ class Session:
     def commit_left(self, parts: list[io.Part], status: str, tokens=None) -> None:
         """Writes ``parts`` ``status`` in bulk (``jobs.skipping.commit_bulk``), as committed parts."""
         t0 = time.monotonic()
-        for summary in skipping.commit_bulk(self.spec, parts, status, tokens).values():
+        lost = self.ray.get(self.ledger.part_spend.remote(self.spec.output.path))  # lost attempts' spend
+        for summary in skipping.commit_bulk(self.spec, parts, status, tokens, lost).values():
             self.summaries[summary["part_id"]] = summary
             self.progress.part_done(summary)
         seconds = time.monotonic() - t0
@@ -250,8 +277,10 @@ class Session:
     def save_ledger(self, force: bool = False) -> dict:
         self.snapshot = self.ray.get(self.ledger.snapshot.remote())
         if force or time.monotonic() - self._last_save > LEDGER_SAVE_EVERY_S:
-            io.write_json({"spent": self.snapshot["spent"], "budget": self.snapshot["budget"]},
-                          self.spec.output.path, LEDGER_FILE, self.spec.output.storage_options)
+            out = self.spec.output.path
+            parts = self.ray.get(self.ledger.part_spend.remote(out))
+            io.write_json(ledger_record(self.snapshot["spent"], self.snapshot["budget"], parts), out, LEDGER_FILE,
+                          self.spec.output.storage_options)
             self._last_save = time.monotonic()
         return self.snapshot
 
@@ -268,14 +297,21 @@ class Session:
                 on_part(summary)
 
         def on_failed(part: io.Part, reason: str) -> None:
-            on_done(_commit_failed_part(self.spec, part, reason))
+            lost = self.ray.get(self.ledger.spent_on.remote((self.spec.output.path, part.part_id)))
+            on_done(_commit_failed_part(self.spec, part, reason, lost))
 
         t0 = time.monotonic()
         with self._saving_ledger(t0):
             return self.pool.run(self.job, self.ledger, parts, tier, on_done, on_failed,
                                  poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
                                  stopping=lambda: self.stopping or stop_when(), max_inflight=max_inflight,
-                                 on_sent=on_sent, parts_per_replica=self.spec.replicas.parts_per_replica)
+                                 on_sent=lambda part: self._mark_sent(part, on_sent), parts_per_replica=self.spec.replicas.parts_per_replica)
+
+    def _mark_sent(self, part: io.Part, then: Callable[[io.Part], None] | None) -> None:
+        if self.floor is not None:  # a part sent is no longer the floor's to cover
+            self.floor.mark_sent(part)
+        if then is not None:
+            then(part)
 
     @contextlib.contextmanager
     def _saving_ledger(self, t0: float):
@@ -363,7 +399,7 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
     out, so = spec.output.path, spec.output.storage_options
     parts, done, prior_spent = start.parts, start.done, start.prior_spent
     # Fails fast (StorageError) on an output location that cannot be written.
-    io.write_json({"spent": prior_spent, "budget": spec.budget.amount}, out, LEDGER_FILE, so)
+    io.write_json(ledger_record(prior_spent, spec.budget.amount, start.prior_parts), out, LEDGER_FILE, so)
     todo = [p for p in parts if p.part_id not in done]
     log.info("%d rows in %d parts; %d done, %d to do, %.6g spent before", start.n_rows, len(parts), len(done),
              len(todo), prior_spent)
@@ -372,9 +408,9 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
     deadline = skipping.job_deadline(spec, time.time() - (time.monotonic() - t0),
                                      sum(p.length for p in todo))
     if todo and prior_spent >= spec.budget.amount:  # nothing left to spend: no engine starts
-        summaries |= preflight.commit_skipped(spec, todo)
+        summaries |= preflight.commit_skipped(spec, todo, start.prior_parts)
     elif todo and deadline is not None and deadline.due():  # no time left: no engine starts
-        summaries |= skipping.commit_bulk(spec, todo, "skipped_deadline")
+        summaries |= skipping.commit_bulk(spec, todo, "skipped_deadline", lost=start.prior_parts)
     elif todo:
         if spec.policy.kind == "adaptive" and spec.policy.planner == "sequential":
             from jobs.sequential_driver import SequentialDriver
@@ -387,18 +423,25 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
         else:
             driver = None
             tier = policy_tier(spec.policy, spec.sampling)
-        with Session(spec, start.n_rows, done, prior_spent, address, show_progress, pool, lease,
-                     deadline) as session:
-            if driver is None:
-                unsent = _run_uniform(session, todo, tier)
-            else:
-                unsent = driver.run(session)
-                extra = driver.report
-            unsent = _commit_deadline_left(session, parts, unsent)
-            extra["metering"] = _metering(spec, session.meters(), session.save_ledger(force=True))
-            extra["bulk_written"] = session.bulk_written
-            summaries, snapshot = session.summaries, session.snapshot
-            generate_wall_s, signum = session.generate_wall_s, session.stop.signum
+        session = Session(spec, start.n_rows, done, prior_spent, address, show_progress, pool, lease,
+                          prior_parts=start.prior_parts, deadline=deadline)
+        try:
+            with session:
+                first = skipping.first_round(tier) if driver is None else driver.first_round()
+                session.floor, session.tokens = _budget_floor(session, todo, first)
+                if driver is None:
+                    unsent = session.run_parts(todo, lambda _part: tier)
+                else:
+                    unsent = driver.run(session)
+                    extra = driver.report
+                unsent = _commit_left_over(session, parts, unsent)
+                extra["metering"] = _metering(spec, session.meters(), session.save_ledger(force=True))
+                extra["bulk_written"] = session.bulk_written
+                summaries, snapshot = session.summaries, session.snapshot
+                generate_wall_s = session.generate_wall_s
+        except StartInterrupted:  # a signal while the engines started: nothing ran, nothing was spent
+            unsent = len(todo)
+        signum = session.stop.signum
     elif spec.policy.kind == "adaptive":
         extra = io.read_json(out, "calibration.json", so) or {}
         extra = {"adaptive": extra.get("summary", {})} if extra else {}
@@ -421,53 +464,39 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
     return report | {"_signum": signum, "_unsent": unsent}
 
 
-def _run_uniform(session: Session, todo: list[io.Part], tier: Tier) -> int:
-    """Streams a uniform policy's parts; once the budget left cannot cover the cheapest row of any
-    part not yet sent (``jobs.skipping.BudgetFloor``), the rest is written ``skipped_budget`` in
-    bulk. Returns the parts left unsent."""
-    floor, tokens = _budget_floor(session, todo, tier)
-    out = [False]
-
-    def budget_out() -> bool:
-        snap = session.snapshot
-        if floor is None or not snap.get("n_denied"):  # nothing refused yet: the budget is not at its end
-            return False
-        out[0] = floor.covers_none(snap["budget"] - snap["spent"])
-        return out[0]
-
-    unsent = session.run_parts(todo, lambda _part: tier, stop_when=budget_out,
-                               on_sent=floor.mark_sent if floor is not None else None)
-    left = [p for p in todo if p.part_id not in session.summaries]
-    if left and out[0] and not session.interrupted:
-        session.commit_left(left, "skipped_budget", tokens)
-        return 0
-    return unsent
-
-
-def _budget_floor(session: Session, todo: list[io.Part], tier: Tier):
-    """The job's ``BudgetFloor`` and ``PromptTokens`` (None, None where prices are metered, which the
-    driver does not know, or the model's tokenizer does not load here)."""
+def _budget_floor(session: Session, todo: list[io.Part], first: list[tuple[int, int]] | None):
+    """The job's ``BudgetFloor`` and ``PromptTokens`` for rows whose first round is ``first`` (the
+    same for every row; None where it is not). None, None where rows are skipped one by one through
+    the ledger instead: prices metered (the driver does not know them), first rounds that differ
+    by row, a tokenizer or chat rendering the driver does not have (logged)."""
     spec = session.spec
     b = spec.budget
-    if b.metering == "measured":
+    if b.metering == "measured" or first is None:
         return None, None
     try:
+        from jobs.skipping import BudgetFloor, PromptTokens
+
         max_len = min(i["max_model_len"] for i in session.pool.info().values())
-        tokens = skipping.PromptTokens(spec.model.path, max_len)
+        tokens = PromptTokens(spec.model.path, max_len, prompt_config(spec))
+        price = cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour)
+        return BudgetFloor(spec, todo, first, tokens, price), tokens
     except Exception as exc:  # noqa: BLE001  (any failure: rows are skipped one by one, as before)
-        log.warning("no bulk budget skip: the model's tokenizer does not load on the driver (%s)", exc)
+        log.warning("no bulk budget skip (rows the budget cannot cover are refused one by one): %s", exc)
         return None, None
-    price = cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour)
-    return skipping.BudgetFloor(spec, todo, tier, tokens, price), tokens
 
 
-def _commit_deadline_left(session: Session, parts: list[io.Part], unsent: int) -> int:
-    """After the deadline stopped the job, writes the parts it left ``skipped_deadline`` in bulk."""
+def _commit_left_over(session: Session, parts: list[io.Part], unsent: int) -> int:
+    """After the budget floor or the deadline stopped the job, writes the parts it left in bulk:
+    ``skipped_budget`` or ``skipped_deadline``. A signal or a lost lease leaves them to a resume."""
     left = [p for p in parts if p.part_id not in session.summaries]
-    if not left or session.interrupted or session.deadline is None or \
-            not session.deadline.due(session._part_seconds()):
+    if not left or session.interrupted:
         return unsent
-    session.commit_left(left, "skipped_deadline")
+    if session.budget_out:
+        session.commit_left(left, "skipped_budget", session.tokens)
+    elif session.deadline is not None and session.deadline.due(session._part_seconds()):
+        session.commit_left(left, "skipped_deadline")
+    else:
+        return unsent
     return 0
 
 
@@ -479,8 +508,9 @@ def _metering(spec: JobSpec, meters: list[dict], snapshot: dict) -> dict:
             "spent": snapshot["spent"], "replicas": meters}
 
 
-def _commit_failed_part(spec: JobSpec, part: io.Part, reason: str) -> dict:
-    """Writes a part whose retries are exhausted as row-level error records."""
+def _commit_failed_part(spec: JobSpec, part: io.Part, reason: str, lost: float = 0.0) -> dict:
+    """Writes a part whose retries are exhausted as row-level error records, carrying ``lost``,
+    what its failed attempts spent."""
     import polars as pl
 
     from ray_cluster.replica import summarize
@@ -488,7 +518,7 @@ def _commit_failed_part(spec: JobSpec, part: io.Part, reason: str) -> dict:
     ids = pl.from_arrow(io.read_part(part, [spec.input.id_column], spec.input.storage_options))
     recs = [records.empty_record(i, "error", f"part failed after retries: {reason}", cause="job")
             for i in ids.to_series().cast(pl.String).to_list()]
-    table = records.to_table(recs)
+    table = records.with_lost_cost(records.to_table(recs), lost)
     summary = summarize(part.part_id, table, 0.0)
     io.write_part(table, spec.output.path, part.part_id, summary, spec.output.storage_options)
     return summary

@@ -25,7 +25,7 @@ from pipelines import io
 from pipelines.budget import cost_per_token
 from pipelines.calibration import stable_hash01
 from pipelines.sequential import Pacer, PartPlan, SequentialConfig
-from pipelines.sequential_tier import SequentialTier, row_samples
+from pipelines.sequential_tier import SequentialTier, ok_samples, row_samples
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ class SequentialDriver:
         self.events: list[tuple[str, int]] = []
         self.plans: dict[int, PartPlan] = {}
         self.report: dict = {}
+
+    def first_round(self) -> list[tuple[int, int]]:
+        """Every row's first round, whatever its part's plan: one sample of ``max_tokens``
+        (``SequentialTier.next_request``), what ``jobs.skipping.BudgetFloor`` prices."""
+        return [(1, self.spec.sampling.max_tokens)]
 
     def run(self, session) -> int:
         snap = session.save_ledger()
@@ -104,8 +109,7 @@ class SequentialDriver:
         """A committed part's rows as the pacer observes them (rows that ended without samples drew 0)."""
         out = io.read_output(self.spec.output.path, self.spec.output.storage_options, SAMPLE_COLUMNS,
                              part_ids=[part.part_id])
-        out = out.with_columns(pl.when(pl.col("status") == "ok").then(pl.col("sample_answers"))
-                               .otherwise(pl.lit([], pl.List(pl.String))).alias("sample_answers"))
+        out = ok_samples(out)
         if self.hint:
             inp, col = self.spec.input, self.spec.policy.difficulty.column
             hints = pl.from_arrow(io.read_part(part, [inp.id_column, col], inp.storage_options))
@@ -136,8 +140,7 @@ def replay_job(out_uri: str, storage_options: dict | None = None, cost_per_token
     sent = [pid for kind, pid in record["events"] if kind == "send"]
     cols = SAMPLE_COLUMNS + ["n_samples", "stop_reason", "cost"]
     frames = [io.read_output(out_uri, storage_options, cols, part_ids=[pid]) for pid in sent]
-    frames = [f.with_columns(pl.when(pl.col("status") == "ok").then(pl.col("sample_answers"))
-                             .otherwise(pl.lit([], pl.List(pl.String))).alias("sample_answers")) for f in frames]
+    frames = [ok_samples(f) for f in frames]
     rows = concat_rows([row_samples(f, cost_per_token, has_verifier) for f in frames])
     out = pl.concat(frames)
     drawn = out["sample_answers"].list.len().to_numpy()

@@ -22,15 +22,15 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 
 from jobs.spec import JobSpec
 from pipelines import io, records
+from pipelines.prompts import PromptConfig, message_errors, row_sampling, user_turns
 from pipelines.tiers import RowState, Tier
-from pipelines.validation import row_errors
 
 log = logging.getLogger(__name__)
 
@@ -42,35 +42,54 @@ DEADLINE_SLACK_SHARE = 0.1   # ... or this share of the time the job was given, 
 
 # ---------------------------------------------------------------- bulk commits
 
-def commit_bulk(spec: JobSpec, parts: list[io.Part], status: str, tokens=None) -> dict[int, dict]:
+def commit_bulk(spec: JobSpec, parts: list[io.Part], status: str, tokens: PromptTokens | None = None,
+                lost: dict[int, float] | None = None) -> dict[int, dict]:
     """Commits ``parts`` from the driver, every row ``status`` (cost 0, ``correct`` false where a gold
-    column grades it, ``prompt_tokens`` null), except rows whose prompt cannot be sent (null, empty,
-    or, with ``tokens``, longer than the model's context), which are row ``error`` records as a
-    replica writes them. Each part commits atomically; returns their summaries."""
+    column grades it, ``prompt_tokens`` null), except rows a replica could not send (a prompt, template
+    field or conversation that is null, empty or malformed, a bad per-row sampling cell, or, with
+    ``tokens``, a prompt of at least the model's context), which are row ``error`` records as a
+    replica writes them. A part carries what lost attempts at it spent (``lost``, by part id:
+    ``lost_cost``). Each part commits atomically; returns their summaries."""
     if not parts:
         return {}
+    lost = lost or {}
     with ThreadPoolExecutor(min(BULK_WRITERS, len(parts))) as ex:
-        return dict(ex.map(lambda p: _commit_one(spec, p, status, tokens), parts))
+        return dict(ex.map(lambda p: _commit_one(spec, p, status, tokens, lost.get(p.part_id, 0.0)), parts))
 
 
-def _commit_one(spec: JobSpec, part: io.Part, status: str, tokens) -> tuple[int, dict]:
+def _commit_one(spec: JobSpec, part: io.Part, status: str, tokens: PromptTokens | None,
+                lost: float) -> tuple[int, dict]:
+    from jobs.runner import prompt_config
     from ray_cluster.replica import summarize
 
-    inp = spec.input
-    cols = list(dict.fromkeys([inp.id_column, inp.prompt_column] + ([inp.gold_column] if inp.gold_column else [])))
+    inp, cfg = spec.input, prompt_config(spec)
+    cols = [inp.id_column] + cfg.columns() + ([inp.gold_column] if inp.gold_column else [])
+    cols = list(dict.fromkeys(cols + list(inp.sampling_columns.values())))
     frame = pl.from_arrow(io.read_part(part, cols, inp.storage_options))
-    errors = row_errors(frame[inp.prompt_column])
-    if tokens is not None:
-        errors = tokens.too_long(frame[inp.prompt_column], errors)
+    texts, errors = row_texts(frame, cfg)
+    if tokens is not None and texts is not None:
+        errors = tokens.too_long(texts, errors)
+    if inp.sampling_columns:  # a row's prompt error first, then its sampling cells', as a replica names them
+        bad_cells = pl.Series(row_sampling(frame, dict(inp.sampling_columns))[1], dtype=pl.String)
+        errors = pl.DataFrame({"p": errors, "s": bad_cells}).select(pl.coalesce("p", "s")).to_series()
     correct = None
     if inp.gold_column:  # as a replica grades a row without an answer: wrong
         correct = pl.when(frame[inp.gold_column].is_not_null()).then(False).otherwise(None)
         correct = frame.select(correct.alias("c"))["c"].to_arrow()
     table = records.bulk_table(frame[inp.id_column].cast(pl.String).to_arrow(), status, errors.to_arrow(),
                                correct=correct)
+    table = records.with_lost_cost(table, lost)
     summary = summarize(part.part_id, table, 0.0)
     io.write_part(table, spec.output.path, part.part_id, summary, spec.output.storage_options)
     return part.part_id, summary
+
+
+def row_texts(frame: pl.DataFrame, cfg: PromptConfig) -> tuple[pl.Series | None, pl.Series]:
+    """Each row's user turn (None for a messages column: conversations) and its error, as a replica
+    finds them (``pipelines.prompts``)."""
+    if cfg.messages_column:
+        return None, message_errors(frame[cfg.messages_column])
+    return user_turns(frame, cfg)
 
 
 # ---------------------------------------------------------------- prompt tokens on the driver
@@ -81,10 +100,15 @@ class PromptTokens:
     ``bounds`` is columnar and cheap: a prompt of ``b`` UTF-8 bytes has at least
     ``specials + ceil(b / longest)`` tokens (``longest``: the most bytes one token stands for;
     1 for a byte tokenizer, where the bound is exact) and at most ``b + specials + 1``. Exact
-    counts (``exact``) run the tokenizer, only where a bound cannot decide.
+    counts (``exact``) run the tokenizer, only where a bound cannot decide. Where the rows go
+    through a chat template (``prompt``: the job's ``PromptConfig``), a prompt is its rendered
+    one-turn conversation (``ChatFrame``) and the lower bound leaves out the special tokens.
+
+    Raises:
+        ValueError: the rows' chat rendering is not known on the driver (``ChatFrame``).
     """
 
-    def __init__(self, model: str, max_model_len: int):
+    def __init__(self, model: str, max_model_len: int, prompt: PromptConfig | None = None):
         from transformers import AutoTokenizer
 
         from ray_cluster.engine import resolve_model
@@ -95,15 +119,22 @@ class PromptTokens:
         self.added = sorted(self.tok.get_added_vocab())  # special tokens: they also match in text
         plain = set(self.tok.get_vocab()) - set(self.added)
         self.longest = max([1] + [_token_bytes(self.tok, t) for t in plain])
+        self.chat = ChatFrame.of(self.tok, prompt) if prompt is not None else None
 
     def bounds(self, prompts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         b = prompts.str.len_bytes().fill_null(0).to_numpy().astype(np.int64)
-        lo = self.specials + -(-b // self.longest)
+        least = self.specials
+        if self.chat is not None:
+            b, least = b + self.chat.extra_bytes, 0
+        lo = least + -(-b // self.longest)
         if self.added:  # a prompt holding a special token's text: no bound but one token
-            lo = np.where(prompts.str.contains_any(self.added).fill_null(False).to_numpy(), self.specials + 1, lo)
+            lo = np.where(prompts.str.contains_any(self.added).fill_null(False).to_numpy(), least + 1, lo)
         return lo, b + self.specials + 1
 
     def exact(self, prompts: list[str]) -> np.ndarray:
+        if self.chat is not None:  # the rendered conversation, tokenized as apply_chat_template does
+            texts = [self.chat.prefix + p + self.chat.suffix for p in prompts]
+            return np.array([len(x) for x in self.tok(texts, add_special_tokens=False)["input_ids"]], np.int64)
         return np.array([len(x) for x in self.tok(prompts, add_special_tokens=True)["input_ids"]], np.int64)
 
     def too_long(self, prompts: pl.Series, errors: pl.Series) -> pl.Series:
@@ -118,6 +149,57 @@ class PromptTokens:
             if k >= self.max_model_len:
                 out[i] = f"prompt has {k} tokens; the model's context is {self.max_model_len}"
         return pl.Series(out, dtype=pl.String)
+
+
+@dataclass(frozen=True)
+class ChatFrame:
+    """A one-turn chat job's rendering: ``prefix + user turn + suffix`` (the spec's system prompt,
+    the template's markup and generation prompt), known once the tokenizer's own
+    ``apply_chat_template`` (what vLLM's chat renderer runs) renders two different turns that way."""
+
+    prefix: str
+    suffix: str
+    template: str = field(repr=False)
+    system_prompt: str | None
+    kwargs: tuple[tuple[str, object], ...]
+
+    @property
+    def extra_bytes(self) -> int:
+        return len((self.prefix + self.suffix).encode())
+
+    @classmethod
+    def of(cls, tok, cfg: PromptConfig) -> ChatFrame | None:
+        """The job's frame (None for raw prompts, as ``ReplicaActor._prompt_ids`` decides chat).
+
+        Raises:
+            ValueError: conversations from a messages column, or a template whose rendering of a
+                turn is not prefix + turn + suffix.
+        """
+        template = tok.chat_template
+        if cfg.chat_template is not None:
+            from vllm.renderers.chat_utils import load_chat_template
+            template = load_chat_template(cfg.chat_template)
+        if not (cfg.chat if cfg.chat is not None else template is not None):
+            return None
+        if cfg.messages_column:
+            raise ValueError("conversations from input.messages_column have no one-turn rendering")
+        if not isinstance(template, str):
+            raise ValueError(f"the chat template is not one Jinja text ({type(template).__name__})")
+        frame = cls("", "", template, cfg.system_prompt, tuple(sorted(cfg.chat_template_kwargs.items())))
+        a, b = "\x01tierwise-a\x01", "\x02tierwise-b\x02"
+        ra, rb = frame.render(tok, a), frame.render(tok, b)
+        head, _, tail = ra.partition(a)
+        if ra.count(a) != 1 or rb != head + b + tail:
+            raise ValueError("the chat template does not render a turn as prefix + turn + suffix")
+        return cls(head, tail, template, cfg.system_prompt, frame.kwargs)
+
+    def conversation(self, turn: str) -> list[dict]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return system + [{"role": "user", "content": turn}]
+
+    def render(self, tok, turn: str) -> str:
+        return tok.apply_chat_template(self.conversation(turn), chat_template=self.template, tokenize=False,
+                                       add_generation_prompt=True, **dict(self.kwargs))
 
 
 def _token_bytes(tok, token: str) -> int:
@@ -154,12 +236,25 @@ class BudgetFloor:
     """The cheapest first round (in the budget's unit) of the parts not yet sent.
 
     Built on first use from the parts' prompts (bounds, columnar); a part whose bound does not
-    decide is tokenized exactly. ``price``: the budget unit per weighted token.
+    decide is tokenized exactly. ``requests``: every row's first round (``first_round``);
+    ``price``: the budget unit per weighted token.
+
+    Raises:
+        ValueError: rows whose first rounds differ by more than their prompts (conversations,
+            per-row ``max_tokens``).
     """
 
-    def __init__(self, spec: JobSpec, parts: list[io.Part], tier: Tier, tokens: PromptTokens, price: float):
+    def __init__(self, spec: JobSpec, parts: list[io.Part], requests: list[tuple[int, int]], tokens: PromptTokens,
+                 price: float):
+        from jobs.runner import prompt_config
+
         self.spec, self.parts, self.tokens, self.price = spec, {p.part_id: p for p in parts}, tokens, price
-        self.requests = first_round(tier)
+        self.prompt = prompt_config(spec)
+        if self.prompt.messages_column or "max_tokens" in spec.input.sampling_columns:
+            raise ValueError("rows' first rounds differ by more than their prompts (input.messages_column or "
+                             "input.sampling_columns.max_tokens)")
+        self.columns = list(dict.fromkeys(self.prompt.columns() + list(spec.input.sampling_columns.values())))
+        self.requests = requests
         self.weight = spec.budget.prompt_token_weight
         self.sent: set[int] = set()
         self._heap: list[tuple[float, bool, int]] | None = None  # (floor, exact, part id)
@@ -190,8 +285,7 @@ class BudgetFloor:
         if not left:  # every part was sent
             self._heap = []
             return self._heap
-        prompts = io.read_parts(left, [self.spec.input.prompt_column], self.spec.input.storage_options).to_series()
-        worst = self._row_worst(prompts)
+        worst = self._row_worst(*self._prompts(io.read_parts(left, self.columns, self.spec.input.storage_options)))
         starts = np.cumsum([0] + [p.length for p in left[:-1]])
         floors = np.minimum.reduceat(worst, starts) if len(worst) else np.array([])
         heap = [(float(f), False, p.part_id) for f, p in zip(floors, left)]
@@ -201,13 +295,21 @@ class BudgetFloor:
         return heap
 
     def _part_floor(self, pid: int, exact: bool) -> float:
-        table = io.read_part(self.parts[pid], [self.spec.input.prompt_column], self.spec.input.storage_options)
-        return float(self._row_worst(pl.Series(table.column(0)), exact).min(initial=math.inf))
+        frame = pl.from_arrow(io.read_part(self.parts[pid], self.columns, self.spec.input.storage_options))
+        return float(self._row_worst(*self._prompts(frame), exact).min(initial=math.inf))
 
-    def _row_worst(self, prompts: pl.Series, exact: bool = False) -> np.ndarray:
+    def _prompts(self, frame: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
+        """The rows' user turns and whether each can be sent (row errors are never reserved)."""
+        texts, errors = user_turns(frame, self.prompt)
+        ok = errors.is_null().to_numpy()
+        if self.spec.input.sampling_columns:
+            ok &= np.array([e is None for e in row_sampling(frame, dict(self.spec.input.sampling_columns))[1]])
+        return texts, ok
+
+    def _row_worst(self, prompts: pl.Series, ok: np.ndarray, exact: bool = False) -> np.ndarray:
         """Each row's first-round reservation in the budget's unit (a lower bound unless ``exact``;
-        inf for rows that are errors, never reserved)."""
-        ok = row_errors(prompts).is_null().to_numpy()
+        inf for rows that are errors (``ok`` false), never reserved)."""
+        ok = ok.copy()
         lo, hi = self.tokens.bounds(prompts)
         if exact and ok.any():
             lo, hi = lo.copy(), hi.copy()

@@ -32,10 +32,16 @@ class _Strict(BaseModel):
 
 
 class InputSpec(_Strict):
-    path: str = Field(description="Parquet file or directory; local path or s3:// URI")
+    path: str = Field(description="Parquet or JSONL (.jsonl/.ndjson, OpenAI batch files too) file or directory; "
+                                  "local path or s3:// URI")
     id_column: str = "id"
     prompt_column: str = "prompt"
+    messages_column: str | None = Field(None, description="a column of chat messages (list of {role, content}) "
+                                        "sent instead of the prompt column (see PromptSpec)")
     gold_column: str | None = Field(None, description="used only to score the run, never by a policy")
+    sampling_columns: dict[Literal["max_tokens", "temperature", "top_p"], str] = Field(
+        default_factory=dict, description="per-row sampling from input columns (an OpenAI batch file's "
+        "max_tokens / temperature), in place of `sampling`'s for that row; a null cell keeps the spec's")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec / s3fs")
 
 
@@ -105,6 +111,87 @@ class ReplicaSpec(_Strict):
         2, ge=0, description="times a replica restarts its engine in place after it dies (EngineCore killed, "
                              "a CUDA error or OOM) and re-sends its lost requests; past that the replica is "
                              "replaced and its parts retried elsewhere")
+
+
+class PromptSpec(_Strict):
+    """How a row becomes the model's input: the prompt column (or ``template`` over input columns) as the
+    user's turn after ``system_prompt``, or the row's ``input.messages_column``, rendered by the model's chat
+    template as vLLM's chat entry point renders it. Token counts and the budget see the rendered prompt."""
+
+    chat: bool | None = Field(None, description="true: apply the chat template; false: send the raw prompt "
+                              "text; null: chat when the model has a chat template (or chat_template is set)")
+    system_prompt: str | None = Field(None, min_length=1, description="a system turn before each row's turn")
+    template: str | None = Field(None, min_length=1, description="the user's turn from input columns, e.g. "
+                                 "'Review: {text}\\nLabel:' (replaces the prompt column)")
+    chat_template: str | None = Field(None, min_length=1, description="a Jinja chat template (text or a file "
+                                      "path) instead of the model's own")
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra variables of the chat "
+                                                 "template, e.g. {enable_thinking: false}")
+
+    @field_validator("template")
+    @classmethod
+    def _plain_fields(cls, v: str | None) -> str | None:
+        if v is not None:
+            template_fields(v)
+        return v
+
+    @model_validator(mode="after")
+    def _chat_settings_need_chat(self):
+        used = [f for f in ("system_prompt", "chat_template", "chat_template_kwargs") if getattr(self, f)]
+        if self.chat is False and used:
+            raise ValueError(f"prompt.{used[0]} needs a chat template: it does not apply with prompt.chat false")
+        return self
+
+
+def template_fields(template: str) -> list[str]:
+    """The input columns a ``prompt.template`` reads (``{column}`` fields; ``{{``/``}}`` are literal braces).
+
+    Raises:
+        ValueError: a malformed template, or a field with an index, attribute, conversion or format.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"prompt.template {template!r}: {exc} (a literal brace is written {{{{ or }}}})") from None
+    fields = []
+    for _, name, spec, conv in parsed:
+        if name is None:
+            continue
+        if not name or spec or conv or not re.fullmatch(r"[^.\[\]!:]+", name):
+            raise ValueError(f"prompt.template field {{{name}{'!' + conv if conv else ''}{':' + spec if spec else ''}}}"
+                             " must name an input column, as {column}")
+        fields.append(name)
+    if not fields:
+        raise ValueError("prompt.template reads no input column ({column} fields)")
+    return list(dict.fromkeys(fields))
+
+
+class StructuredSpec(_Strict):
+    """Constrained decoding through vLLM's structured outputs (xgrammar): exactly one of the three."""
+
+    choice: list[str] | None = Field(None, description="the answer is one of these labels")
+    json_schema: dict[str, Any] | None = Field(None, description="the answer is JSON valid under this schema "
+                                               "(read a field with answer_extractor json:FIELD)")
+    regex: str | None = Field(None, min_length=1, description="the answer matches this regular expression")
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("choice", "json_schema", "regex") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"structured needs exactly one of choice, json_schema, regex (got {given or 'none'})")
+        if self.choice is not None:
+            if not self.choice:
+                raise ValueError("structured.choice is empty: give at least one label")
+            if any(not c for c in self.choice) or len(set(self.choice)) != len(self.choice):
+                raise ValueError("structured.choice labels must be non-empty and distinct")
+        return self
+
+    def constraint(self) -> tuple[str, str]:
+        """``(kind, value)`` as ``SamplingConfig.structured`` carries it (the value JSON-encoded)."""
+        import json
+
+        kind = next(k for k in ("choice", "json_schema", "regex") if getattr(self, k) is not None)
+        return kind, json.dumps(getattr(self, kind), sort_keys=True)
 
 
 class SamplingSpec(_Strict):
@@ -289,6 +376,17 @@ class AdaptivePolicy(_Strict):
                               "score): a sub-slice of the calibration rows, to bound what the measuring costs")
 
     @model_validator(mode="after")
+    def _sequential_supports(self):
+        if self.planner == "sequential":
+            needs = [n for n, on in (("ladder", self.ladder), ("calibration_from", self.calibration_from),
+                                     ("difficulty.estimators: learned", "learned" in self.difficulty.estimators))
+                     if on]
+            if needs:
+                raise ValueError(f"policy.planner 'sequential' does not take {', '.join(needs)} (use planner: "
+                                 "calibrated)")
+        return self
+
+    @model_validator(mode="after")
     def _pilot_fits(self):
         if self.pilot_samples is not None and self.pilot_samples > self.calibration_samples:
             raise ValueError("policy.pilot_samples must not exceed policy.calibration_samples")
@@ -454,7 +552,11 @@ class JobSpec(_Strict):
     sampling: SamplingSpec = SamplingSpec()
     budget: BudgetSpec
     policy: Policy = UniformPolicy()
-    answer_extractor: str = Field("full", description="arithmetic | regex:PATTERN | last_line | full")
+    prompt: PromptSpec = PromptSpec()
+    structured: StructuredSpec | None = Field(None, description="constrain every sample: {choice: [...]}, "
+                                              "{json_schema: {...}} or {regex: ...}")
+    answer_extractor: str = Field("full", description="arithmetic | boxed | choice | json:FIELD | regex:PATTERN "
+                                  "| last_line | full")
     verifier: Verifier | None = Field(None, description="arithmetic_steps | module:function | "
                                       "{kind: llm_judge, mode: ..., ...} (see JudgeSpec)")
     verifier_timeout_s: float = Field(
@@ -496,6 +598,16 @@ class JobSpec(_Strict):
                              f"({self.sampling.max_tokens})")
         if self.input.gold_column and self.input.gold_column in (self.input.id_column, self.input.prompt_column):
             raise ValueError("input.gold_column must differ from the id and prompt columns")
+        if self.input.gold_column and self.input.gold_column in prompt_columns(self).values():
+            raise ValueError("input.gold_column must not be read by the prompt: the model would see gold")
+        if self.input.messages_column and (self.prompt.template or self.prompt.chat is False):
+            raise ValueError("input.messages_column is the whole conversation: it does not go with "
+                             "prompt.template or prompt.chat false")
+        if self.input.sampling_columns and (self.policy.kind != "uniform" or tier != "sample"):
+            raise ValueError("input.sampling_columns applies to policy kind 'uniform' with tier 'sample' (other "
+                             "policies plan their own sampling)")
+        if self.structured and (tier == "search" or "search" in getattr(self.policy, "rungs", ())):
+            raise ValueError("structured outputs do not apply to step-level search (its steps are partial)")
         if self.policy.kind == "adaptive" and self.input.gold_column in difficulty_columns(self).values():
             raise ValueError("policy.difficulty must not read input.gold_column: no estimator may see gold")
         return self
@@ -535,6 +647,17 @@ def aborts_failed_steps(spec: JobSpec) -> bool:
         raise SpecError(f"policy.abort_failed_steps: verifier {spec.verifier!r} has no prefix check "
                         "(give the function a `prefix_ok(prompt, text) -> bool` attribute)")
     return has
+
+
+def prompt_columns(spec: JobSpec) -> dict[str, str]:
+    """Input columns the prompt reads: ``{spec field: column}`` (the messages column, the template's
+    fields, else the prompt column)."""
+    inp, p = spec.input, spec.prompt
+    if inp.messages_column:
+        return {"messages_column": inp.messages_column}
+    if p.template:
+        return {f"prompt.template[{c}]": c for c in template_fields(p.template)}
+    return {"prompt_column": inp.prompt_column}
 
 
 def difficulty_columns(spec: JobSpec) -> dict[str, str]:

@@ -7,24 +7,29 @@ vote, or a vote weighted by verifier scores. None of this ever sees gold.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 
 from pipelines.errors import unknown_name
 
 Extractor = Callable[[str], "str | None"]
 
 # The extractors a spec may name (and ``regex:PATTERN``).
-EXTRACTORS = ("arithmetic", "last_line", "full")
+EXTRACTORS = ("arithmetic", "boxed", "choice", "last_line", "full")
 
 
 def make_extractor(name: str) -> Extractor:
     """Returns the extractor named by a spec.
 
-    ``arithmetic``: the demo task's ``A: ...`` line; ``regex:PATTERN``: the first
-    group of the last match (the whole match without a group); ``last_line``: the
-    last non-empty line; ``full``: the stripped text.
+    ``arithmetic``: the demo task's ``A: ...`` line; ``boxed``: the last LaTeX
+    ``\\boxed{}``, normalised by math-verify so that equivalent answers vote together;
+    ``choice``: a multiple-choice letter A-E; ``json:FIELD``: a field of the JSON text
+    (dotted for nested objects); ``regex:PATTERN``: the first group of the last match
+    (the whole match without a group); ``last_line``: the last non-empty line;
+    ``full``: the stripped text.
 
     Raises:
         ValueError: an unknown name (the message lists the valid ones) or a pattern
@@ -49,11 +54,100 @@ def make_extractor(name: str) -> Extractor:
             last = matches[-1]
             return (last[0] if isinstance(last, tuple) else last).strip() or None
         return by_regex
+    if name == "boxed":
+        return boxed_answer
+    if name == "choice":
+        return choice_answer
+    if name.startswith("json:"):
+        path = name[len("json:"):]
+        if not path or any(not k for k in path.split(".")):
+            raise ValueError(f"answer extractor {name!r} needs a field name after the colon, e.g. json:label")
+        return partial(json_field, path=tuple(path.split(".")))
     if name == "last_line":
         return lambda text: next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), None)
     if name == "full":
         return lambda text: text.strip() or None
-    raise ValueError(unknown_name("answer extractor", name, EXTRACTORS + ("regex:PATTERN",)))
+    raise ValueError(unknown_name("answer extractor", name, EXTRACTORS + ("json:FIELD", "regex:PATTERN")))
+
+
+MAX_BOXED_PARSE = 200  # characters of a box math-verify parses
+
+
+def boxed_answer(text: str) -> str | None:
+    """The last ``\\boxed{...}`` of ``text`` in a canonical form: math-verify's parse of it (a SymPy
+    expression, simplified and printed), so 0.5, \\frac{1}{2} and \\tfrac12 are one answer; its stripped content
+    when math-verify cannot parse it; None without a box."""
+    from math_verify import LatexExtractionConfig, parse
+
+    box = last_boxed(text)
+    if box is None:
+        return None
+    if len(box) > MAX_BOXED_PARSE:  # SymPy may take unbounded time on a long expression
+        return box.strip() or None
+    # parsing_timeout=None: math-verify's timeout is a SIGALRM, which only the main thread may set
+    # (extractors run on a replica's event loop); the length bound above stands in for it.
+    parsed = parse(f"\\boxed{{{box}}}", extraction_config=[LatexExtractionConfig(boxed_match_priority=0)],
+                   parsing_timeout=None)
+    if not parsed:
+        return box.strip() or None
+    return str(_simplified(parsed[0]))
+
+
+def _simplified(expr):
+    """SymPy's ``simplify`` of a parsed answer (sqrt(8) and 2*sqrt(2) print alike); atoms as they are."""
+    import sympy
+
+    if not isinstance(expr, sympy.Basic) or expr.is_Atom:
+        return expr
+    try:
+        return sympy.simplify(expr)
+    except Exception:  # an expression SymPy cannot simplify is still an answer
+        return expr
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) of ``text``, braces balanced."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth = 1
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None  # unclosed
+
+
+# "Answer: C", "the answer is (C)", then a letter alone on the last line ("C", "(C)", "C."), upper case.
+_CHOICE_STATED = re.compile(r"answer\s*(?:is|:)?\s*[:\-]?\s*\(?([A-E])\b\)?", re.IGNORECASE)
+_CHOICE_ALONE = re.compile(r"^\s*\(?([A-E])\)?[.:)]?\s*$", re.MULTILINE)
+
+
+def choice_answer(text: str) -> str | None:
+    """A multiple-choice letter (A-E, upper case): the last stated answer ("the answer is (C)"),
+    else the last line that is only a letter; None when neither appears."""
+    stated = _CHOICE_STATED.findall(text)
+    if stated:
+        return stated[-1].upper()
+    alone = _CHOICE_ALONE.findall(text)
+    return alone[-1] if alone else None
+
+
+def json_field(text: str, path: tuple[str, ...]) -> str | None:
+    """The field at ``path`` of the JSON object ``text`` holds: a string as it is, any other value
+    as JSON (``true``, ``3``); None when the text is not JSON or lacks the field."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 # Verifier scores are sharpened before they weight a vote: with a step checker, a

@@ -3,11 +3,18 @@
 Pure and synchronous; ``ray_cluster.ledger`` hosts one instance in a Ray actor so
 that every replica draws on the same budget. The invariant is
 ``spent + reserved <= budget`` at all times, so ``spent`` can never pass it.
+
+Spend is also kept per part (``by_part``, keyed by ``(output location, part id)``): a
+part's attempts that were lost (a replica killed mid-part, a driver crash) spent tokens
+no committed row carries, and the attempt that commits the part carries them
+(``pipelines.records.with_lost_cost``), so the output's costs add up to ``spent``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+PartKey = tuple[str, int]  # (output location, part id)
 
 GRANTED, WAIT, DENIED = "granted", "wait", "denied"
 
@@ -23,6 +30,7 @@ class Ledger:
     Attributes:
         budget: the total that may be spent, in the budget's unit.
         spent: settled spend (actual cost of finished work).
+        by_part: settled spend per part (of the settlements that name one), over all its attempts.
     """
 
     budget: float
@@ -31,6 +39,7 @@ class Ledger:
     n_reservations: int = 0
     n_denied: int = 0
     by_kind: dict[str, float] = field(default_factory=dict)
+    by_part: dict[PartKey, float] = field(default_factory=dict)
 
     @property
     def reserved(self) -> float:
@@ -70,25 +79,37 @@ class Ledger:
         if entry[0] == 0:
             del self.held[holder]
 
-    def settle(self, reserved: float, actual: float, holder: str = "", kind: str = "generation") -> None:
-        """Replaces a reservation by the actual cost (which must not exceed it)."""
+    def settle(self, reserved: float, actual: float, holder: str = "", kind: str = "generation",
+               part: PartKey | None = None) -> None:
+        """Replaces a reservation by the actual cost (which must not exceed it), spent on
+        ``part`` when given."""
         if actual > reserved * (1 + 1e-9) + 1e-12:
             raise ValueError(f"actual cost {actual} exceeds its reservation {reserved}")
         self._drop(holder, reserved)
         self.spent += actual
         self.by_kind[kind] = self.by_kind.get(kind, 0.0) + actual
+        if part is not None:
+            self._add_parts({part: actual})
+
+    def _add_parts(self, by_part: dict[PartKey, float]) -> None:
+        for part, amount in by_part.items():
+            self.by_part[part] = self.by_part.get(part, 0.0) + amount
+
+    def part_spend(self, output: str) -> dict[int, float]:
+        """What each part of ``output`` has spent so far, over all its attempts."""
+        return {pid: amount for (out, pid), amount in self.by_part.items() if out == output}
 
     def release(self, reserved: float, holder: str = "") -> None:
         """Returns a reservation whose work was never run."""
         self._drop(holder, reserved)
 
     def roll(self, holder: str, lease: float, actual: float, must: float, want: float,
-             by_kind: dict[str, float] | None = None) -> float:
+             by_kind: dict[str, float] | None = None, by_part: dict[PartKey, float] | None = None) -> float:
         """Renews ``holder``'s lease: a block of budget a replica reserves once and carves
         its rows' reservations from, so that rows need no call to the ledger each.
 
         Settles the current ``lease`` (0: none yet) with ``actual``, the cost of the work
-        carved from it that finished (split by kind in ``by_kind``), then holds a new
+        carved from it that finished (split by kind in ``by_kind``, by part in ``by_part``), then holds a new
         lease of at least ``must``, the worst cases of work still in flight (carved from
         the old lease, so it always fits), and up to ``want``, taking at most half of the
         budget no one holds, so that other replicas find some near the end. Returns the
@@ -103,6 +124,7 @@ class Ledger:
             self.spent += actual
             for kind, amount in (by_kind or {"generation": actual}).items():
                 self.by_kind[kind] = self.by_kind.get(kind, 0.0) + amount
+            self._add_parts(by_part or {})
         free = max(0.0, self.budget - self.spent - self.reserved - must)
         new = must + min(max(0.0, want - must), free / 2)
         if new > 0:

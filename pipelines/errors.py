@@ -28,6 +28,11 @@ class StorageError(TierwiseError):
         return isinstance(self.__cause__, PERMANENT_STORAGE_ERRORS)
 
 
+class StartInterrupted(TierwiseError):
+    """The driver was asked to stop (a signal) while the replicas' engines started: they are
+    stopped, nothing ran."""
+
+
 class EngineError(TierwiseError):
     """The inference engine failed to start or serve a request."""
 

@@ -19,6 +19,7 @@ class SamplingConfig:
             tokens count as prompt tokens. Samples hold only the new text.
         stop: strings that end a sample; the matched string is kept at the end of
             the sample's text (its ``finish_reason`` is then ``"stop"``).
+        structured: every sample obeys this constraint (vLLM's structured outputs).
         top_logprobs: when > 0, each sample carries the top log-probabilities of its
             first generated token (``Sample.top_logprobs``; a judge's yes/no verdict).
     """
@@ -32,6 +33,9 @@ class SamplingConfig:
     top_logprobs: int = 0  # > 0: the first generated token's top log-probs too (an LLM judge's verdict)
     prefix: str = ""
     stop: tuple[str, ...] = ()
+    # Constrained decoding: (kind, JSON-encoded value), kind "choice" | "json_schema" | "regex"
+    # (``jobs.spec.StructuredSpec.constraint``); None: free text.
+    structured: tuple[str, str] | None = None
 
 
 @dataclass

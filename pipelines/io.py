@@ -1,4 +1,8 @@
-"""Streaming Parquet I/O over local paths and S3 (through fsspec / s3fs).
+"""Streaming Parquet (and JSONL) I/O over local paths and S3 (through fsspec / s3fs).
+
+JSON Lines inputs (``.jsonl`` / ``.ndjson``, and OpenAI batch files: see ``JSONL_SUFFIXES``) are
+streamed by pyarrow's JSON reader block by block: their "row groups" are the reader's blocks, and a
+part reads the blocks that cover it.
 
 Input is never read whole: the driver reads only Parquet footers to plan
 deterministic *parts* (contiguous row ranges of one file), and each worker reads
@@ -73,17 +77,55 @@ class Part:
     length: int
 
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+JSON_BLOCK_BYTES = 1 << 20  # pyarrow's JSON reader block: the unit a JSONL part is read in
+# An OpenAI batch line ({custom_id, method, url, body: {messages, max_tokens, ...}}): these fields of
+# ``body`` become columns of their own (messages_column: messages, id_column: custom_id).
+OPENAI_BODY_FIELDS = ("messages", "max_tokens", "temperature", "top_p", "model")
+
+
+def is_jsonl(path: str) -> bool:
+    return path.endswith(JSONL_SUFFIXES)
+
+
+def _json_batches(fs, path: str, shown: str):
+    """The record batches of a JSONL file, streamed, OpenAI batch bodies flattened. A line that is
+    not JSON, or whose types differ from the file's first block, is an InputError naming the file."""
+    import pyarrow.json as pj
+
+    try:
+        with fs.open(path, "rb") as fh:
+            reader = pj.open_json(fh, read_options=pj.ReadOptions(block_size=JSON_BLOCK_BYTES))
+            for batch in reader:
+                yield _flatten_openai(batch)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"input file {shown} is not readable JSON Lines: {exc}") from exc
+
+
+def _flatten_openai(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """An OpenAI batch file's ``body`` fields as top-level columns (those not already present)."""
+    names = batch.schema.names
+    if "body" not in names or not pa.types.is_struct(batch.schema.field("body").type):
+        return batch
+    body = batch.column("body")
+    have = {f.name for f in body.type}
+    extra = [f for f in OPENAI_BODY_FIELDS if f in have and f not in names]
+    return pa.RecordBatch.from_arrays(list(batch.columns) + [body.field(f) for f in extra], names=names + extra)
+
+
 def list_input_files(uri: str, storage_options: dict[str, Any] | None = None) -> list[InputFile]:
-    """Lists the input's Parquet files in sorted order and reads their footers.
+    """Lists the input's Parquet files in sorted order and reads their footers (a directory
+    without Parquet files: its JSONL files, each streamed once to count its blocks' rows).
 
     Raises:
-        InputError: the path does not exist, holds no Parquet file, or a file's
+        InputError: the path does not exist, holds no Parquet or JSONL file, or a file's
             footer cannot be read (the file is named).
     """
     fs, path = filesystem(uri, storage_options)
     try:
         if fs.isdir(path):
-            paths = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+            found = sorted(fs.find(path))
+            paths = [p for p in found if p.endswith(".parquet")] or [p for p in found if is_jsonl(p)]
         elif fs.exists(path):
             paths = [path]
         else:
@@ -93,10 +135,13 @@ def list_input_files(uri: str, storage_options: dict[str, Any] | None = None) ->
     except Exception as exc:  # botocore / OS errors: keep the cause
         raise InputError(f"input path {uri!r} cannot be read: {exc}") from exc
     if not paths:
-        raise InputError(f"input path {uri!r} holds no .parquet file")
+        raise InputError(f"input path {uri!r} holds no .parquet (or .jsonl) file")
     prefix = _protocol_prefix(fs)
     files = []
     for p in paths:
+        if is_jsonl(p):
+            files.append(InputFile(prefix + p, tuple(b.num_rows for b in _json_batches(fs, p, prefix + p))))
+            continue
         try:
             with fs.open(p, "rb") as fh:
                 meta = pq.ParquetFile(fh).metadata
@@ -108,6 +153,8 @@ def list_input_files(uri: str, storage_options: dict[str, Any] | None = None) ->
 
 def read_schema(file: InputFile, storage_options: dict[str, Any] | None = None) -> pa.Schema:
     fs, path = filesystem(file.path, storage_options)
+    if is_jsonl(path):
+        return next(iter(_json_batches(fs, path, file.path))).schema
     with fs.open(path, "rb") as fh:
         return pq.ParquetFile(fh).schema_arrow
 
@@ -129,6 +176,8 @@ def read_part(part: Part, columns: list[str], storage_options: dict[str, Any] | 
             names the file, the row group and its rows.
     """
     fs, path = filesystem(part.file, storage_options)
+    if is_jsonl(path):
+        return _read_json_part(fs, path, part, columns)
     with fs.open(path, "rb") as fh:
         pf = pq.ParquetFile(fh)
         meta = pf.metadata
@@ -141,6 +190,20 @@ def read_part(part: Part, columns: list[str], storage_options: dict[str, Any] | 
             offset += n
     table = pa.concat_tables(tables) if tables else pf.schema_arrow.empty_table().select(columns)
     return table.slice(part.start - (first_row or 0), part.length)
+
+
+def _read_json_part(fs, path: str, part: Part, columns: list[str]) -> pa.Table:
+    """``part``'s rows of a JSONL file: its blocks streamed until the part's last row."""
+    batches, offset = [], 0
+    for batch in _json_batches(fs, path, part.file):
+        if offset + batch.num_rows > part.start:
+            batches.append(batch.select(columns))
+        offset += batch.num_rows
+        if offset >= part.start + part.length:
+            break
+    table = pa.Table.from_batches(batches)
+    first = offset - table.num_rows
+    return table.slice(part.start - first, part.length)
 
 
 def _read_group(pf: pq.ParquetFile, file: str, group: int, first_row: int, rows: int, columns: list[str]) -> pa.Table:
@@ -167,6 +230,9 @@ def iter_column(files: list[InputFile], column: str, storage_options: dict[str, 
     """
     for f in files:
         fs, path = filesystem(f.path, storage_options)
+        if is_jsonl(path):
+            yield from (b.column(column) for b in _json_batches(fs, path, f.path))
+            continue
         with fs.open(path, "rb") as fh:
             pf, first_row = pq.ParquetFile(fh), 0
             for i, rows in enumerate(f.row_groups):  # group by group: an error names its group

@@ -23,6 +23,10 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("prompt_tokens", pa.int64()),
     pa.field("output_tokens", pa.int64()),
     pa.field("cost", pa.float64()),                    # in the budget's unit, the judge's share included
+    # The row's share of what lost attempts at its part spent (a replica or a driver lost
+    # mid-part: tokens spent that no committed row carried), included in cost, so that the
+    # output's costs add up to the ledger's spend; 0 when none (``with_lost_cost``).
+    pa.field("lost_cost", pa.float64()),
     # An llm_judge verifier's compute for the row (prompt + output tokens; null without a
     # judge) and, per reason, the samples that got no verdict of the judge's own:
     # budget / too_long / error (score null), unparseable (score 0). See pipelines.judge.
@@ -77,10 +81,29 @@ def bulk_table(ids, status: str, errors=None, prompt_tokens=None, correct=None) 
             "status": pa.compute.if_else(is_err, "error", status),
             "error": err, "error_cause": pa.compute.if_else(is_err, "row", pa.scalar(None, pa.string())),
             "n_samples": pa.repeat(pa.scalar(0, pa.int32()), n), "output_tokens": pa.repeat(pa.scalar(0, pa.int64()), n),
-            "cost": pa.repeat(pa.scalar(0.0), n)}
+            "cost": pa.repeat(pa.scalar(0.0), n), "lost_cost": pa.repeat(pa.scalar(0.0), n)}
     if prompt_tokens is not None:
         cols["prompt_tokens"] = pa.array(prompt_tokens, pa.int64())
     if correct is not None:
         cols["correct"] = pa.array(correct, pa.bool_())
     return pa.Table.from_arrays([cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in OUTPUT_SCHEMA],
                                 schema=OUTPUT_SCHEMA)
+
+
+def with_lost_cost(table: pa.Table, lost: float) -> pa.Table:
+    """``table`` (a part's records) carrying ``lost``, what the part's lost attempts spent,
+    spread evenly over its rows: ``lost_cost`` each, added to ``cost``."""
+    import pyarrow.compute as pc
+
+    share = lost / table.num_rows if table.num_rows and lost > 0 else 0.0
+    shares = pa.repeat(pa.scalar(share, pa.float64()), table.num_rows)
+    cost = pc.add(pc.fill_null(table.column("cost"), 0.0), shares) if share else table.column("cost")
+    table = table.set_column(table.schema.get_field_index("cost"), "cost", cost)
+    return table.set_column(table.schema.get_field_index("lost_cost"), "lost_cost", shares)
+
+
+def lost_spend(part_spent: float, own_cost: float) -> float:
+    """What a part's earlier, lost attempts spent: the ledger's spend on the part less the
+    committing attempt's own (float residue of the two sums is no loss)."""
+    lost = part_spent - own_cost
+    return lost if lost > 1e-9 * abs(part_spent) else 0.0

@@ -16,7 +16,7 @@ def build_report(spec, summaries: list[dict], ledger: dict, n_rows: int, n_parts
     for s in summaries:
         status.update(s.get("status", {}))
     tot = {k: sum(s.get(k, 0) for s in summaries)
-           for k in ("rows", "prompt_tokens", "output_tokens", "cost", "samples", "correct", "graded")}
+           for k in ("rows", "prompt_tokens", "output_tokens", "cost", "lost_cost", "samples", "correct", "graded")}
     gen_seconds = sum(s.get("seconds", 0.0) for s in summaries)
     spent = max(float(ledger.get("spent", 0.0)), tot["cost"])
     report = {
@@ -29,6 +29,9 @@ def build_report(spec, summaries: list[dict], ledger: dict, n_rows: int, n_parts
         "budget": {"amount": spec.budget.amount, "unit": spec.budget.unit},
         "spent": spent,
         "spent_in_output": tot["cost"],
+        # What lost attempts (a replica or a driver lost mid-part) spent, carried by the rows of
+        # the parts they were redone as (``lost_cost``, in ``spent_in_output``).
+        "lost_spent": tot["lost_cost"],
         "utilization": spent / spec.budget.amount if spec.budget.amount else None,
         "prompt_tokens": tot["prompt_tokens"],
         "output_tokens": tot["output_tokens"],

@@ -319,11 +319,15 @@ class SequentialRun:
     stop_reason: np.ndarray  # per row: "settled", "price", "cap", "budget"
 
     def details(self) -> dict:
-        fin = [p for p in self.prices if math.isfinite(p)]
-        return {"slice_rows": self.slice_rows, "checker": bool(self.model and self.model.checker),
-                "slice_depth": self.slice_depth, "parts": len(self.prices),
-                "price_min": min(fin) if fin else None, "price_max": max(fin) if fin else None,
-                "stops": {r: int((self.stop_reason == r).sum()) for r in ("settled", "price", "cap", "budget")}}
+        return plan_details(self.prices, self.slice_rows, self.slice_depth, self.model) | {
+            "stops": {r: int((self.stop_reason == r).sum()) for r in ("settled", "price", "cap", "budget")}}
+
+
+def plan_details(prices: list[float], slice_rows: int, slice_depth: int, model: RowModel | None) -> dict:
+    """What a report says of a sequential run's plan: the slice, the parts and their price range."""
+    fin = [p for p in prices if math.isfinite(p)]
+    return {"slice_rows": slice_rows, "slice_depth": slice_depth, "checker": bool(model and model.checker),
+            "parts": len(prices), "price_min": min(fin) if fin else None, "price_max": max(fin) if fin else None}
 
 
 def slice_plan(rows: int, pilot_cost: float, mean_cost: float, budget: float, cfg: SequentialConfig,
@@ -529,10 +533,7 @@ class Pacer:
         self.slice_target = 0
 
     def details(self) -> dict:
-        fin = [p for p in self.prices if math.isfinite(p)]
-        return {"slice_rows": sum(len(d) for _, d in self.slice), "slice_depth": self.depth,
-                "checker": bool(self.model and self.model.checker), "parts": len(self.prices),
-                "price_min": min(fin) if fin else None, "price_max": max(fin) if fin else None}
+        return plan_details(self.prices, sum(len(d) for _, d in self.slice), self.depth, self.model)
 
 
 def concat_rows(parts: list[RowSamples]) -> RowSamples | None:

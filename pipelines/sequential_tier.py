@@ -58,6 +58,15 @@ def row_samples(frame: pl.DataFrame, cost_per_token: float, has_verifier: bool, 
     return RowSamples(codes, codes >= 0, cost, frame["id"].cast(pl.String).to_list(), ver, hints)
 
 
+def ok_samples(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with the sample lists of rows that did not end ``ok`` emptied (they drew no usable sample
+    for the policy: errors, rows the budget skipped)."""
+    ok = pl.col("status") == "ok"
+    empty = {"sample_answers": pl.String, "sample_output_tokens": pl.Int64, "verifier_scores": pl.Float64}
+    return frame.with_columns(pl.when(ok).then(pl.col(c)).otherwise(pl.lit([], pl.List(t))).alias(c)
+                              for c, t in empty.items() if c in frame.columns)
+
+
 def state_samples(state: RowState, cost_per_token: float, has_verifier: bool) -> RowSamples:
     """One live row's samples so far (as ``row_samples`` reads them from its record)."""
     index: dict[str, int] = {}

@@ -105,6 +105,12 @@ class VllmEngine:
             # happens once more prompt tokens arrive together than one step takes (2,048),
             # as in search rounds, whose prompts carry the trace so far.
             args["enable_chunked_prefill"] = False
+        from vllm.config import StructuredOutputsConfig
+        # Structured JSON outputs (jobs.spec.StructuredSpec) are compact: free whitespace between JSON
+        # tokens only costs budget, and a small model can spend a whole sample on it. vLLM reads this
+        # flag from the engine's config only (the per-request one is ignored by its xgrammar backend), and
+        # only with a named backend: xgrammar, the one ``check_structured`` checks before a job starts.
+        args["structured_outputs_config"] = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
         args.update(self.spec.kwargs)
         try:
             # Offline batch defaults (vllm.LLM's): on CPU 256 sequences and 4,096 tokens per step
@@ -174,6 +180,38 @@ class VllmEngine:
     def tokenize_many(self, texts: list[str]) -> list[list[int]]:
         """``tokenize`` for many prompts in one tokenizer call (a part's rows)."""
         return self._tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
+
+    def chat_template(self, override: str | None = None) -> str | None:
+        """The chat template rows are rendered with: ``override`` (Jinja text or a file path, loaded as
+        vLLM's ``--chat-template`` is), else the model's own (None when it has none)."""
+        from vllm.renderers.chat_utils import load_chat_template
+        from vllm.renderers.hf import resolve_chat_template
+
+        if override is not None:
+            return load_chat_template(override)
+        return resolve_chat_template(self._tokenizer, None, None, model_config=self._llm.model_config)
+
+    def render_chat(self, conversations: list[list[dict] | None], chat_template: str | None,
+                    kwargs: dict[str, Any]) -> list[list[int] | str | None]:
+        """Token ids of each conversation, rendered by vLLM's chat renderer as ``LLM.chat`` renders
+        them (its message parsing, then the tokenizer's ``apply_chat_template`` with a generation
+        prompt); a conversation the template or vLLM rejects gives its error message (str), a None
+        conversation None."""
+        from vllm.renderers import ChatParams
+
+        params = ChatParams(chat_template=chat_template,
+                            chat_template_kwargs={"add_generation_prompt": True} | dict(kwargs))
+        out: list[list[int] | str | None] = []
+        for conv in conversations:
+            if conv is None:
+                out.append(None)
+                continue
+            try:
+                _, prompt = self._llm.renderer.render_messages(conv, params)
+                out.append(list(prompt["prompt_token_ids"]))
+            except Exception as exc:  # the row's own conversation: an error record names it
+                out.append(f"chat template failed: {type(exc).__name__}: {exc}")
+        return out
 
     def input_ids(self, prompt_token_ids: list[int], sampling: SamplingConfig) -> list[int]:
         """What the model reads for a request: the prompt's ids, then the prefix's.
@@ -318,6 +356,7 @@ class VllmEngine:
                               max_tokens=sampling.max_tokens,
                               logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
                               stop=list(sampling.stop) or None, include_stop_str_in_output=True,
+                              structured_outputs=structured_params(sampling.structured),
                               output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
                               detokenize=stream or bool(sampling.stop or sampling.top_logprobs),
                               # vLLM deep-copies a request's params (about 26 us) unless this is set,
@@ -335,6 +374,31 @@ class VllmEngine:
         if self._llm is not None:
             llm, self._llm = self._llm, None
             llm.shutdown()
+
+
+def structured_params(constraint: tuple[str, str] | None):
+    """vLLM's ``StructuredOutputsParams`` of a ``SamplingConfig.structured`` constraint (None: none)."""
+    if constraint is None:
+        return None
+    import json
+
+    from vllm.sampling_params import StructuredOutputsParams
+
+    kind, value = constraint
+    return StructuredOutputsParams(**{"json" if kind == "json_schema" else kind: json.loads(value)})
+
+
+def check_structured(constraint: tuple[str, str]) -> None:
+    """Raises ``ValueError`` (vLLM's message) when the engines' structured-output backend (xgrammar, set
+    in ``VllmEngine.start``) cannot compile the constraint: checked on the driver before any engine
+    starts or anything is spent."""
+    from vllm import SamplingParams
+    from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
+
+    try:
+        validate_xgrammar_grammar(SamplingParams(structured_outputs=structured_params(constraint)))
+    except Exception as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
 
 
 def _text_decoder(tokenizer):

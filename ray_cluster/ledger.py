@@ -10,16 +10,21 @@ so the budget is used fully while ``spent + reserved <= budget`` always holds.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import ray
 
-from pipelines.budget import GRANTED, WAIT, Ledger
+from pipelines.budget import GRANTED, WAIT, Ledger, PartKey
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class BudgetLedger:
-    def __init__(self, budget: float, already_spent: float = 0.0):
-        self.ledger = Ledger(budget=budget, spent=already_spent)
+    def __init__(self, budget: float, already_spent: float = 0.0,
+                 parts_spent: dict[str, dict[int, float]] | None = None):
+        """``parts_spent``: what earlier attempts spent per part, by output location (a resume's,
+        from ``_tierwise/ledger.json``); it is part of ``already_spent``."""
+        by_part = {(out, pid): amount for out, parts in (parts_spent or {}).items() for pid, amount in parts.items()}
+        self.ledger = Ledger(budget=budget, spent=already_spent, by_part=by_part)
         self._changed: asyncio.Condition | None = None
 
     def _cond(self) -> asyncio.Condition:
@@ -35,10 +40,11 @@ class BudgetLedger:
                 await cond.wait()
             return answer
 
-    async def settle(self, reserved: float, actual: float, holder: str = "", kind: str = "generation") -> None:
+    async def settle(self, reserved: float, actual: float, holder: str = "", kind: str = "generation",
+                     part: PartKey | None = None) -> None:
         cond = self._cond()
         async with cond:
-            self.ledger.settle(reserved, actual, holder, kind)
+            self.ledger.settle(reserved, actual, holder, kind, part)
             cond.notify_all()
 
     async def release(self, reserved: float, holder: str = "") -> None:
@@ -48,11 +54,11 @@ class BudgetLedger:
             cond.notify_all()
 
     async def roll(self, lease: float, actual: float, must: float, want: float, by_kind: dict[str, float],
-                   holder: str = "") -> float:
+                   holder: str = "", by_part: dict[PartKey, float] | None = None) -> float:
         """Renews a replica's lease (``pipelines.budget.Ledger.roll``); returns the new lease."""
         cond = self._cond()
         async with cond:
-            new = self.ledger.roll(holder, lease, actual, must, want, by_kind)
+            new = self.ledger.roll(holder, lease, actual, must, want, by_kind, by_part)
             cond.notify_all()
             return new
 
@@ -67,13 +73,22 @@ class BudgetLedger:
     async def snapshot(self) -> dict:
         return self.ledger.snapshot()
 
+    async def spent_on(self, part: PartKey) -> float:
+        """What ``part`` spent so far, over all its attempts (lost ones included)."""
+        return self.ledger.by_part.get(part, 0.0)
+
+    async def part_spend(self, output: str) -> dict[int, float]:
+        """What each part of ``output`` spent so far, over all its attempts (lost ones included)."""
+        return self.ledger.part_spend(output)
+
 
 class LedgerClient:
     """A replica's handle on the ledger for one job: rows reserve and settle locally,
     against a lease (a block of budget reserved at the ledger), and the client renews
     the lease (``BudgetLedger.roll``) every ``roll_interval_s`` while work settles,
     reporting what was spent; ``drain`` reports it at once (call it before a part
-    commits), ``close`` returns the lease.
+    commits), ``close`` returns the lease. A part's rows settle through ``for_part``, so
+    the ledger knows what each part spent (``Ledger.by_part``).
 
     Semantics are the ledger's own, row by row: a row runs only once its worst case is
     reserved, at the ledger or inside the lease, and settles its actual cost (at most its
@@ -103,6 +118,7 @@ class LedgerClient:
         self.carved = 0.0     # worst cases of rows in flight inside the lease
         self._n_carved = 0    # their count: none in flight is exactly 0.0, whatever float residue
         self.pending: dict[str, float] = {}  # settled inside the lease, not yet reported, by kind
+        self.pending_parts: dict[PartKey, float] = {}  # the same, by part (of settlements that name one)
         self._direct: dict[float, int] = {}  # reservations held at the ledger itself, by amount
         self._direct_settling: list = []     # their settlements in flight
         self._waiting = 0                    # rows waiting at the ledger
@@ -149,18 +165,25 @@ class LedgerClient:
             self._direct[amount] = self._direct.get(amount, 0) + 1
         return answer
 
-    async def settle(self, reserved: float, actual: float, kind: str = "generation") -> None:
+    def for_part(self, part: PartKey) -> PartLedger:
+        """This client as one part's rows use it: their settlements count as ``part``'s spend."""
+        return PartLedger(self, part)
+
+    async def settle(self, reserved: float, actual: float, kind: str = "generation",
+                     part: PartKey | None = None) -> None:
         """Records a row's actual cost and returns at once (it reaches the ledger with
         the next renewal; failures surface in ``drain``). ``kind`` (``generation``,
-        ``judge``) splits the ledger's ``by_kind`` spend."""
+        ``judge``) splits the ledger's ``by_kind`` spend, ``part`` its ``by_part``."""
         if actual > reserved * (1 + 1e-9) + 1e-12:
             raise ValueError(f"actual cost {actual} exceeds its reservation {reserved}")
         if self._take_direct(reserved):
             self._direct_settling.append(asyncio.ensure_future(
-                self.ledger.settle.remote(reserved, actual, self.holder, kind)))
+                self.ledger.settle.remote(reserved, actual, self.holder, kind, part)))
             return
         self._uncarve(reserved)
         self.pending[kind] = self.pending.get(kind, 0.0) + actual
+        if part is not None:
+            self.pending_parts[part] = self.pending_parts.get(part, 0.0) + actual
         if self._timer is None or self._timer.done():
             self._timer = asyncio.get_running_loop().create_task(self._roll_soon())
 
@@ -203,14 +226,28 @@ class LedgerClient:
         """Renews the lease (the caller holds the lock, so no row carves meanwhile): reports
         the pending spend and asks for room for ``need`` plus ``lease_rows`` rows' worst
         cases, or none beyond the work in flight while rows wait at the ledger."""
-        sent = dict(self.pending)
+        sent, sent_parts = dict(self.pending), dict(self.pending_parts)
         actual = sum(sent.values())
         must = self.carved
         want = must + need + (self.lease_rows * self._mean_worst if keep and not self._waiting else 0.0)
-        new = await self.ledger.roll.remote(self.lease, actual, must, want, sent, self.holder)
+        new = await self.ledger.roll.remote(self.lease, actual, must, want, sent, self.holder, sent_parts)
         self.lease = new
-        for kind, amount in sent.items():  # settlements that came in meanwhile stay pending
-            left = self.pending[kind] - amount
-            self.pending[kind] = left
-            if left <= 0:
-                del self.pending[kind]
+        _deduct(self.pending, sent)  # settlements that came in meanwhile stay pending
+        _deduct(self.pending_parts, sent_parts)
+
+
+class PartLedger:
+    """A ``LedgerClient`` as one part's rows (and their judge calls) use it: reserve and release
+    as the client's own, settlements naming the part."""
+
+    def __init__(self, client: LedgerClient, part: PartKey):
+        self.reserve, self.release = client.reserve, client.release
+        self.settle = partial(client.settle, part=part)
+
+
+def _deduct(pending: dict, sent: dict) -> None:
+    for key, amount in sent.items():
+        left = pending[key] - amount
+        pending[key] = left
+        if left <= 0:
+            del pending[key]

@@ -37,12 +37,14 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from pipelines import io
-from pipelines.errors import EngineDead, StorageError
+from pipelines.errors import EngineDead, StartInterrupted, StorageError
 from pipelines.io import Part
 from ray_cluster.engine import EngineSpec
 from ray_cluster.replica import JobContext, ReplicaActor
 
 log = logging.getLogger(__name__)
+
+START_POLL_S = 0.25  # how often a wait for engines to start looks at the driver's stop flag
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,13 @@ class ReplicaPool:
     """Starts ``config.replicas`` engines (in parallel) and streams parts through them.
 
     ``judge``: a second engine on every replica for an ``llm_judge`` verifier with a
-    model of its own (a job judged by its own model needs none).
+    model of its own (a job judged by its own model needs none). ``stopping()`` true while
+    the engines start (a signal to the driver) kills the replicas and raises
+    ``StartInterrupted``: an engine start (a minute or more) is not waited for.
     """
 
-    def __init__(self, engine: EngineSpec, config: PoolConfig, judge: EngineSpec | None = None):
+    def __init__(self, engine: EngineSpec, config: PoolConfig, judge: EngineSpec | None = None,
+                 stopping: Callable[[], bool] = lambda: False):
         self.engine, self.cfg, self.judge = engine, config, judge
         self._serial = 0
         self.actors: dict[str, object] = {}
@@ -80,9 +85,24 @@ class ReplicaPool:
         self.rows_in_flight: dict[str, int] = {}  # each replica's bound, known once its engine started
         for _ in range(config.replicas):
             self._spawn()
-        names = list(self.actors)
-        started = ray.get([self.actors[n].start.remote() for n in names])  # engines start in parallel
-        self.rows_in_flight.update({n: s["max_rows_in_flight"] for n, s in zip(names, started)})
+        if not self._start(list(self.actors), stopping):  # engines start in parallel
+            for actor in self.actors.values():
+                ray.kill(actor, no_restart=True)
+            self.actors.clear()
+            raise StartInterrupted("stopped while the replicas' engines started; nothing ran")
+
+    def _start(self, names: list[str], stopping: Callable[[], bool]) -> bool:
+        """Starts the engines of ``names`` and waits for them, looking at ``stopping`` every
+        ``START_POLL_S``; returns False, leaving them starting, once it is true."""
+        refs = {self.actors[n].start.remote(): n for n in names}
+        pending = list(refs)
+        while pending:
+            if stopping():
+                return False
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=START_POLL_S)
+            for ref in done:  # raises here if an engine failed to start
+                self.rows_in_flight[refs[ref]] = ray.get(ref)["max_rows_in_flight"]
+        return True
 
     def _spawn(self) -> str:
         name = f"replica-{self._serial}"
@@ -96,7 +116,9 @@ class ReplicaPool:
         """Each replica's node, pid, engine context length, EngineCore pids and engine restarts."""
         return dict(zip(self.actors, ray.get([a.start.remote() for a in self.actors.values()])))
 
-    def _replace(self, name: str, ledger) -> None:
+    def _replace(self, name: str, ledger, stopping: Callable[[], bool] = lambda: False) -> None:
+        """Replaces replica ``name`` (releasing what it held at ``ledger``); a stop request
+        while the new engine starts leaves the pool one replica short (the job is ending)."""
         dead = self.actors.pop(name, None)
         if dead is not None:
             released = ray.get(ledger.release_holder.remote(name))
@@ -105,7 +127,8 @@ class ReplicaPool:
         self.rows_in_flight.pop(name, None)
         self.replaced += 1
         new = self._spawn()
-        self.rows_in_flight[new] = ray.get(self.actors[new].start.remote())["max_rows_in_flight"]
+        if not self._start([new], stopping):
+            ray.kill(self.actors.pop(new), no_restart=True)
 
     def run(self, job: JobContext, ledger, parts: Iterable[Part], tier: Callable[[Part], object],
             on_done: Callable[[dict], None], on_failed: Callable[[Part, str], None],
@@ -175,13 +198,13 @@ class ReplicaPool:
                     log.warning("replica %s lost while on part %d: %s", name, part.part_id, exc)
                     if name in self.actors:
                         # Its other parts fail too and are requeued as they surface.
-                        self._replace(name, ledger)
+                        self._replace(name, ledger, stopped)
                     self._retry(queue, part, tries, f"replica lost: {exc}", on_failed, stop)
                 except RayTaskError as exc:
                     cause = getattr(exc, "cause", exc)
                     log.warning("part %d failed on %s: %s", part.part_id, name, cause)
                     if isinstance(cause, EngineDead) and name in self.actors:
-                        self._replace(name, ledger)  # it ends itself; this covers one that could not
+                        self._replace(name, ledger, stopped)  # it ends itself; this covers one that could not
                     self._retry(queue, part, tries, str(cause), on_failed, stop)
                 except StorageError as exc:  # from on_done / on_failed
                     stop(exc)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+import pyarrow.compute as pc
 import ray
 
 from pipelines import io, records
@@ -26,8 +27,8 @@ from pipelines.answers import make_extractor
 from pipelines.errors import EngineDead, StorageError
 from pipelines.judge import JudgeConfig
 from pipelines.pricing import DeviceMeter, Pricer, PriceSpec
+from pipelines.prompts import PromptConfig, row_prompts, row_sampling
 from pipelines.tiers import Tier
-from pipelines.validation import row_errors
 from ray_cluster.engine import EngineSpec, VllmEngine
 from ray_cluster.ledger import LedgerClient
 from ray_cluster.rows import RowRunner
@@ -43,7 +44,7 @@ class JobContext:
 
     output_uri: str
     id_column: str
-    prompt_column: str
+    prompt: PromptConfig
     gold_column: str | None
     cost_per_token: float
     extractor: str = "full"
@@ -54,6 +55,8 @@ class JobContext:
     output_storage: dict[str, Any] = field(default_factory=dict)
     row_features: tuple[tuple[str, str], ...] = ()  # (feature name, input column): difficulty signals per row
     abort_failed_steps: bool = False  # stop a sample at its first step the verifier's prefix check fails
+    sampling_columns: tuple[tuple[str, str], ...] = ()  # (sampling field, input column): per-row sampling
+    structured: tuple[str, str] | None = None  # every request's constraint (SamplingConfig.structured)
     verifier_timeout_s: float = 30.0  # how long a user verifier's call may take (then its score is null)
     pricing: PriceSpec | None = None  # weighted / metered prices (None: cost_per_token per token)
     rows_stop_at: float | None = None  # the deadline for rows (unix seconds): no round starts past it
@@ -72,6 +75,7 @@ class ReplicaActor:
         self.max_rows_in_flight = max_rows_in_flight
         self._sem = None
         self._scorers: dict = {}
+        self._chat_templates: dict[str | None, str | None] = {}  # prompt.chat_template -> resolved template
         self._ledgers: dict[str, list] = {}  # ledger actor -> [its client, parts using it]
         self._halted: dict[str, _Halt] = {}  # ledger actor -> its job's stop flag (``halt``)
         self._meters: dict[str, DeviceMeter] = {}  # ledger actor -> the job's device time here
@@ -133,44 +137,48 @@ class ReplicaActor:
         Two other answers, never committed: a part whose write failed returns its finished
         table (``{"unwritten": True, "table", "summary", "error", "permanent"}``), so a retry
         writes it without generating it again; a part of a halted job (``halt``) returns
-        ``{"halted": True, "cost"}``, what its rows spent. An engine that died for good ends
-        this actor (``_give_up``): the pool replaces it and retries its parts."""
+        ``{"halted": True, "cost"}``, what its rows spent. A part committed after lost attempts
+        (the ledger's spend on it beyond its rows' own) carries their spend (``lost_cost``). An
+        engine that died for good ends this actor (``_give_up``): the pool replaces it and
+        retries its parts."""
         t0 = time.monotonic()
         cfg = job
         feats = dict(cfg.row_features)
-        cols = [cfg.id_column, cfg.prompt_column] + ([cfg.gold_column] if cfg.gold_column else [])
+        cols = [cfg.id_column] + cfg.prompt.columns() + ([cfg.gold_column] if cfg.gold_column else [])
+        cols += list(dict(cfg.sampling_columns).values())
+        cols = list(dict.fromkeys(cols))
         frame = pl.from_arrow(io.read_part(part, cols + sorted(set(feats.values()) - set(cols)), cfg.input_storage))
         ids = frame[cfg.id_column].cast(pl.String).to_list()
-        prompts = frame[cfg.prompt_column].to_list()
-        errors = row_errors(frame[cfg.prompt_column]).to_list()
         golds = frame[cfg.gold_column].cast(pl.String).to_list() if cfg.gold_column else [None] * len(ids)
-
         features = frame.select(pl.col(c).cast(pl.Float64).alias(k) for k, c in feats.items()).to_dicts() \
             if feats else [{}] * len(ids)
+        prompts, errors, token_ids, job_error = self._prompt_ids(frame, cfg.prompt)
+        sampling, sampling_errors = row_sampling(frame, dict(cfg.sampling_columns))
+        errors = [e or s for e, s in zip(errors, sampling_errors)]
         own_errors = errors
         try:
             scorer = self._scoring(cfg)
         except ValueError as exc:  # a judge this replica does not host: every row reports it
-            log.error("part %s: %s", part.part_id, exc)
-            scorer, errors = None, [e or f"{type(exc).__name__}: {exc}" for e in errors]
-        # One tokenizer call for the part's valid prompts (per-row calls cost the event loop).
-        valid = [i for i, e in enumerate(errors) if not e]
-        token_ids: list = [None] * len(ids)
-        for i, t in zip(valid, self.engine.tokenize_many([prompts[i] for i in valid])):
-            token_ids[i] = t
+            job_error = job_error or f"{type(exc).__name__}: {exc}"
+        if job_error:
+            log.error("part %s: %s", part.part_id, job_error)
+            scorer, errors = None, [e or job_error for e in errors]
         halt = self._halt_flag(ledger)
+        key = (cfg.output_uri, part.part_id)
         async with self._ledger_client(ledger) as client:
-            rows = RowRunner(self.engine, self._sem, tier, client, scorer, cfg.seed, self._pricer(ledger, cfg),
-                             cfg.keep_samples, cfg.abort_failed_steps, halt, cfg.rows_stop_at)
+            rows = RowRunner(self.engine, self._sem, tier, client.for_part(key), scorer, cfg.seed,
+                             self._pricer(ledger, cfg), cfg.keep_samples, cfg.abort_failed_steps, halt,
+                             cfg.rows_stop_at, cfg.structured)
             # Every row runs to its end (a row raises only EngineDead), so no row is left spending.
-            recs = await asyncio.gather(*(rows.run(rid, p, e, f, t)
-                                          for rid, p, e, f, t in zip(ids, prompts, errors, features, token_ids)),
+            recs = await asyncio.gather(*(rows.run(rid, p, e, f, t, o) for rid, p, e, f, t, o
+                                          in zip(ids, prompts, errors, features, token_ids, sampling)),
                                         return_exceptions=True)
             if lost := next((r for r in recs if isinstance(r, EngineDead)), None):
                 await self._give_up(part, lost)
             if other := next((r for r in recs if isinstance(r, BaseException)), None):
                 raise other
             await client.drain()  # every settlement is in the ledger before the part commits
+            part_spent = await ledger.spent_on.remote(key)  # this attempt's and any lost one's
         if scorer is None:  # the job's configuration failed these rows, not their input: redone on resume
             for r, own in zip(recs, own_errors):
                 r["error_cause"] = r["error_cause"] if own else "job"
@@ -180,6 +188,8 @@ class ReplicaActor:
             if g is not None:  # rows without an answer (skipped, error) count as wrong
                 r["correct"] = r.get("answer") is not None and r["answer"] == g.strip()
         table = records.to_table(recs)
+        own = pc.sum(table.column("cost")).as_py() or 0.0
+        table = records.with_lost_cost(table, records.lost_spend(part_spent, own))
         summary = summarize(part.part_id, table, time.monotonic() - t0)
         try:
             io.write_part(table, cfg.output_uri, part.part_id, summary, cfg.output_storage)
@@ -188,6 +198,36 @@ class ReplicaActor:
             return {"part_id": part.part_id, "unwritten": True, "table": table, "summary": summary,
                     "error": str(exc), "permanent": exc.permanent}
         return summary
+
+    def _prompt_ids(self, frame: pl.DataFrame, cfg: PromptConfig):
+        """The part's prompts: ``(texts, row errors, token ids, job error)``. Chat rows are rendered
+        by the model's chat template (or ``cfg.chat_template``), raw ones tokenized as they are; a row
+        the template rejects gets its error. A job error (rows that need a chat template the model
+        lacks) fails every row as the job's, never as the rows' own."""
+        key = cfg.chat_template
+        if key not in self._chat_templates:
+            self._chat_templates[key] = self.engine.chat_template(key)
+        template = self._chat_templates[key]
+        chat = cfg.chat if cfg.chat is not None else template is not None
+        rows = row_prompts(frame, cfg, chat)
+        n = len(rows.errors)
+        if chat and template is None:
+            return rows.text, rows.errors, [None] * n, (
+                f"the model {self.engine.spec.model!r} has no chat template: set prompt.chat_template, or "
+                "prompt.chat false (raw prompts; no system_prompt or messages_column)")
+        valid = [i for i, e in enumerate(rows.errors) if not e]
+        token_ids: list = [None] * n
+        errors = list(rows.errors)
+        if chat:
+            rendered = self.engine.render_chat([rows.messages[i] for i in valid], template, cfg.chat_template_kwargs)
+        else:  # one tokenizer call for the part's valid prompts (per-row calls cost the event loop)
+            rendered = self.engine.tokenize_many([rows.text[i] for i in valid])
+        for i, t in zip(valid, rendered):
+            if isinstance(t, str):
+                errors[i] = t
+            else:
+                token_ids[i] = t
+        return rows.text, errors, token_ids, None
 
     async def _give_up(self, part: io.Part, exc: EngineDead) -> None:
         """Ends this actor: its engine is dead for good. What its parts' rows spent so far is
@@ -238,8 +278,8 @@ class _Halt:
 
 def summarize(part_id: int, table, seconds: float) -> dict:
     """Per-part counts merged by the driver into the run report."""
-    df = pl.from_arrow(table.select(["status", "prompt_tokens", "output_tokens", "cost", "correct", "n_samples",
-                                     "judge_tokens"]))
+    df = pl.from_arrow(table.select(["status", "prompt_tokens", "output_tokens", "cost", "lost_cost", "correct",
+                                     "n_samples", "judge_tokens"]))
     status = dict(df.group_by("status").len().iter_rows())
     judge = {}
     if df["judge_tokens"].is_not_null().any():
@@ -258,6 +298,7 @@ def summarize(part_id: int, table, seconds: float) -> dict:
         "part_id": part_id, "rows": df.height, "status": {s: int(status.get(s, 0)) for s in records.STATUSES},
         "prompt_tokens": int(df["prompt_tokens"].fill_null(0).sum()),
         "output_tokens": int(df["output_tokens"].sum()), "cost": float(df["cost"].sum()),
+        "lost_cost": float(df["lost_cost"].fill_null(0.0).sum()),
         "samples": int(df["n_samples"].sum()),
         "correct": int(df["correct"].fill_null(False).sum()), "graded": int(df["correct"].is_not_null().sum()),
         "seconds": seconds,

@@ -40,6 +40,7 @@ class RowRunner:
             ``pipelines.pricing.Pricer`` of the job (weighted or metered prices); keep_samples: whether
             records keep the sampled texts; abort_failed_steps: stop samples at their first
             step the verifier's prefix check fails (when it has one).
+        structured: the job's structured-output constraint, put on each of its requests.
         halt: the job's stop flag (``.stopped``): once set, rows start no new round (their
             records are never committed; ``ReplicaActor.halt``).
         rows_stop_at: the job's deadline for rows (unix seconds): a row starts no round past it
@@ -48,18 +49,20 @@ class RowRunner:
 
     def __init__(self, engine, sem: asyncio.Semaphore, tier: Tier, ledger, scorer: Scorer, seed: int,
                  cost_per_token: float | Pricer, keep_samples: bool, abort_failed_steps: bool = False, halt=None,
-                 rows_stop_at: float | None = None):
+                 rows_stop_at: float | None = None, structured: tuple[str, str] | None = None):
         self.engine, self.sem, self.tier, self.ledger, self.scorer = engine, sem, tier, ledger, scorer
         self.halt = halt if halt is not None else _NoHalt
         self.seed, self.keep_samples = seed, keep_samples
         self.price = cost_per_token if isinstance(cost_per_token, Pricer) else Pricer(PriceSpec(cost_per_token))
         self.rows_stop_at = rows_stop_at
+        self.structured = structured  # every request's constraint (SamplingConfig.structured)
         # A step verifier's check of unfinished traces: samples stop at their first failed step.
         self.prefix_ok = scorer.prefix_ok if abort_failed_steps else None
 
     async def run(self, row_id: str, prompt: str | None, error: str | None, features: dict[str, float | None],
-                  token_ids: list[int] | None) -> dict:
-        """The row's output record (``pipelines.records``).
+                  token_ids: list[int] | None, sampling: dict | None = None) -> dict:
+        """The row's output record (``pipelines.records``); ``sampling``: the row's own sampling
+        fields (``input.sampling_columns``), put on each of its requests.
 
         A row that fails keeps what it spent (its record's tokens and cost are what the
         ledger settled for it). Raises ``EngineDead`` only: the replica is lost, and the
@@ -71,7 +74,7 @@ class RowRunner:
             if self.halt.stopped:
                 return spent.error_record(row_id, "the job stopped")
             try:
-                return await self._generate(row_id, prompt, features, token_ids, spent)
+                return await self._generate(row_id, prompt, features, token_ids, spent, sampling)
             except EngineDead:
                 raise
             except Exception as exc:
@@ -79,7 +82,7 @@ class RowRunner:
                 return spent.error_record(row_id, f"{type(exc).__name__}: {exc}")
 
     async def _generate(self, row_id: str, prompt: str, features: dict[str, float | None],
-                        token_ids: list[int], spent: _Spent) -> dict:
+                        token_ids: list[int], spent: _Spent, sampling: dict | None = None) -> dict:
         engine, tier, ledger, price, meter = self.engine, self.tier, self.ledger, self.price, self.price.meter
         extract = self.scorer.extract
         n_prompt = len(token_ids)
@@ -102,8 +105,12 @@ class RowRunner:
                 state.stop_reason = "deadline"
                 break
             requests = asked if isinstance(asked, list) else [asked]
+            if sampling:  # the row's own max_tokens / temperature / top_p (input.sampling_columns)
+                requests = [replace(r, **sampling) for r in requests]
             inputs = [len(engine.input_ids(token_ids, r)) for r in requests]  # prompt + prefix tokens
             requests = [_clip(r, k, max_len) for r, k in zip(requests, inputs)]
+            if self.structured:
+                requests = [replace(r, structured=self.structured) for r in requests]
             # The worst case of this round: each request's input plus n samples of max_tokens.
             # A round is reserved whole: if it cannot be, the row stops with what it has.
             # Samples that stop at a failed step are requests of their own: each pays its input.

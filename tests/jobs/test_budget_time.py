@@ -93,3 +93,54 @@ def test_rows_a_deadline_left_continue_on_resume(tmp_path, shared_pool):
     df = every_id_once(out, inp)
     assert (df["status"] == "ok").all() and second["redone_parts"]["deadline_skipped"]
     assert second["spent"] >= first["spent"]  # what the first run spent stays spent
+
+
+def sequential(spec: dict) -> dict:
+    return spec | {"policy": {"kind": "adaptive", "planner": "sequential", "select": "verifier"},
+                   "sampling": {"temperature": 0.7, "max_tokens": 40}, "verifier": "arithmetic_steps"}
+
+
+@pytest.mark.slow
+def test_the_sequential_planner_writes_what_its_budget_cannot_cover_in_bulk(tmp_path, shared_pool):
+    inp, out = write_input(tmp_path / "in.parquet", 10_000), tmp_path / "out"
+    budget = {"amount": 300 * (7 + 40)}
+    spec = sequential(spec_for(inp, out, budget, part_rows=250))
+    report = run_job(parse_spec(spec), show_progress=False, pool=shared_pool)
+    df = every_id_once(out, inp)
+    assert report["spent"] <= budget["amount"] and set(df["status"]) == {"ok", "skipped_budget"}
+    assert (df["status"] == "ok").sum() >= 100 and df["cost"].sum() == pytest.approx(report["spent"])
+    bulk = [b for b in report["bulk_written"] if b["status"] == "skipped_budget"]
+    assert bulk and bulk[0]["rows"] >= 10_000 - 10 * 250  # the parts never sent
+    assert (out / "sequential.json").exists()
+    again = run_job(parse_spec(spec), show_progress=False, pool=shared_pool)
+    assert again["resumed_parts"] == again["parts"] and again["status"] == report["status"]
+
+
+@pytest.mark.slow
+def test_the_sequential_planner_meets_a_deadline_and_its_rows_continue_on_resume(tmp_path, shared_pool):
+    inp, out = write_input(tmp_path / "in.parquet", 10_000), tmp_path / "out"
+    spec = sequential(spec_for(inp, out, {"amount": 1e9, "max_wall_s": 8}, part_rows=250))
+    first = run_job(parse_spec(spec), show_progress=False, pool=shared_pool)
+    assert first["wall_s"] <= 8 and any(b["status"] == "skipped_deadline" for b in first["bulk_written"])
+    df = every_id_once(out, inp)
+    assert 0 < (df["status"] == "ok").sum() < 10_000 and set(df["status"]) == {"ok", "skipped_deadline"}
+    spec["budget"]["max_wall_s"] = 600
+    second = run_job(parse_spec(spec), show_progress=False, pool=shared_pool)
+    df = every_id_once(out, inp)
+    assert (df["status"] == "ok").all() and second["redone_parts"]["deadline_skipped"]
+
+
+@pytest.mark.slow
+def test_chat_rows_the_budget_cannot_cover_are_written_in_bulk(tmp_path, shared_pool):
+    """A system prompt renders every row through the chat template: the driver's floor counts the
+    rendered prompt (``jobs.skipping.ChatFrame``), as the replicas do."""
+    inp, out = write_input(tmp_path / "in.parquet", 5_000), tmp_path / "out"
+    budget = {"amount": 100 * (12 + 40)}
+    spec = spec_for(inp, out, budget, part_rows=250) | {"prompt": {"system_prompt": "Add."}}
+    report = run_job(parse_spec(spec), show_progress=False, pool=shared_pool)
+    df = every_id_once(out, inp)
+    assert report["spent"] <= budget["amount"] and set(df["status"]) == {"ok", "skipped_budget"}
+    ok = df.filter(pl.col("status") == "ok")
+    ok = ok.join(pl.read_parquet(inp).select("id", "prompt"), on="id")
+    assert (ok["prompt_tokens"] == ok["prompt"].str.len_bytes() + len("Add.\n")).all()  # the rendered prompt
+    assert [b for b in report["bulk_written"] if b["status"] == "skipped_budget"][0]["rows"] >= 5_000 - 6 * 250

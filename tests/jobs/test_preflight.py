@@ -57,7 +57,7 @@ def spec_dict(inp, out, **over) -> dict:
     ({"verifier": "my mod:f"}, r"verifier: .*not of the form module:function"),
     ({"verifier": "mod:"}, r"verifier: .*not of the form module:function"),
     ({"answer_extractor": "arithmatic"}, r"answer_extractor: .*unknown answer extractor 'arithmatic' \(did you "
-                                         r"mean 'arithmetic'\?\); valid: arithmetic, last_line, full, regex:PATTERN"),
+                                         r"mean 'arithmetic'\?\); valid: arithmetic, boxed, choice, last_line, full, json:FIELD, regex:PATTERN"),
     ({"answer_extractor": "regex:A: ([0-9+"}, r"answer_extractor: .*'regex:A: \(\[0-9\+' is not a valid regex"),
     ({"answer_extractor": "regex:"}, r"answer_extractor: .*needs a pattern"),
     ({"model": {"path": "embedded:nope"}}, r"model.path: .*unknown embedded model 'nope'; valid: tiny-adder"),

@@ -62,7 +62,7 @@ def test_the_floor_is_the_cheapest_first_round_of_the_parts_not_yet_sent(data, t
     parts = io.plan_parts(io.list_input_files(str(data)), 4)
     tier = uniform_tier(1, 0.0, 1.0, 40)
     assert first_round(tier) == [(1, 40)]
-    floor = BudgetFloor(spec, parts, tier, tokens, price=1.0)
+    floor = BudgetFloor(spec, parts, first_round(tier), tokens, price=1.0)
     # Part 0's cheapest valid row "1+2=\n" reserves 5 + 40; the null and the over-long prompt never reserve.
     assert floor.covers_none(44.9) and not floor.covers_none(45.0)
     floor.mark_sent(parts[0])
@@ -112,7 +112,58 @@ def test_with_every_part_sent_no_row_is_left_to_cover(data, tmp_path, tokens):
     """Regression: the floor's first use after every part was sent read no part and raised."""
     spec = spec_for(data, tmp_path / "out")
     parts = io.plan_parts(io.list_input_files(str(data)), 4)
-    floor = BudgetFloor(spec, parts, uniform_tier(1, 0.0, 1.0, 40), tokens, price=1.0)
+    floor = BudgetFloor(spec, parts, first_round(uniform_tier(1, 0.0, 1.0, 40)), tokens, price=1.0)
     for p in parts:
         floor.mark_sent(p)
     assert floor.covers_none(0.0)
+
+
+def test_bulk_commit_reads_chat_rows_without_a_prompt_column_and_carries_lost_spend(tmp_path):
+    path = tmp_path / "chat.parquet"
+    turn = [{"role": "user", "content": "1+2=\n"}]
+    pl.DataFrame({"custom_id": ["a", "b", "c", "d", "e"],
+                  "messages": [turn, None, [], [{"role": "robot", "content": "x"}], turn]}).write_parquet(path)
+    spec = parse_spec({"input": {"path": str(path), "id_column": "custom_id", "messages_column": "messages"},
+                       "output": {"path": str(tmp_path / "out"), "part_rows": 4}, "budget": {"amount": 10}})
+    parts = io.plan_parts(io.list_input_files(str(path)), 4)
+    summaries = commit_bulk(spec, parts, "skipped_budget", lost={0: 0.8})
+    df = pl.read_parquet(f"{tmp_path}/out/part-*.parquet").sort("id")
+    assert df["id"].to_list() == ["a", "b", "c", "d", "e"] and sorted(summaries) == [0, 1]
+    assert df["status"].to_list() == ["skipped_budget", "error", "error", "error", "skipped_budget"]
+    assert df["error"].to_list()[1:3] == ["messages is null", "messages is empty"]
+    assert df["lost_cost"].to_list() == pytest.approx([0.2, 0.2, 0.2, 0.2, 0.0])
+    assert df["cost"].sum() == pytest.approx(0.8) and summaries[0]["cost"] == pytest.approx(0.8)
+
+
+def test_bulk_commit_of_template_prompts_names_a_null_field_and_a_bad_sampling_cell(tmp_path):
+    path = tmp_path / "t.parquet"
+    pl.DataFrame({"id": ["a", "b", "c"], "x": ["1", None, "3"], "y": ["2", "2", "4"],
+                  "mt": [8, 8, 0]}).write_parquet(path)
+    spec = parse_spec({"input": {"path": str(path), "sampling_columns": {"max_tokens": "mt"}},
+                       "prompt": {"template": "{x}+{y}=\n"},
+                       "output": {"path": str(tmp_path / "out")}, "budget": {"amount": 10}})
+    commit_bulk(spec, io.plan_parts(io.list_input_files(str(path)), 10), "skipped_deadline")
+    df = pl.read_parquet(f"{tmp_path}/out/part-*.parquet").sort("id")
+    assert df["status"].to_list() == ["skipped_deadline", "error", "error"]
+    assert df["error"][1] == "prompt.template field 'x' is null" and "'mt' (max_tokens) is 0" in df["error"][2]
+    with pytest.raises(ValueError, match="max_tokens"):  # first rounds differ by row: no floor
+        BudgetFloor(spec, [], [(1, 8)], None, price=1.0)
+
+
+def test_chat_prompts_are_counted_as_the_chat_template_renders_them():
+    from pipelines.prompts import PromptConfig
+
+    chat = PromptTokens("embedded:tiny-adder", 256, PromptConfig(system_prompt="Add."))
+    assert chat.chat.prefix == "Add.\n" and chat.chat.suffix == ""  # tiny-adder: a system turn and a newline
+    prompts = pl.Series(["1+2=\n", "héllo"])
+    exact = chat.exact(prompts.to_list())
+    rendered = [chat.chat.render(chat.tok, p) for p in prompts]
+    assert rendered == ["Add.\n1+2=\n", "Add.\nhéllo"]
+    ids = [chat.tok.apply_chat_template(chat.chat.conversation(p), tokenize=True, add_generation_prompt=True)
+           for p in prompts]
+    assert exact.tolist() == [len(i["input_ids"] if hasattr(i, "keys") else i) for i in ids]
+    lo, hi = chat.bounds(prompts)
+    assert (lo <= exact).all() and (exact <= hi).all()
+    with pytest.raises(ValueError, match="messages_column"):
+        PromptTokens("embedded:tiny-adder", 256, PromptConfig(messages_column="m"))
+    assert PromptTokens("embedded:tiny-adder", 256, PromptConfig(chat=False)).chat is None

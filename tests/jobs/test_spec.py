@@ -179,3 +179,16 @@ def test_max_samples_per_row_defaults_to_four_k_and_is_at_least_k():
     assert parse_spec(BASE | {"policy": {"kind": "adaptive", "max_samples_per_row": 12}}).policy.sample_cap == 12
     with pytest.raises(SpecError, match=r"policy.max_samples_per_row must be at least policy.calibration_samples"):
         parse_spec(BASE | {"policy": {"kind": "adaptive", "max_samples_per_row": 8}})
+
+
+@pytest.mark.parametrize("extra, named", [
+    ({"ladder": ["skip", "think"]}, "ladder"),
+    ({"calibration_from": "s3://b/samples.parquet"}, "calibration_from"),
+    ({"difficulty": {"estimators": ["pilot", "learned"], "learned": "m.json"}}, "learned"),
+])
+def test_sequential_planner_refuses_what_only_the_calibrated_one_runs(extra, named):
+    base = {"input": {"path": "x"}, "output": {"path": "y"}, "budget": {"amount": 1}}
+    assert parse_spec(base | {"policy": {"kind": "adaptive", "planner": "sequential"}}).policy.planner == "sequential"
+    with pytest.raises(SpecError, match=named):
+        parse_spec(base | {"policy": {"kind": "adaptive", "planner": "sequential"} | extra})
+    parse_spec(base | {"policy": {"kind": "adaptive", "planner": "calibrated"} | extra})

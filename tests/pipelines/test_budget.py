@@ -92,3 +92,16 @@ def test_lease_roll_always_covers_work_in_flight_and_never_overspends():
     # Returning the lease: nothing held, nothing in flight.
     assert ledger.roll("r0", lease, 5.0, 0.0, 0.0) == 0.0
     assert "r0" not in ledger.held and ledger.spent == 35.0
+
+
+def test_spend_is_kept_per_part_through_settlements_and_lease_rolls():
+    led = Ledger(budget=1000, spent=7.0, by_part={("out", 0): 7.0})
+    led.reserve(50, "r")
+    led.settle(50, 20, "r", part=("out", 0))
+    led.reserve(5, "r")
+    led.settle(5, 3, "r")  # naming no part: in the total only
+    lease = led.roll("r", 0.0, 0.0, 0.0, 200.0)
+    led.roll("r", lease, 60.0, 0.0, 0.0, {"generation": 50.0, "judge": 10.0},
+             {("out", 1): 45.0, ("side", 1): 15.0})
+    assert led.spent == 90.0 and led.reserved == 0
+    assert led.part_spend("out") == {0: 27.0, 1: 45.0} and led.part_spend("side") == {1: 15.0}

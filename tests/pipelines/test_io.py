@@ -111,3 +111,32 @@ def test_corrupt_id_page_is_an_input_error_naming_the_file_and_row_group(tmp_pat
     with pytest.raises(InputError, match=r"in\.parquet row group 2 \(rows 20-29\), column\(s\) id"):
         list(io.iter_column(files, "id"))
     assert sum(len(c) for c in io.iter_column(files, "prompt")) == 30
+
+
+def test_jsonl_and_openai_batch_files_stream_in_parts(tmp_path, monkeypatch):
+    """A JSONL file is read block by block (its blocks stand for row groups): parts cover every row
+    once, in order; an OpenAI batch file's body fields (messages, max_tokens) become columns."""
+    import json
+
+    monkeypatch.setattr(io, "JSON_BLOCK_BYTES", 4096)  # many blocks from a small file
+    rows = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "m", "messages": [{"role": "user", "content": f"{i}+1=\n"}], "max_tokens": 9}}
+            for i in range(1500)]
+    (tmp_path / "batch.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (files,) = io.list_input_files(str(tmp_path))
+    assert files.num_rows == 1500 and len(files.row_groups) > 10
+    schema = io.read_schema(files)
+    assert {"custom_id", "messages", "max_tokens", "model"} <= set(schema.names)
+    assert pa.types.is_list(schema.field("messages").type)
+    ids, contents = [], []
+    for p in io.plan_parts([files], 64):
+        t = io.read_part(p, ["custom_id", "messages"])
+        assert t.num_rows == p.length
+        ids += t.column("custom_id").to_pylist()
+        contents += [m[0]["content"] for m in t.column("messages").to_pylist()]
+    assert ids == [f"r{i}" for i in range(1500)] and contents[7] == "7+1=\n"
+    assert sum(len(c) for c in io.iter_column([files], "custom_id")) == 1500
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.jsonl").write_text('{"id": "a"}\nnot json\n')
+    with pytest.raises(InputError, match=r"x.jsonl is not readable JSON Lines"):
+        io.list_input_files(str(tmp_path / "bad"))

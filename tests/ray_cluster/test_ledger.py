@@ -122,3 +122,43 @@ def test_client_leases_budget_instead_of_calling_the_ledger_per_row(ray_cluster)
     assert snap["by_kind"]["judge"] == pytest.approx(2 * sum(20.0 + i % 3 for i in range(0, 400, 10)))
     assert 2 <= snap["n_reservations"] < 40  # leases and their renewals, not 800 rows
     ray.kill(ledger)
+
+
+@pytest.mark.slow
+def test_client_attributes_spend_to_parts_through_leases_and_direct_reservations(ray_cluster):
+    """Rows of three parts settle through ``for_part`` views of one client, with a budget tight
+    enough that some reserve at the ledger itself: the ledger's spend per part is each part's
+    rows' sum, on top of what earlier attempts spent (``parts_spent``)."""
+    ray = ray_cluster
+    from ray_cluster.ledger import BudgetLedger, LedgerClient
+
+    ledger = BudgetLedger.remote(2000.0, 30.0, {"out": {1: 30.0}})
+
+    @ray.remote
+    def replica() -> dict[int, float]:
+        async def go():
+            client = LedgerClient(ledger, "r0")
+            views = {pid: client.for_part(("out", pid)) for pid in range(3)}
+            spent = dict.fromkeys(views, 0.0)
+
+            async def row(i: int):
+                pid = i % 3
+                if await views[pid].reserve(100.0) != GRANTED:
+                    return
+                await asyncio.sleep(0.002 * (i % 4))
+                cost = 10.0 + i % 7
+                await views[pid].settle(100.0, cost, kind="judge" if i % 5 == 0 else "generation")
+                spent[pid] += cost
+            await asyncio.gather(*(row(i) for i in range(90)))
+            await client.close()
+            return spent
+        return asyncio.run(go())
+
+    spent = ray.get(replica.remote(), timeout=120)
+    by_part = ray.get(ledger.part_spend.remote("out"))
+    assert by_part == pytest.approx({0: spent[0], 1: 30.0 + spent[1], 2: spent[2]})
+    assert ray.get(ledger.spent_on.remote(("out", 1))) == pytest.approx(30.0 + spent[1])
+    assert ray.get(ledger.part_spend.remote("elsewhere")) == {}
+    snap = ray.get(ledger.snapshot.remote())
+    assert snap["spent"] == pytest.approx(sum(by_part.values())) and snap["spent"] <= 2000.0
+    ray.kill(ledger)

@@ -46,9 +46,10 @@ def _bare_pool(**cfg):
 
 
 def _job(out: str, storage: dict):
+    from pipelines.prompts import PromptConfig
     from ray_cluster.replica import JobContext
 
-    return JobContext(output_uri=out, id_column="id", prompt_column="prompt", gold_column=None, cost_per_token=1.0,
+    return JobContext(output_uri=out, id_column="id", prompt=PromptConfig(), gold_column=None, cost_per_token=1.0,
                       output_storage=storage)
 
 
