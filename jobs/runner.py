@@ -206,7 +206,11 @@ class Session:
                                  enabled=show_progress)
         self.pool, self._own_pool = pool, pool is None
         self.deadline = deadline
-        self.floor, self.tokens = None, None  # the budget's floor (jobs.skipping), set once the pool is up
+        # The budget's floor (jobs.skipping): ``floor_for`` builds it (and the driver's tokenizer) on
+        # the ledger's first refusal, so that a job the budget covers never pays for it.
+        self.floor_for: Callable[[], tuple] | None = None
+        self.floor, self.tokens = None, None
+        self.sent: list[io.Part] = []  # every part sent so far (the floor covers only the others)
         self.budget_out = False  # the budget left covers no row of any part not yet sent
         self.bulk_written: list[dict] = []  # parts the driver wrote skipped in bulk (commit_left)
         self.job = job_context(spec, deadline.rows_stop_at if deadline is not None else None)
@@ -247,9 +251,17 @@ class Session:
         more parts."""
         if self.interrupted or (self.deadline is not None and self.deadline.due(self._part_seconds())):
             return True
-        if not self.budget_out and self.floor is not None and self.snapshot.get("n_denied"):
+        if not self.budget_out and self.snapshot.get("n_denied") and self._floor() is not None:
             self.budget_out = self.floor.covers_none(self.snapshot["budget"] - self.snapshot["spent"])
         return self.budget_out
+
+    def _floor(self):
+        if self.floor_for is not None:
+            self.floor, self.tokens = self.floor_for()
+            self.floor_for = None
+            for part in self.sent if self.floor is not None else []:
+                self.floor.mark_sent(part)
+        return self.floor
 
     def _part_seconds(self) -> float:
         """How long a part takes here (mean over the parts that ran so far; 0 before any)."""
@@ -305,9 +317,11 @@ class Session:
             return self.pool.run(self.job, self.ledger, parts, tier, on_done, on_failed,
                                  poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
                                  stopping=lambda: self.stopping or stop_when(), max_inflight=max_inflight,
-                                 on_sent=lambda part: self._mark_sent(part, on_sent), parts_per_replica=self.spec.replicas.parts_per_replica)
+                                 on_sent=lambda part: self._mark_sent(part, on_sent),
+                                 parts_per_replica=self.spec.replicas.parts_per_replica)
 
     def _mark_sent(self, part: io.Part, then: Callable[[io.Part], None] | None) -> None:
+        self.sent.append(part)
         if self.floor is not None:  # a part sent is no longer the floor's to cover
             self.floor.mark_sent(part)
         if then is not None:
@@ -428,7 +442,7 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
         try:
             with session:
                 first = skipping.first_round(tier) if driver is None else driver.first_round()
-                session.floor, session.tokens = _budget_floor(session, todo, first)
+                session.floor_for = lambda: _budget_floor(session, todo, first)
                 if driver is None:
                     unsent = session.run_parts(todo, lambda _part: tier)
                 else:
@@ -466,7 +480,7 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
 
 def _budget_floor(session: Session, todo: list[io.Part], first: list[tuple[int, int]] | None):
     """The job's ``BudgetFloor`` and ``PromptTokens`` for rows whose first round is ``first`` (the
-    same for every row; None where it is not). None, None where rows are skipped one by one through
+    same for every row; None where it is not), built on the ledger's first refusal. None, None where rows are skipped one by one through
     the ledger instead: prices metered (the driver does not know them), first rounds that differ
     by row, a tokenizer or chat rendering the driver does not have (logged)."""
     spec = session.spec

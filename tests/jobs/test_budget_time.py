@@ -118,12 +118,12 @@ def test_the_sequential_planner_writes_what_its_budget_cannot_cover_in_bulk(tmp_
 
 @pytest.mark.slow
 def test_the_sequential_planner_meets_a_deadline_and_its_rows_continue_on_resume(tmp_path, shared_pool):
-    inp, out = write_input(tmp_path / "in.parquet", 10_000), tmp_path / "out"
-    spec = sequential(spec_for(inp, out, {"amount": 1e9, "max_wall_s": 8}, part_rows=250))
+    inp, out = write_input(tmp_path / "in.parquet", 4_000), tmp_path / "out"
+    spec = sequential(spec_for(inp, out, {"amount": 1e9, "max_wall_s": 15}, part_rows=200))
     first = run_job(parse_spec(spec), show_progress=False, pool=shared_pool)
-    assert first["wall_s"] <= 8 and any(b["status"] == "skipped_deadline" for b in first["bulk_written"])
+    assert first["wall_s"] <= 15 and any(b["status"] == "skipped_deadline" for b in first["bulk_written"])
     df = every_id_once(out, inp)
-    assert 0 < (df["status"] == "ok").sum() < 10_000 and set(df["status"]) == {"ok", "skipped_deadline"}
+    assert 0 < (df["status"] == "ok").sum() < 4_000 and set(df["status"]) == {"ok", "skipped_deadline"}
     spec["budget"]["max_wall_s"] = 600
     second = run_job(parse_spec(spec), show_progress=False, pool=shared_pool)
     df = every_id_once(out, inp)
