@@ -85,6 +85,11 @@ class AdaptiveDriver:
         self._rung_summary: dict = {}
 
     # -------------------------------------------------------------- phases
+    def first_round(self) -> None:
+        """None: rows' first rounds differ by tier (no ``jobs.skipping.BudgetFloor``; the ledger
+        refuses rows the budget cannot cover one by one)."""
+        return None
+
     def run(self, session) -> int:
         cal_cap = self.pol.calibration_budget_share * self.spec.budget.amount
         todo = [p for p in self.parts if p.part_id in self.cal_ids and p.part_id not in session.summaries]

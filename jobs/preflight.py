@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from jobs.spec import JobSpec, JudgeSpec, SpecError, aborts_failed_steps
-from pipelines import io, records
+from pipelines import io
 
 log = logging.getLogger(__name__)
 
@@ -232,24 +232,11 @@ def _stop_on_signal(what: str):
 
 def commit_skipped(spec: JobSpec, parts: list[io.Part], lost: dict[int, float] | None = None) -> dict[int, dict]:
     """Commits ``parts`` from the driver, every row ``skipped_budget`` (cost 0, ``correct`` false where
-    a gold column grades it, ``prompt_tokens`` null: no tokenizer ran): the budget left is zero, so
-    no engine starts. Each part commits atomically as the replicas' do, carrying what earlier lost
-    attempts at it spent (``lost``, by part id: ``lost_cost``); returns their summaries.
+    a gold column grades it, ``prompt_tokens`` null: no tokenizer ran; a prompt that cannot be sent is
+    a row error, as on a replica): the budget left is zero, so no engine starts. Each part commits
+    atomically as the replicas' do (``jobs.skipping.commit_bulk``), carrying what earlier lost attempts
+    at it spent (``lost``, by part id: ``lost_cost``); returns their summaries.
     """
-    import polars as pl
+    from jobs.skipping import commit_bulk
 
-    from ray_cluster.replica import summarize
-
-    inp = spec.input
-    cols = [inp.id_column] + ([inp.gold_column] if inp.gold_column else [])
-    done = {}
-    for part in parts:
-        frame = pl.from_arrow(io.read_part(part, cols, inp.storage_options))
-        recs = [records.empty_record(i, "skipped_budget") for i in frame[inp.id_column].cast(pl.String).to_list()]
-        if inp.gold_column:  # as a replica grades a row without an answer: wrong
-            for rec, gold in zip(recs, frame[inp.gold_column].to_list()):
-                rec["correct"] = False if gold is not None else None
-        table = records.with_lost_cost(records.to_table(recs), (lost or {}).get(part.part_id, 0.0))
-        done[part.part_id] = summarize(part.part_id, table, 0.0)
-        io.write_part(table, spec.output.path, part.part_id, done[part.part_id], spec.output.storage_options)
-    return done
+    return commit_bulk(spec, parts, "skipped_budget", lost=lost)

@@ -26,8 +26,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
-from jobs import preflight, resume
+from jobs import preflight, resume, skipping
 from jobs.progress import Progress
 from jobs.resume import LEDGER_FILE, JobChanged, ledger_record  # noqa: F401  (JobChanged: re-exported for callers)
 from jobs.spec import (
@@ -45,6 +46,7 @@ from pipelines import io, records
 from pipelines.budget import cost_per_token
 from pipelines.errors import StartInterrupted, TierwiseError
 from pipelines.lease import LeaseLost, OutputLease, OutputLeased  # noqa: F401  (OutputLeased: re-exported)
+from pipelines.pricing import price_spec
 from pipelines.report import breakdown, build_report
 from pipelines.search import SearchTier
 from pipelines.tiers import Tier, think_tier, uniform_tier
@@ -91,17 +93,19 @@ def policy_tier(policy: UniformPolicy, s: SamplingSpec) -> Tier:
     return uniform_tier(policy.n, s.temperature, s.top_p, s.max_tokens, weighted, logprobs)
 
 
-def job_context(spec: JobSpec):
+def job_context(spec: JobSpec, rows_stop_at: float | None = None):
     from ray_cluster.replica import JobContext
 
     b = spec.budget
     verifier = spec.verifier
     if isinstance(verifier, JudgeSpec):
         verifier = verifier.config(spec.model.path, spec.sampling.max_tokens)
+    cpt = cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour)
     return JobContext(
         output_uri=spec.output.path, id_column=spec.input.id_column, prompt=prompt_config(spec),
-        gold_column=spec.input.gold_column,
-        cost_per_token=cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour),
+        gold_column=spec.input.gold_column, cost_per_token=cpt,
+        pricing=price_spec(b.unit, cpt, b.prompt_token_weight, b.metering, b.usd_per_gpu_hour, spec.replicas.num_gpus),
+        rows_stop_at=rows_stop_at,
         extractor=spec.answer_extractor, verifier=verifier, keep_samples=spec.output.keep_samples,
         seed=spec.sampling.seed, input_storage=spec.input.storage_options, output_storage=spec.output.storage_options,
         row_features=tuple(difficulty_columns(spec).items()), abort_failed_steps=aborts_failed_steps(spec),
@@ -186,7 +190,7 @@ class Session:
 
     def __init__(self, spec: JobSpec, n_rows: int, committed: dict[int, dict], prior_spent: float,
                  address: str | None, show_progress: bool, pool=None, lease: OutputLease | None = None,
-                 prior_parts: dict[int, float] | None = None):
+                 prior_parts: dict[int, float] | None = None, deadline: skipping.Deadline | None = None):
         from ray_cluster.cluster import connect
         from ray_cluster.ledger import BudgetLedger
 
@@ -201,7 +205,15 @@ class Session:
         self.progress = Progress(n_rows, spec.budget.amount, spec.budget.unit, done=committed.values(),
                                  enabled=show_progress)
         self.pool, self._own_pool = pool, pool is None
-        self.job = job_context(spec)
+        self.deadline = deadline
+        # The budget's floor (jobs.skipping): ``floor_for`` builds it (and the driver's tokenizer) on
+        # the ledger's first refusal, so that a job the budget covers never pays for it.
+        self.floor_for: Callable[[], tuple] | None = None
+        self.floor, self.tokens = None, None
+        self.sent: list[io.Part] = []  # every part sent so far (the floor covers only the others)
+        self.budget_out = False  # the budget left covers no row of any part not yet sent
+        self.bulk_written: list[dict] = []  # parts the driver wrote skipped in bulk (commit_left)
+        self.job = job_context(spec, deadline.rows_stop_at if deadline is not None else None)
         self.stop = _StopOnSignal()
         self.lease = lease
         self.generate_wall_s = 0.0
@@ -237,9 +249,51 @@ class Session:
         return {name: engine_usage(self._engines_before.get(name), after) for name, after in self.pool.engine_stats().items()}
 
     @property
-    def stopping(self) -> bool:
-        """A signal came, or another driver took the output over: send no more parts."""
+    def interrupted(self) -> bool:
+        """A signal came, or another driver took the output over."""
         return self.stop.signum is not None or (self.lease is not None and self.lease.lost)
+
+    @property
+    def stopping(self) -> bool:
+        """Interrupted, a part sent now would not finish before the deadline, or the budget left covers
+        no row of any part not yet sent (``floor``, checked once the ledger refused a row): send no
+        more parts."""
+        if self.interrupted or (self.deadline is not None and self.deadline.due(self._part_seconds())):
+            return True
+        if not self.budget_out and self.snapshot.get("n_denied") and self._floor() is not None:
+            self.budget_out = self.floor.covers_none(self.snapshot["budget"] - self.snapshot["spent"])
+        return self.budget_out
+
+    def _floor(self):
+        if self.floor_for is not None:
+            self.floor, self.tokens = self.floor_for()
+            self.floor_for = None
+            for part in self.sent if self.floor is not None else []:
+                self.floor.mark_sent(part)
+        return self.floor
+
+    def _part_seconds(self) -> float:
+        """How long a part takes here (mean over the parts that ran so far; 0 before any)."""
+        if getattr(self, "_mean_at", None) != len(self.summaries):
+            seconds = [s["seconds"] for s in self.summaries.values() if s.get("seconds")]
+            self._mean_at, self._mean = len(self.summaries), sum(seconds) / len(seconds) if seconds else 0.0
+        return self._mean
+
+    def meters(self) -> list[dict]:
+        """Each replica's device time for this job (``pipelines.pricing.DeviceMeter``)."""
+        return self.ray.get([a.meter.remote(self.ledger) for a in self.pool.actors.values()])
+
+    def commit_left(self, parts: list[io.Part], status: str, tokens=None) -> None:
+        """Writes ``parts`` ``status`` in bulk (``jobs.skipping.commit_bulk``), as committed parts."""
+        t0 = time.monotonic()
+        lost = self.ray.get(self.ledger.part_spend.remote(self.spec.output.path))  # lost attempts' spend
+        for summary in skipping.commit_bulk(self.spec, parts, status, tokens, lost).values():
+            self.summaries[summary["part_id"]] = summary
+            self.progress.part_done(summary)
+        seconds = time.monotonic() - t0
+        self.bulk_written.append({"status": status, "parts": len(parts), "rows": sum(p.length for p in parts),
+                                  "seconds": round(seconds, 3)})
+        log.info("%d part(s) written %s in %.2f s", len(parts), status, seconds)
 
     def save_ledger(self, force: bool = False) -> dict:
         self.snapshot = self.ray.get(self.ledger.snapshot.remote())
@@ -272,7 +326,15 @@ class Session:
             return self.pool.run(self.job, self.ledger, parts, tier, on_done, on_failed,
                                  poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
                                  stopping=lambda: self.stopping or stop_when(), max_inflight=max_inflight,
-                                 on_sent=on_sent, parts_per_replica=self.spec.replicas.parts_per_replica)
+                                 on_sent=lambda part: self._mark_sent(part, on_sent),
+                                 parts_per_replica=self.spec.replicas.parts_per_replica)
+
+    def _mark_sent(self, part: io.Part, then: Callable[[io.Part], None] | None) -> None:
+        self.sent.append(part)
+        if self.floor is not None:  # a part sent is no longer the floor's to cover
+            self.floor.mark_sent(part)
+        if then is not None:
+            then(part)
 
     @contextlib.contextmanager
     def _saving_ledger(self, t0: float):
@@ -366,8 +428,12 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
              len(todo), prior_spent)
     extra: dict = {}
     summaries, snapshot, generate_wall_s, signum, unsent = dict(done), {"spent": prior_spent}, 0.0, None, 0
+    deadline = skipping.job_deadline(spec, time.time() - (time.monotonic() - t0),
+                                     sum(p.length for p in todo))
     if todo and prior_spent >= spec.budget.amount:  # nothing left to spend: no engine starts
         summaries |= preflight.commit_skipped(spec, todo, start.prior_parts)
+    elif todo and deadline is not None and deadline.due():  # no time left: no engine starts
+        summaries |= skipping.commit_bulk(spec, todo, "skipped_deadline", lost=start.prior_parts)
     elif todo:
         if spec.policy.kind == "adaptive" and spec.policy.planner == "sequential":
             from jobs.sequential_driver import SequentialDriver
@@ -381,14 +447,19 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
             driver = None
             tier = policy_tier(spec.policy, spec.sampling)
         session = Session(spec, start.n_rows, done, prior_spent, address, show_progress, pool, lease,
-                          start.prior_parts)
+                          prior_parts=start.prior_parts, deadline=deadline)
         try:
             with session:
+                first = skipping.first_round(tier) if driver is None else driver.first_round()
+                session.floor_for = lambda: _budget_floor(session, todo, first)
                 if driver is None:
                     unsent = session.run_parts(todo, lambda _part: tier)
                 else:
                     unsent = driver.run(session)
                     extra = driver.report
+                unsent = _commit_left_over(session, parts, unsent)
+                extra["metering"] = _metering(spec, session.meters(), session.save_ledger(force=True))
+                extra["bulk_written"] = session.bulk_written
                 summaries, snapshot = session.summaries, session.snapshot
                 generate_wall_s = session.generate_wall_s
                 extra = extra | {"engines": session.engine_report()}
@@ -410,8 +481,55 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
     report |= extra
     report["by_tier"] = breakdown(io.read_output(out, so, ["tier", "bucket", "cost", "n_samples", "correct"]))
     report["complete"] = unsent == 0 and len(summaries) == len(parts)
+    if deadline is not None:
+        report["deadline"] = {"at": datetime.fromtimestamp(deadline.at, UTC).isoformat(),
+                              "finished_s_before": round(deadline.at - time.time(), 3)}
     io.write_json(report, out, "run_report.json", so)
     return report | {"_signum": signum, "_unsent": unsent}
+
+
+def _budget_floor(session: Session, todo: list[io.Part], first: list[tuple[int, int]] | None):
+    """The job's ``BudgetFloor`` and ``PromptTokens`` for rows whose first round is ``first`` (the
+    same for every row; None where it is not), built on the ledger's first refusal. None, None where rows are skipped one by one through
+    the ledger instead: prices metered (the driver does not know them), first rounds that differ
+    by row, a tokenizer or chat rendering the driver does not have (logged)."""
+    spec = session.spec
+    b = spec.budget
+    if b.metering == "measured" or first is None:
+        return None, None
+    try:
+        from jobs.skipping import BudgetFloor, PromptTokens
+
+        max_len = min(i["max_model_len"] for i in session.pool.info().values())
+        tokens = PromptTokens(spec.model.path, max_len, prompt_config(spec))
+        price = cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour)
+        return BudgetFloor(spec, todo, first, tokens, price), tokens
+    except Exception as exc:  # noqa: BLE001  (any failure: rows are skipped one by one, as before)
+        log.warning("no bulk budget skip (rows the budget cannot cover are refused one by one): %s", exc)
+        return None, None
+
+
+def _commit_left_over(session: Session, parts: list[io.Part], unsent: int) -> int:
+    """After the budget floor or the deadline stopped the job, writes the parts it left in bulk:
+    ``skipped_budget`` or ``skipped_deadline``. A signal or a lost lease leaves them to a resume."""
+    left = [p for p in parts if p.part_id not in session.summaries]
+    if not left or session.interrupted:
+        return unsent
+    if session.budget_out:
+        session.commit_left(left, "skipped_budget", session.tokens)
+    elif session.deadline is not None and session.deadline.due(session._part_seconds()):
+        session.commit_left(left, "skipped_deadline")
+    else:
+        return unsent
+    return 0
+
+
+def _metering(spec: JobSpec, meters: list[dict], snapshot: dict) -> dict:
+    """What the replicas measured beside what the ledger settled (``run_report.json``'s ``metering``)."""
+    device_s = sum(m["device_seconds"] for m in meters)
+    return {"kind": spec.budget.metering, "unit": spec.budget.unit, "device_seconds": device_s,
+            "device_hours": device_s / 3600.0, "unattributed_s": sum(m["unattributed_s"] for m in meters),
+            "spent": snapshot["spent"], "replicas": meters}
 
 
 def _commit_failed_part(spec: JobSpec, part: io.Part, reason: str, lost: float = 0.0) -> dict:

@@ -60,6 +60,11 @@ class SequentialDriver:
         self.plans: dict[int, PartPlan] = {}
         self.report: dict = {}
 
+    def first_round(self) -> list[tuple[int, int]]:
+        """Every row's first round, whatever its part's plan: one sample of ``max_tokens``
+        (``SequentialTier.next_request``), what ``jobs.skipping.BudgetFloor`` prices."""
+        return [(1, self.spec.sampling.max_tokens)]
+
     def run(self, session) -> int:
         snap = session.save_ledger()
         rows = sum(p.length for p in self.todo)

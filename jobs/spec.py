@@ -207,8 +207,23 @@ class SamplingSpec(_Strict):
 class BudgetSpec(_Strict):
     amount: float = Field(ge=0, description="hard cap on total spend, in `unit`")
     unit: Literal["tokens", "gpu_hours", "usd"] = "tokens"
-    tokens_per_gpu_hour: float | None = Field(None, gt=0, description="throughput that converts tokens to GPU-hours")
+    tokens_per_gpu_hour: float | None = Field(None, gt=0, description="throughput that converts tokens to GPU-hours "
+                                              "(metering: measured: the conversion until replica time is measured)")
     usd_per_gpu_hour: float | None = Field(None, gt=0)
+    metering: Literal["tokens", "measured"] = Field(
+        "tokens", description="gpu_hours / usd: tokens converts tokens through tokens_per_gpu_hour; measured "
+                              "meters the seconds each replica holds its devices generating for the job (times "
+                              "its device count; 1 per CPU replica), attributed to rows by their weighted tokens")
+    prompt_token_weight: float = Field(1.0, ge=0, description="what a prompt token counts for beside a generated "
+                                       "one (1: the same)")
+    deadline: datetime | None = Field(None, description="ISO wall-clock time (UTC unless it names a zone) the job "
+                                      "must finish by; rows it cannot reach are written skipped_deadline")
+    max_wall_s: float | None = Field(None, gt=0, description="seconds this invocation may take (as deadline)")
+
+    @field_validator("deadline")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
 
     @model_validator(mode="after")
     def _conversion(self):
@@ -216,6 +231,8 @@ class BudgetSpec(_Strict):
             raise ValueError(f"budget.tokens_per_gpu_hour is required when budget.unit is {self.unit!r}")
         if self.unit == "usd" and self.usd_per_gpu_hour is None:
             raise ValueError("budget.usd_per_gpu_hour is required when budget.unit is 'usd'")
+        if self.metering == "measured" and self.unit == "tokens":
+            raise ValueError("budget.metering 'measured' meters replica time: it needs budget.unit gpu_hours or usd")
         return self
 
 

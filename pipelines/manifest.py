@@ -6,7 +6,7 @@ storage's etag / mtime / version, the row count, a hash of each part's ids, and 
 spec fields that change answers). A re-run builds the same fingerprint from its spec
 and input; ``diff`` names every difference, and the runner refuses to resume over one.
 ``budget.amount`` is not part of it: it only limits spending, so raising it continues
-the job.
+the job (nor is the deadline: a resume with a new one continues the rows the old one left).
 
 ``classify_parts`` then decides, part by part, which committed parts count as done: a
 part whose ids differ from the input part it claims, or whose rows failed for a cause
@@ -31,7 +31,7 @@ MANIFEST_VERSION = 1
 # many replicas run it, what the job is called, and how much it may spend. The input's own
 # identity is fingerprinted file by file instead of by its path string.
 NOT_IDENTITY = ("name", "input.path", "input.storage_options", "output.path", "output.storage_options",
-                "replicas", "budget.amount")
+                "replicas", "budget.amount", "budget.deadline", "budget.max_wall_s")
 # vLLM engine arguments that change speed or memory, not what is sampled: tuning them after an
 # out-of-memory crash must not orphan the output. Any other engine argument is part of the identity.
 ENGINE_TUNING = ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "enforce_eager",
@@ -134,12 +134,14 @@ class PartCheck:
     mismatched: list[int] = field(default_factory=list)          # its ids differ from the input part
     job_errors: list[int] = field(default_factory=list)          # rows failed for a job-level cause
     budget_skipped: list[int] = field(default_factory=list)      # every row skipped; the budget was raised
+    deadline_skipped: list[int] = field(default_factory=list)    # rows the last run's deadline left
     orphans: list[int] = field(default_factory=list)             # no such input part
 
     def redone(self) -> dict[str, list[int]]:
         """The parts not kept, by reason (empty reasons left out)."""
         out = {"ids_mismatch": self.mismatched, "job_errors": self.job_errors,
-               "budget_skipped": self.budget_skipped, "orphans": self.orphans}
+               "budget_skipped": self.budget_skipped, "deadline_skipped": self.deadline_skipped,
+               "orphans": self.orphans}
         return {k: v for k, v in out.items() if v}
 
 
@@ -154,6 +156,10 @@ def classify_parts(committed: dict[int, dict], found_hashes: dict[int, str], job
         part_hashes: ``ids_hash`` of each input part, by part id.
         budget_raised: the budget is larger than when rows were last skipped for it: parts
             whose every row was skipped (nothing spent on them) run again.
+
+    A part with rows a deadline left (``skipped_deadline``) always runs again: the deadline
+    was that run's, and the resume continues its rows (what the part's other rows spent
+    stays spent, in the ledger).
     """
     check = PartCheck()
     for pid in sorted(committed):
@@ -166,6 +172,8 @@ def classify_parts(committed: dict[int, dict], found_hashes: dict[int, str], job
             check.job_errors.append(pid)
         elif budget_raised and s.get("rows") and s.get("status", {}).get("skipped_budget", 0) == s["rows"]:
             check.budget_skipped.append(pid)
+        elif s.get("status", {}).get("skipped_deadline", 0):
+            check.deadline_skipped.append(pid)
         else:
             check.done[pid] = s
     return check

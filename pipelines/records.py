@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
-STATUSES = ("ok", "skipped_budget", "error")
+# skipped_deadline: the job's deadline (budget.deadline / max_wall_s) came before the row ran.
+STATUSES = ("ok", "skipped_budget", "skipped_deadline", "error")
 # Why an error row failed: "row" (the row's own input: a null or over-long prompt, a generation
 # that failed for this row) or "job" (not the row: its part failed after retries, the engine
 # died, storage, the job's configuration). A part with "job" rows is redone on resume.
@@ -13,7 +15,7 @@ ERROR_CAUSES = ("row", "job")
 OUTPUT_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("answer", pa.string()),
-    pa.field("status", pa.string(), nullable=False),   # ok | skipped_budget | error
+    pa.field("status", pa.string(), nullable=False),   # ok | skipped_budget | skipped_deadline | error
     pa.field("error", pa.string()),
     pa.field("error_cause", pa.string()),              # row | job for error rows, else null
     pa.field("tier", pa.string()),
@@ -62,6 +64,30 @@ def empty_record(row_id: str, status: str, error: str | None = None, prompt_toke
 
 def to_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=OUTPUT_SCHEMA)
+
+
+def bulk_table(ids, status: str, errors=None, prompt_tokens=None, correct=None) -> pa.Table:
+    """``empty_record`` for many rows at once, columnar: every row ``status`` (cost 0, no samples),
+    except the rows with an ``errors`` message, which are row-level ``error`` records.
+
+    Args:
+        ids: the rows' ids (strings); errors / prompt_tokens / correct: arrays of the same
+            length or None (all null).
+    """
+    n = len(ids)
+    err = pa.nulls(n, pa.string()) if errors is None else pa.array(errors, pa.string())
+    is_err = err.is_valid()
+    cols = {"id": pa.array(ids, pa.string()),
+            "status": pa.compute.if_else(is_err, "error", status),
+            "error": err, "error_cause": pa.compute.if_else(is_err, "row", pa.scalar(None, pa.string())),
+            "n_samples": pa.repeat(pa.scalar(0, pa.int32()), n), "output_tokens": pa.repeat(pa.scalar(0, pa.int64()), n),
+            "cost": pa.repeat(pa.scalar(0.0), n), "lost_cost": pa.repeat(pa.scalar(0.0), n)}
+    if prompt_tokens is not None:
+        cols["prompt_tokens"] = pa.array(prompt_tokens, pa.int64())
+    if correct is not None:
+        cols["correct"] = pa.array(correct, pa.bool_())
+    return pa.Table.from_arrays([cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in OUTPUT_SCHEMA],
+                                schema=OUTPUT_SCHEMA)
 
 
 def with_lost_cost(table: pa.Table, lost: float) -> pa.Table:

@@ -116,6 +116,7 @@ class LedgerClient:
         self.ledger, self.holder = ledger, holder
         self.lease = 0.0      # held at the ledger
         self.carved = 0.0     # worst cases of rows in flight inside the lease
+        self._n_carved = 0    # their count: none in flight is exactly 0.0, whatever float residue
         self.pending: dict[str, float] = {}  # settled inside the lease, not yet reported, by kind
         self.pending_parts: dict[PartKey, float] = {}  # the same, by part (of settlements that name one)
         self._direct: dict[float, int] = {}  # reservations held at the ledger itself, by amount
@@ -126,6 +127,16 @@ class LedgerClient:
         self._lock = asyncio.Lock()  # binds to the running loop on first use (Python >= 3.10)
         self._timer: asyncio.Task | None = None
 
+    def _carve(self, amount: float) -> None:
+        self.carved += amount
+        self._n_carved += 1
+
+    def _uncarve(self, amount: float) -> None:
+        # Amounts of varying size (metered prices) leave float residue: with nothing in flight the
+        # lease must hold nothing, or rows waiting at the ledger would wait for it forever.
+        self._n_carved -= 1
+        self.carved = self.carved - amount if self._n_carved else 0.0
+
     def _free(self) -> float:
         return self.lease - self.carved - sum(self.pending.values())
 
@@ -134,13 +145,13 @@ class LedgerClient:
         self._n += 1
         self._mean_worst += (amount - self._mean_worst) / self._n
         if not self._lock.locked() and self._free() >= amount:
-            self.carved += amount
+            self._carve(amount)
             return GRANTED
         async with self._lock:  # one renewal at a time; carve only between renewals
             if self._free() < amount:
                 await self._roll(need=amount)
             if self._free() >= amount:
-                self.carved += amount
+                self._carve(amount)
                 return GRANTED
             # The budget left cannot hold this row beside the lease's own work in flight:
             # give back the lease's unused part and wait at the ledger like any row.
@@ -169,7 +180,7 @@ class LedgerClient:
             self._direct_settling.append(asyncio.ensure_future(
                 self.ledger.settle.remote(reserved, actual, self.holder, kind, part)))
             return
-        self.carved -= reserved
+        self._uncarve(reserved)
         self.pending[kind] = self.pending.get(kind, 0.0) + actual
         if part is not None:
             self.pending_parts[part] = self.pending_parts.get(part, 0.0) + actual
@@ -181,7 +192,7 @@ class LedgerClient:
         if self._take_direct(reserved):
             await self.ledger.release.remote(reserved, self.holder)
         else:
-            self.carved -= reserved
+            self._uncarve(reserved)
 
     async def drain(self) -> None:
         """Reports every settlement so far to the ledger; raises if one failed."""

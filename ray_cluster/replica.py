@@ -26,6 +26,7 @@ from pipelines import io, records
 from pipelines.answers import make_extractor
 from pipelines.errors import EngineDead, StorageError
 from pipelines.judge import JudgeConfig
+from pipelines.pricing import DeviceMeter, Pricer, PriceSpec
 from pipelines.prompts import PromptConfig, row_prompts, row_sampling
 from pipelines.tiers import Tier
 from ray_cluster.engine import EngineSpec, VllmEngine
@@ -57,6 +58,8 @@ class JobContext:
     sampling_columns: tuple[tuple[str, str], ...] = ()  # (sampling field, input column): per-row sampling
     structured: tuple[str, str] | None = None  # every request's constraint (SamplingConfig.structured)
     verifier_timeout_s: float = 30.0  # how long a user verifier's call may take (then its score is null)
+    pricing: PriceSpec | None = None  # weighted / metered prices (None: cost_per_token per token)
+    rows_stop_at: float | None = None  # the deadline for rows (unix seconds): no round starts past it
 
 
 @ray.remote
@@ -75,6 +78,7 @@ class ReplicaActor:
         self._chat_templates: dict[str | None, str | None] = {}  # prompt.chat_template -> resolved template
         self._ledgers: dict[str, list] = {}  # ledger actor -> [its client, parts using it]
         self._halted: dict[str, _Halt] = {}  # ledger actor -> its job's stop flag (``halt``)
+        self._meters: dict[str, DeviceMeter] = {}  # ledger actor -> the job's device time here
 
     async def start(self) -> dict:
         """Builds the engines inside this worker; returns what the driver needs."""
@@ -103,6 +107,16 @@ class ReplicaActor:
 
     def _halt_flag(self, ledger) -> _Halt:
         return self._halted.setdefault(ledger._actor_id.hex(), _Halt())
+
+    def _pricer(self, ledger, job: JobContext) -> Pricer:
+        """The job's prices on this replica, over its one device meter (shared by its parts here)."""
+        spec = job.pricing or PriceSpec(job.cost_per_token)
+        return Pricer(spec, self._meters.setdefault(ledger._actor_id.hex(), DeviceMeter(spec.devices)))
+
+    async def meter(self, ledger) -> dict:
+        """The device time this replica held for the job of ``ledger`` (``DeviceMeter.snapshot``)."""
+        meter = self._meters.get(ledger._actor_id.hex())
+        return meter.snapshot() if meter is not None else DeviceMeter().snapshot()
 
     def _scoring(self, job: JobContext) -> Scorer:
         """The job's scorer (answer extractor, verifier or judge), built once per replica."""
@@ -156,8 +170,9 @@ class ReplicaActor:
         halt = self._halt_flag(ledger)
         key = (cfg.output_uri, part.part_id)
         async with self._ledger_client(ledger) as client:
-            rows = RowRunner(self.engine, self._sem, tier, client.for_part(key), scorer, cfg.seed, cfg.cost_per_token,
-                             cfg.keep_samples, cfg.abort_failed_steps, halt, cfg.structured)
+            rows = RowRunner(self.engine, self._sem, tier, client.for_part(key), scorer, cfg.seed,
+                             self._pricer(ledger, cfg), cfg.keep_samples, cfg.abort_failed_steps, halt,
+                             cfg.rows_stop_at, cfg.structured)
             # Every row runs to its end (a row raises only EngineDead), so no row is left spending.
             recs = await asyncio.gather(*(rows.run(rid, p, e, f, t, o) for rid, p, e, f, t, o
                                           in zip(ids, prompts, errors, features, token_ids, sampling)),

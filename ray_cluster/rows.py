@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from dataclasses import dataclass, replace
 from functools import partial
@@ -19,6 +20,7 @@ from functools import partial
 from pipelines import records
 from pipelines.budget import DENIED
 from pipelines.errors import EngineDead
+from pipelines.pricing import Pricer, PriceSpec
 from pipelines.tiers import RowState, Tier
 from ray_cluster.scoring import RowScorer, Scorer
 
@@ -34,20 +36,25 @@ class RowRunner:
         tier: the part's row program.
         ledger: the replica's ``LedgerClient`` of the job's ledger.
         scorer: the job's ``Scorer`` on this replica.
-        seed: the job's seed; cost_per_token: in the budget's unit; keep_samples: whether
+        seed: the job's seed; cost_per_token: in the budget's unit (a float), or the replica's
+            ``pipelines.pricing.Pricer`` of the job (weighted or metered prices); keep_samples: whether
             records keep the sampled texts; abort_failed_steps: stop samples at their first
             step the verifier's prefix check fails (when it has one).
         structured: the job's structured-output constraint, put on each of its requests.
         halt: the job's stop flag (``.stopped``): once set, rows start no new round (their
             records are never committed; ``ReplicaActor.halt``).
+        rows_stop_at: the job's deadline for rows (unix seconds): a row starts no round past it
+            (``stop_reason`` deadline; without a sample it is ``skipped_deadline``).
     """
 
     def __init__(self, engine, sem: asyncio.Semaphore, tier: Tier, ledger, scorer: Scorer, seed: int,
-                 cost_per_token: float, keep_samples: bool, abort_failed_steps: bool = False, halt=None,
-                 structured: tuple[str, str] | None = None):
+                 cost_per_token: float | Pricer, keep_samples: bool, abort_failed_steps: bool = False, halt=None,
+                 rows_stop_at: float | None = None, structured: tuple[str, str] | None = None):
         self.engine, self.sem, self.tier, self.ledger, self.scorer = engine, sem, tier, ledger, scorer
         self.halt = halt if halt is not None else _NoHalt
-        self.seed, self.cpt, self.keep_samples = seed, cost_per_token, keep_samples
+        self.seed, self.keep_samples = seed, keep_samples
+        self.price = cost_per_token if isinstance(cost_per_token, Pricer) else Pricer(PriceSpec(cost_per_token))
+        self.rows_stop_at = rows_stop_at
         self.structured = structured  # every request's constraint (SamplingConfig.structured)
         # A step verifier's check of unfinished traces: samples stop at their first failed step.
         self.prefix_ok = scorer.prefix_ok if abort_failed_steps else None
@@ -76,7 +83,7 @@ class RowRunner:
 
     async def _generate(self, row_id: str, prompt: str, features: dict[str, float | None],
                         token_ids: list[int], spent: _Spent, sampling: dict | None = None) -> dict:
-        engine, tier, ledger, cpt = self.engine, self.tier, self.ledger, self.cpt
+        engine, tier, ledger, price, meter = self.engine, self.tier, self.ledger, self.price, self.price.meter
         extract = self.scorer.extract
         n_prompt = len(token_ids)
         max_len = engine.max_model_len
@@ -89,11 +96,14 @@ class RowRunner:
         # serves the row. vLLM seeds sample i of a request with seed + i, so each round
         # starts past the samples already drawn: every sample of the row has its own seed.
         seed = (self.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
-        scoring = spent.scoring = self.scorer.for_row(row_id, prompt, seed, cpt)
+        scoring = spent.scoring = self.scorer.for_row(row_id, prompt, seed, price.per_token())
         keep_going = partial(self.prefix_ok, prompt) if self.prefix_ok else None
         while (asked := tier.next_request(state, seed + len(state.samples))) is not None:
             if self.halt.stopped:
                 return spent.error_record(row_id, "the job stopped")
+            if self.rows_stop_at is not None and time.time() >= self.rows_stop_at:
+                state.stop_reason = "deadline"
+                break
             requests = asked if isinstance(asked, list) else [asked]
             if sampling:  # the row's own max_tokens / temperature / top_p (input.sampling_columns)
                 requests = [replace(r, **sampling) for r in requests]
@@ -105,11 +115,13 @@ class RowRunner:
             # A round is reserved whole: if it cannot be, the row stops with what it has.
             # Samples that stop at a failed step are requests of their own: each pays its input.
             checks = [keep_going if not r.top_logprobs else None for r in requests]
-            worst = sum(k * (r.n if c else 1) + r.n * r.max_tokens for r, k, c in zip(requests, inputs, checks)) * cpt
+            worst = price.reserve(sum(k * (r.n if c else 1) for r, k, c in zip(requests, inputs, checks)),
+                                  sum(r.n * r.max_tokens for r in requests))
             if await ledger.reserve(worst) == DENIED:
                 state.stop_reason = "budget"
                 break
             tag = f"{row_id}#{state.rounds}"
+            meter.begin()  # the replica's devices are held for the job while any of its requests runs
             if len(requests) == 1:  # most rounds: no task or gather of its own
                 try:
                     outcomes = [await engine.generate(tag, token_ids, requests[0], checks[0])]
@@ -120,7 +132,9 @@ class RowRunner:
                     *(engine.generate(f"{tag}.{i}", token_ids, r, c) for i, (r, c) in enumerate(zip(requests, checks))),
                     return_exceptions=True)
             results = [o for o in outcomes if not isinstance(o, BaseException)]
-            actual = sum(r.prompt_tokens + r.output_tokens for r in results) * cpt
+            n_in, n_out = sum(r.prompt_tokens for r in results), sum(r.output_tokens for r in results)
+            meter.end(price.spec.weighted(n_in, n_out))
+            actual = price.settle(n_in, n_out, worst)
             # One settlement for the round: what did run is spent, the rest returns.
             await ledger.settle(worst, actual)
             cost += actual
@@ -137,7 +151,8 @@ class RowRunner:
                       for q, r in zip(requests, results)]
             tier.absorb(state, requests, results, extract, scores)
         if not state.samples and state.stop_reason != "gated":  # gated: the tier chose no sample (adaptive)
-            return records.empty_record(row_id, "skipped_budget", None, n_prompt)
+            status = "skipped_deadline" if state.stop_reason == "deadline" else "skipped_budget"
+            return records.empty_record(row_id, status, None, n_prompt)
         answer, votes = tier.select(state)
         samples = state.samples
         lps = [s.mean_logprob for s in samples if s.mean_logprob is not None]

@@ -110,7 +110,7 @@ def test_messages_column_and_bad_cells_become_row_errors(tmp_path, shared_pool):
         "messages: turn 0 has unknown role 'robot' (known: system, developer, user, assistant, tool)",
         "messages: turn 0 has no content", "messages has no user turn"]
     assert (out["error_cause"].drop_nulls() == "row").all()
-    assert report["status"] == {"ok": 2, "skipped_budget": 0, "error": 5}
+    assert report["status"] == {"ok": 2, "skipped_budget": 0, "skipped_deadline": 0, "error": 5}
 
 
 def test_missing_or_mistyped_prompt_columns_fail_the_job_before_any_work(tmp_path):

@@ -165,7 +165,7 @@ def test_zero_budget_writes_every_row_skipped_with_no_engine(data, tmp_path, pol
     assert sorted(df["id"].to_list()) == sorted(pl.read_parquet(data)["id"].to_list())  # every id once
     assert (df["status"] == "skipped_budget").all() and (df["cost"] == 0).all() and df["answer"].is_null().all()
     assert (df["correct"] == False).all()  # noqa: E712  (graded as a replica grades a row without answer)
-    assert report["status"] == {"ok": 0, "skipped_budget": ROWS, "error": 0} and report["complete"]
+    assert report["status"] == {"ok": 0, "skipped_budget": ROWS, "skipped_deadline": 0, "error": 0} and report["complete"]
     assert report["spent"] == 0 and report["parts"] == 4
     again = run_job(parse_spec(spec_dict(data, out, budget={"amount": 0}, policy=policy)), show_progress=False)
     assert again["resumed_parts"] == 4 and again["status"] == report["status"]
@@ -221,7 +221,7 @@ def test_corrupt_prompt_page_becomes_error_rows_naming_file_and_row_group(tmp_pa
     spec = spec_dict(path, tmp_path / "out", replicas={"max_part_retries": 0}, sampling={"max_tokens": 60})
     report = run_job(parse_spec(spec), show_progress=False, pool=shared_pool)
     df = pl.read_parquet(f"{tmp_path / 'out'}/part-*.parquet").sort("id")
-    assert df.height == ROWS and report["status"] == {"ok": 20, "skipped_budget": 0, "error": 20}
+    assert df.height == ROWS and report["status"] == {"ok": 20, "skipped_budget": 0, "skipped_deadline": 0, "error": 20}
     bad = df.filter(pl.col("status") == "error")["error"].unique().to_list()
     assert len(bad) == 1 and "in.parquet row group 1 (rows 20-39)" in bad[0] and "prompt" in bad[0]
 

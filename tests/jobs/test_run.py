@@ -55,7 +55,7 @@ def test_every_row_once_with_accounting(full_run, demo_input):
     assert df["status"].unique().to_list() == ["ok"]
     assert (df["n_samples"] == 2).all() and (df["tier"] == "vote").all()
     assert (df["output_tokens"] > 0).all() and (df["cost"] == df["prompt_tokens"] + df["output_tokens"]).all()
-    assert report["rows"] == ROWS and report["status"] == {"ok": ROWS, "skipped_budget": 0, "error": 0}
+    assert report["rows"] == ROWS and report["status"] == {"ok": ROWS, "skipped_budget": 0, "skipped_deadline": 0, "error": 0}
     assert report["spent"] == pytest.approx(df["cost"].sum())
     # The model really solves the easy band: accuracy is measured, not assumed.
     joined = df.join(gold, on="id")

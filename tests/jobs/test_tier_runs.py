@@ -27,7 +27,7 @@ def test_search_job_accounts_every_expansion(tmp_path, shared_pool):
     report = run_job(spec, show_progress=False, pool=shared_pool)
     df = pl.read_parquet(f"{tmp_path}/out/part-*.parquet")
     assert sorted(df["id"].to_list()) == sorted(rows["id"].to_list())
-    assert report["status"] == {"ok": 12, "skipped_budget": 0, "error": 0}
+    assert report["status"] == {"ok": 12, "skipped_budget": 0, "skipped_deadline": 0, "error": 0}
     assert report["spent"] <= spec.budget.amount and report["spent"] == pytest.approx(df["cost"].sum())
     assert (df["tier"] == "search").all() and (df["n_samples"] > 1).all()
     assert (df["cost"] == df["prompt_tokens"] + df["output_tokens"]).all()
@@ -74,4 +74,4 @@ def test_long_seeded_prompts_arriving_together_keep_the_cpu_engine_alive(tmp_pat
     spec = job(tmp_path / "in.parquet", tmp_path / "out", {"n": 2}, 4,
                output={"path": str(tmp_path / "out"), "part_rows": 24})
     report = run_job(parse_spec(spec), show_progress=False, pool=shared_pool)
-    assert report["status"] == {"ok": 24, "skipped_budget": 0, "error": 0}
+    assert report["status"] == {"ok": 24, "skipped_budget": 0, "skipped_deadline": 0, "error": 0}
