@@ -48,6 +48,13 @@ def cmd_run(args) -> int:
     for line in tier_lines(report):
         print(line)
     print(json.dumps(report))
+    if spec.export and spec.export.traces:
+        from jobs.export_command import export_traces
+
+        ran = spec.model_copy(update={"output": spec.output.model_copy(
+            update={"path": report.get("output_path", spec.output.path)})})  # placeholders filled in
+        n = export_traces(ran, spec.export.traces, spec.export.min_score)
+        print(f"tierwise: exported {n} verified traces to {spec.export.traces}")
     return every_row_failed(report, spec)
 
 
@@ -155,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     export.set_defaults(func=cmd_export_batch)
 
-    from jobs import replay_command, sample_command
+    from jobs import export_command, replay_command, sample_command
+    export_command.register(sub)
     sample_command.register(sub)
     replay_command.register(sub)
     return p

@@ -33,6 +33,7 @@ from jobs.resume import LEDGER_FILE, JobChanged, ledger_record  # noqa: F401  (J
 from jobs.spec import (
     JobSpec,
     JudgeSpec,
+    ReferenceSpec,
     SamplingSpec,
     SpecError,
     UniformPolicy,
@@ -40,6 +41,7 @@ from jobs.spec import (
     difficulty_columns,
     prompt_columns,
     resolve_output_path,
+    verifier_columns,
 )
 from pipelines import io, records
 from pipelines.budget import cost_per_token
@@ -68,6 +70,7 @@ def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int, list]:
     files = io.list_input_files(inp.path, inp.storage_options)
     required = {"id_column": inp.id_column, "gold_column": inp.gold_column} | prompt_columns(spec)
     required |= {f"input.sampling_columns.{k}": col for k, col in inp.sampling_columns.items()}
+    required |= verifier_columns(spec)
     required |= {f"policy.difficulty.{'column' if k == 'difficulty_hint' else 'feature_columns'}[{col}]": col
                  for k, col in difficulty_columns(spec).items()}
     for f in files:
@@ -98,6 +101,8 @@ def job_context(spec: JobSpec):
     verifier = spec.verifier
     if isinstance(verifier, JudgeSpec):
         verifier = verifier.config(spec.model.path, spec.sampling.max_tokens)
+    elif isinstance(verifier, ReferenceSpec):
+        verifier = verifier.config()
     return JobContext(
         output_uri=spec.output.path, id_column=spec.input.id_column, prompt=prompt_config(spec),
         gold_column=spec.input.gold_column,

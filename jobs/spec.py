@@ -508,13 +508,35 @@ class JudgeSpec(_Strict):
             score_pattern=self.score_pattern, score_max=self.score_max)
 
 
+class ReferenceSpec(_Strict):
+    """A reference-answer verifier: a sample scores 1 when its answer matches the row's reference (an
+    input column the verifier reads, unlike ``input.gold_column``, which only scores the run), else 0.
+    Rejection sampling against it: the adaptive policy's ``verified_yield`` / ``coverage`` objectives,
+    and ``tierwise export-traces`` keeps the samples that pass."""
+
+    kind: Literal["reference"]
+    column: str = Field(min_length=1, description="the input column holding each row's reference answer")
+    match: Literal["math", "exact", "choice"] = Field(
+        "exact", description="math: equivalent under math-verify (the sample's last \\boxed{}, else its "
+                             "extracted answer); exact: equal stripped strings; choice: the same A-E letter")
+
+    def config(self):
+        """The replica's ``pipelines.verifiers.ReferenceConfig``."""
+        from pipelines.verifiers import ReferenceConfig
+        return ReferenceConfig(column=self.column, match=self.match)
+
+
 def _verifier_kind(value) -> str:
-    """A mapping is a judge; a string names a verifier function."""
-    return "name" if isinstance(value, str) else "llm_judge"
+    """A string names a verifier function; a mapping of kind ``reference`` is a reference check, any
+    other mapping a judge."""
+    if isinstance(value, str):
+        return "name"
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return "reference" if kind == "reference" else "llm_judge"
 
 
-Verifier = Annotated[Annotated[str, Tag("name")] | Annotated[JudgeSpec, Tag("llm_judge")],
-                     Discriminator(_verifier_kind)]
+Verifier = Annotated[Annotated[str, Tag("name")] | Annotated[JudgeSpec, Tag("llm_judge")]
+                     | Annotated[ReferenceSpec, Tag("reference")], Discriminator(_verifier_kind)]
 
 
 def _policy_kind(value) -> str:
@@ -524,6 +546,14 @@ def _policy_kind(value) -> str:
 
 Policy = Annotated[Annotated[UniformPolicy, Tag("uniform")] | Annotated[AdaptivePolicy, Tag("adaptive")],
                    Discriminator(_policy_kind)]
+
+
+class ExportSpec(_Strict):
+    """What ``tierwise run`` writes after the job (``tierwise export-traces`` writes it on demand)."""
+
+    traces: str | None = Field(None, description="a .parquet or .jsonl file (local or s3://) of the verified "
+                               "traces, one row per trace in chat form (needs a verifier and output.keep_samples)")
+    min_score: float = Field(1.0, ge=0, le=1, description="the verifier score a trace must reach")
 
 
 class JobSpec(_Strict):
@@ -541,7 +571,9 @@ class JobSpec(_Strict):
     answer_extractor: str = Field("full", description="arithmetic | boxed | choice | json:FIELD | regex:PATTERN "
                                   "| last_line | full")
     verifier: Verifier | None = Field(None, description="arithmetic_steps | module:function | "
-                                      "{kind: llm_judge, mode: ..., ...} (see JudgeSpec)")
+                                      "{kind: llm_judge, mode: ..., ...} (see JudgeSpec) | "
+                                      "{kind: reference, column: ..., match: ...} (see ReferenceSpec)")
+    export: ExportSpec | None = Field(None, description="outputs written after the run: {traces: DEST}")
     verifier_timeout_s: float = Field(
         30.0, gt=0, description="seconds a module:function verifier's call may take (it runs off the replica's "
                                 "event loop); a call that times out or raises scores null, counted in the row's "
@@ -583,6 +615,8 @@ class JobSpec(_Strict):
             raise ValueError("input.gold_column must differ from the id and prompt columns")
         if self.input.gold_column and self.input.gold_column in prompt_columns(self).values():
             raise ValueError("input.gold_column must not be read by the prompt: the model would see gold")
+        if isinstance(self.verifier, ReferenceSpec) and self.verifier.column in prompt_columns(self).values():
+            raise ValueError("verifier.column must not be read by the prompt: the model would see the reference")
         if self.input.messages_column and (self.prompt.template or self.prompt.chat is False):
             raise ValueError("input.messages_column is the whole conversation: it does not go with "
                              "prompt.template or prompt.chat false")
@@ -593,6 +627,13 @@ class JobSpec(_Strict):
             raise ValueError("structured outputs do not apply to step-level search (its steps are partial)")
         if self.policy.kind == "adaptive" and self.input.gold_column in difficulty_columns(self).values():
             raise ValueError("policy.difficulty must not read input.gold_column: no estimator may see gold")
+        return self
+
+    @model_validator(mode="after")
+    def _export_needs(self):
+        if self.export and self.export.traces and not (self.verifier and self.output.keep_samples):
+            raise ValueError("export.traces needs a `verifier` (it keeps the samples that pass) and "
+                             "output.keep_samples: true (the traces' texts)")
         return self
 
     @model_validator(mode="after")
@@ -641,6 +682,12 @@ def prompt_columns(spec: JobSpec) -> dict[str, str]:
     if p.template:
         return {f"prompt.template[{c}]": c for c in template_fields(p.template)}
     return {"prompt_column": inp.prompt_column}
+
+
+def verifier_columns(spec: JobSpec) -> dict[str, str]:
+    """Input columns the verifier reads: ``{spec field: column}`` (a reference verifier's column)."""
+    v = spec.verifier
+    return {"verifier.column": v.column} if isinstance(v, ReferenceSpec) else {}
 
 
 def difficulty_columns(spec: JobSpec) -> dict[str, str]:

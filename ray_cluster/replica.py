@@ -28,6 +28,7 @@ from pipelines.errors import EngineDead, StorageError
 from pipelines.judge import JudgeConfig
 from pipelines.prompts import PromptConfig, row_prompts, row_sampling
 from pipelines.tiers import Tier
+from pipelines.verifiers import ReferenceConfig
 from ray_cluster.engine import EngineSpec, VllmEngine
 from ray_cluster.ledger import LedgerClient
 from ray_cluster.rows import RowRunner
@@ -132,6 +133,8 @@ class ReplicaActor:
         feats = dict(cfg.row_features)
         cols = [cfg.id_column] + cfg.prompt.columns() + ([cfg.gold_column] if cfg.gold_column else [])
         cols += list(dict(cfg.sampling_columns).values())
+        ref_col = cfg.verifier.column if isinstance(cfg.verifier, ReferenceConfig) else None
+        cols += [ref_col] if ref_col else []
         cols = list(dict.fromkeys(cols))
         frame = pl.from_arrow(io.read_part(part, cols + sorted(set(feats.values()) - set(cols)), cfg.input_storage))
         ids = frame[cfg.id_column].cast(pl.String).to_list()
@@ -140,7 +143,8 @@ class ReplicaActor:
             if feats else [{}] * len(ids)
         prompts, errors, token_ids, job_error = self._prompt_ids(frame, cfg.prompt)
         sampling, sampling_errors = row_sampling(frame, dict(cfg.sampling_columns))
-        errors = [e or s for e, s in zip(errors, sampling_errors)]
+        references, ref_errors = reference_answers(frame, ref_col)
+        errors = [e or s or r for e, s, r in zip(errors, sampling_errors, ref_errors)]
         own_errors = errors
         try:
             scorer = self._scoring(cfg)
@@ -155,8 +159,8 @@ class ReplicaActor:
             rows = RowRunner(self.engine, self._sem, tier, client.for_part(key), scorer, cfg.seed, cfg.cost_per_token,
                              cfg.keep_samples, cfg.abort_failed_steps, halt, cfg.structured)
             # Every row runs to its end (a row raises only EngineDead), so no row is left spending.
-            recs = await asyncio.gather(*(rows.run(rid, p, e, f, t, o) for rid, p, e, f, t, o
-                                          in zip(ids, prompts, errors, features, token_ids, sampling)),
+            recs = await asyncio.gather(*(rows.run(rid, p, e, f, t, o, r) for rid, p, e, f, t, o, r
+                                          in zip(ids, prompts, errors, features, token_ids, sampling, references)),
                                         return_exceptions=True)
             if lost := next((r for r in recs if isinstance(r, EngineDead)), None):
                 await self._give_up(part, lost)
@@ -259,6 +263,18 @@ class _Halt:
     """A job's stop flag on a replica, read by its rows before each round."""
 
     stopped = False
+
+
+def reference_answers(frame: pl.DataFrame, column: str | None) -> tuple[list, list]:
+    """Each row's reference answer (a reference verifier's ``column``, as text) and its error: a null or
+    empty reference is the row's error, naming the column."""
+    if column is None:
+        return [None] * frame.height, [None] * frame.height
+    refs = frame[column].cast(pl.String)
+    bad = refs.is_null() | (refs.str.strip_chars() == "")
+    errors = pl.select(pl.when(bad).then(pl.lit(f"reference answer (verifier.column {column!r}) is null or empty"))
+                       .otherwise(pl.lit(None, pl.String)).alias("e"))["e"]
+    return refs.to_list(), errors.to_list()
 
 
 def summarize(part_id: int, table, seconds: float) -> dict:

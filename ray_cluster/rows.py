@@ -53,9 +53,10 @@ class RowRunner:
         self.prefix_ok = scorer.prefix_ok if abort_failed_steps else None
 
     async def run(self, row_id: str, prompt: str | None, error: str | None, features: dict[str, float | None],
-                  token_ids: list[int] | None, sampling: dict | None = None) -> dict:
+                  token_ids: list[int] | None, sampling: dict | None = None, reference: str | None = None) -> dict:
         """The row's output record (``pipelines.records``); ``sampling``: the row's own sampling
-        fields (``input.sampling_columns``), put on each of its requests.
+        fields (``input.sampling_columns``), put on each of its requests; ``reference``: its reference
+        answer (a reference verifier's column).
 
         A row that fails keeps what it spent (its record's tokens and cost are what the
         ledger settled for it). Raises ``EngineDead`` only: the replica is lost, and the
@@ -67,7 +68,7 @@ class RowRunner:
             if self.halt.stopped:
                 return spent.error_record(row_id, "the job stopped")
             try:
-                return await self._generate(row_id, prompt, features, token_ids, spent, sampling)
+                return await self._generate(row_id, prompt, features, token_ids, spent, sampling, reference)
             except EngineDead:
                 raise
             except Exception as exc:
@@ -75,7 +76,8 @@ class RowRunner:
                 return spent.error_record(row_id, f"{type(exc).__name__}: {exc}")
 
     async def _generate(self, row_id: str, prompt: str, features: dict[str, float | None],
-                        token_ids: list[int], spent: _Spent, sampling: dict | None = None) -> dict:
+                        token_ids: list[int], spent: _Spent, sampling: dict | None = None,
+                        reference: str | None = None) -> dict:
         engine, tier, ledger, cpt = self.engine, self.tier, self.ledger, self.cpt
         extract = self.scorer.extract
         n_prompt = len(token_ids)
@@ -89,7 +91,7 @@ class RowRunner:
         # serves the row. vLLM seeds sample i of a request with seed + i, so each round
         # starts past the samples already drawn: every sample of the row has its own seed.
         seed = (self.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
-        scoring = spent.scoring = self.scorer.for_row(row_id, prompt, seed, cpt)
+        scoring = spent.scoring = self.scorer.for_row(row_id, prompt, seed, cpt, reference)
         keep_going = partial(self.prefix_ok, prompt) if self.prefix_ok else None
         while (asked := tier.next_request(state, seed + len(state.samples))) is not None:
             if self.halt.stopped:
