@@ -1,8 +1,8 @@
 """``tierwise export-traces SPEC DEST``: a job's verified traces as an SFT-ready table.
 
 One row per verified trace (``pipelines.export.verified_traces``): the row's conversation as the
-job sent it (its messages column, or its system prompt and user turn), the sample as the assistant's
-turn, the sample's answer and tokens. The spec names both the output (the samples, kept with
+job sent it (its messages column, or its system prompt and user turn), the sample (its thought and
+answer, with ``reasoning``) as the assistant's turn, the sample's answer and tokens. The spec names both the output (the samples, kept with
 ``output.keep_samples``) and the input (the conversations); a spec's ``export: {traces: DEST}``
 block writes the same table at the end of ``tierwise run``.
 """
@@ -35,6 +35,17 @@ def main(args) -> int:
     return 0
 
 
+def run_exports(spec, report: dict) -> list[str]:
+    """Writes what the spec's ``export`` block asks for after a run (``report``: the run's report, whose
+    ``output_path`` has the placeholders filled in); returns a line per export."""
+    if not (spec.export and spec.export.traces):
+        return []
+    ran = spec.model_copy(update={"output": spec.output.model_copy(
+        update={"path": report.get("output_path", spec.output.path)})})
+    n = export_traces(ran, spec.export.traces, spec.export.min_score)
+    return [f"tierwise: exported {n} verified traces to {spec.export.traces}"]
+
+
 def export_traces(spec, dest: str, min_score: float = 1.0) -> int:
     """Writes the spec's verified traces to ``dest``; returns how many.
 
@@ -46,11 +57,12 @@ def export_traces(spec, dest: str, min_score: float = 1.0) -> int:
     from pipelines import io
     from pipelines.export import verified_traces, write_table
 
-    out = spec.output
-    output = io.read_output(out.path, out.storage_options, ["id", "status", "samples", "sample_answers",
-                                                            "sample_output_tokens", "verifier_scores"])
+    out, r = spec.output, spec.reasoning
+    cols = ["id", "status", "samples", "sample_answers", "sample_output_tokens", "verifier_scores"]
+    output = io.read_output(out.path, out.storage_options, cols + (["reasoning"] if r else []))
+    markers = (r.start or "", r.end) if r else None
     try:
-        traces = verified_traces(output, conversations(spec.input, prompt_config(spec)), min_score)
+        traces = verified_traces(output, conversations(spec.input, prompt_config(spec)), min_score, markers)
     except ValueError as exc:
         raise SpecError(f"export-traces: {exc}") from None
     write_table(traces, dest, out.storage_options)

@@ -112,6 +112,7 @@ def job_context(spec: JobSpec):
         row_features=tuple(difficulty_columns(spec).items()), abort_failed_steps=aborts_failed_steps(spec),
         verifier_timeout_s=spec.verifier_timeout_s,
         structured=spec.structured.constraint() if spec.structured else None,
+        reasoning=spec.reasoning.config(spec.sampling.max_tokens) if spec.reasoning else None,
         sampling_columns=tuple(spec.input.sampling_columns.items()),
     )
 

@@ -194,6 +194,27 @@ class StructuredSpec(_Strict):
         return kind, json.dumps(getattr(self, kind), sort_keys=True)
 
 
+class ReasoningSpec(_Strict):
+    """A reasoning model's output: the thought between the markers is split from the answer (answers are
+    extracted after the end marker; the output's ``reasoning`` column keeps the thoughts), and with
+    ``max_thinking_tokens`` a thought that runs out is closed with the end marker and a second request asks
+    for the answer (budget forcing) instead of the sample being cut."""
+
+    start: str | None = Field("<think>", description="the marker that opens a thought (null: none; the model "
+                              "thinks from its first token, or the chat template opened the thought)")
+    end: str = Field("</think>", min_length=1, description="the marker that closes a thought")
+    max_thinking_tokens: int | None = Field(None, ge=1, description="the thought's budget per sample; null: "
+                                            "no budget (samples are only split)")
+    answer_max_tokens: int | None = Field(None, ge=1, description="tokens of the answer request after a "
+                                          "thought (default: sampling.max_tokens)")
+
+    def config(self, max_tokens: int):
+        """The replica's ``pipelines.reasoning.ReasoningConfig`` (``max_tokens``: the job's sampling.max_tokens)."""
+        from pipelines.reasoning import ReasoningConfig
+        return ReasoningConfig(start=self.start or None, end=self.end, max_thinking_tokens=self.max_thinking_tokens,
+                               answer_max_tokens=self.answer_max_tokens or max_tokens)
+
+
 class SamplingSpec(_Strict):
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -566,6 +587,8 @@ class JobSpec(_Strict):
     budget: BudgetSpec
     policy: Policy = UniformPolicy()
     prompt: PromptSpec = PromptSpec()
+    reasoning: ReasoningSpec | None = Field(None, description="split <think>...</think> thoughts from answers; "
+                                            "a thinking budget (max_thinking_tokens) with budget forcing")
     structured: StructuredSpec | None = Field(None, description="constrain every sample: {choice: [...]}, "
                                               "{json_schema: {...}} or {regex: ...}")
     answer_extractor: str = Field("full", description="arithmetic | boxed | choice | json:FIELD | regex:PATTERN "
@@ -625,6 +648,14 @@ class JobSpec(_Strict):
                              "policies plan their own sampling)")
         if self.structured and (tier == "search" or "search" in getattr(self.policy, "rungs", ())):
             raise ValueError("structured outputs do not apply to step-level search (its steps are partial)")
+        if self.reasoning and self.structured:
+            raise ValueError("reasoning does not go with structured outputs (the constraint would hold the "
+                             "thought too)")
+        if self.reasoning and (tier == "search" or "search" in getattr(self.policy, "rungs", ())):
+            raise ValueError("reasoning does not apply to step-level search (its steps are partial traces)")
+        if self.reasoning and self.reasoning.max_thinking_tokens and self.policy.abort_failed_steps:
+            raise ValueError("reasoning.max_thinking_tokens does not go with policy.abort_failed_steps "
+                             "(a thought is not a step trace)")
         if self.policy.kind == "adaptive" and self.input.gold_column in difficulty_columns(self).values():
             raise ValueError("policy.difficulty must not read input.gold_column: no estimator may see gold")
         return self
@@ -661,7 +692,7 @@ def aborts_failed_steps(spec: JobSpec) -> bool:
     from pipelines.verifiers import make_prefix_check
 
     want = spec.policy.abort_failed_steps
-    if want is False or not isinstance(spec.verifier, str):
+    if want is False or not isinstance(spec.verifier, str) or spec.reasoning:
         return False
     try:
         has = make_prefix_check(spec.verifier) is not None

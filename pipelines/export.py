@@ -35,7 +35,8 @@ def batch_lines(output: pl.DataFrame) -> pl.DataFrame:
 TRACE_MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 
 
-def verified_traces(output: pl.DataFrame, conversations: pl.DataFrame, min_score: float = 1.0) -> pl.DataFrame:
+def verified_traces(output: pl.DataFrame, conversations: pl.DataFrame, min_score: float = 1.0,
+                    markers: tuple[str, str] | None = None) -> pl.DataFrame:
     """An SFT-ready table of a job's verified traces: one row per distinct sample text of an ``ok`` row whose
     verifier score reaches ``min_score``: ``id``, ``sample_idx``, ``messages`` (the row's conversation, then the
     sample as the assistant's turn), ``answer`` (the sample's), ``tokens`` (its output tokens), ``score``.
@@ -43,6 +44,9 @@ def verified_traces(output: pl.DataFrame, conversations: pl.DataFrame, min_score
     Args:
         output: the job's output rows (``samples`` kept: ``output.keep_samples``).
         conversations: ``id, messages`` (the turns each row sent, ``TRACE_MESSAGES``).
+        markers: ``(start, end)`` of a job that split reasoning (its ``reasoning`` column): the assistant's
+            turn is then the whole sample, ``start + thought + end + answer`` (a sample without a thought: its
+            answer).
 
     Raises:
         ValueError: the output has ok rows but holds no sample texts or no verifier scores.
@@ -51,12 +55,17 @@ def verified_traces(output: pl.DataFrame, conversations: pl.DataFrame, min_score
     for col, why in (("samples", "output.keep_samples: true"), ("verifier_scores", "a `verifier`")):
         if ok.height and (col not in ok.columns or ok[col].is_null().all()):
             raise ValueError(f"the output holds no {col}: exporting verified traces needs {why}")
+    thought = [pl.col("reasoning").alias("thought")] if markers else []
     traces = (ok.select("id", pl.int_ranges(0, pl.col("samples").list.len()).alias("sample_idx"),
                         pl.col("samples").alias("text"), pl.col("sample_answers").alias("answer"),
-                        pl.col("sample_output_tokens").alias("tokens"), pl.col("verifier_scores").alias("score"))
-              .explode("sample_idx", "text", "answer", "tokens", "score")
+                        pl.col("sample_output_tokens").alias("tokens"), pl.col("verifier_scores").alias("score"),
+                        *thought)
+              .explode("sample_idx", "text", "answer", "tokens", "score", *(["thought"] if markers else []))
               .filter(pl.col("score") >= min_score)
               .unique(["id", "text"], keep="first", maintain_order=True))
+    if markers:
+        whole = pl.concat_str(pl.lit(markers[0]), pl.col("thought"), pl.lit(markers[1]), pl.col("text"))
+        traces = traces.with_columns(text=pl.when(pl.col("thought").is_null()).then(pl.col("text")).otherwise(whole))
     turn = pl.struct(pl.lit("assistant").alias("role"), pl.col("text").alias("content"))
     return (traces.join(conversations.select("id", pl.col("messages").cast(TRACE_MESSAGES)), on="id", how="left")
             .select("id", pl.col("sample_idx").cast(pl.Int64),

@@ -46,6 +46,7 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("sample_output_tokens", pa.list_(pa.int64())),
     pa.field("sample_mean_logprobs", pa.list_(pa.float64())),
     pa.field("samples", pa.list_(pa.string())),        # texts, kept only when output.keep_samples
+    pa.field("reasoning", pa.list_(pa.string())),      # per-sample thoughts (with `reasoning`), null when none
     pa.field("correct", pa.bool_()),                   # null unless a gold column is given
 ])
 

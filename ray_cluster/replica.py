@@ -27,6 +27,7 @@ from pipelines.answers import make_extractor
 from pipelines.errors import EngineDead, StorageError
 from pipelines.judge import JudgeConfig
 from pipelines.prompts import PromptConfig, row_prompts, row_sampling
+from pipelines.reasoning import ReasoningConfig
 from pipelines.tiers import Tier
 from pipelines.verifiers import ReferenceConfig
 from ray_cluster.engine import EngineSpec, VllmEngine
@@ -58,6 +59,7 @@ class JobContext:
     sampling_columns: tuple[tuple[str, str], ...] = ()  # (sampling field, input column): per-row sampling
     structured: tuple[str, str] | None = None  # every request's constraint (SamplingConfig.structured)
     verifier_timeout_s: float = 30.0  # how long a user verifier's call may take (then its score is null)
+    reasoning: ReasoningConfig | None = None  # thought/answer markers and thinking budget (pipelines.reasoning)
 
 
 @ray.remote
@@ -157,7 +159,7 @@ class ReplicaActor:
         key = (cfg.output_uri, part.part_id)
         async with self._ledger_client(ledger) as client:
             rows = RowRunner(self.engine, self._sem, tier, client.for_part(key), scorer, cfg.seed, cfg.cost_per_token,
-                             cfg.keep_samples, cfg.abort_failed_steps, halt, cfg.structured)
+                             cfg.keep_samples, cfg.abort_failed_steps, halt, cfg.structured, cfg.reasoning)
             # Every row runs to its end (a row raises only EngineDead), so no row is left spending.
             recs = await asyncio.gather(*(rows.run(rid, p, e, f, t, o, r) for rid, p, e, f, t, o, r
                                           in zip(ids, prompts, errors, features, token_ids, sampling, references)),

@@ -19,6 +19,7 @@ from functools import partial
 from pipelines import records
 from pipelines.budget import DENIED
 from pipelines.errors import EngineDead
+from pipelines.reasoning import ReasoningConfig, merged, split_sample
 from pipelines.tiers import RowState, Tier
 from ray_cluster.scoring import RowScorer, Scorer
 
@@ -40,17 +41,23 @@ class RowRunner:
         structured: the job's structured-output constraint, put on each of its requests.
         halt: the job's stop flag (``.stopped``): once set, rows start no new round (their
             records are never committed; ``ReplicaActor.halt``).
+        reasoning: the job's reasoning markers and thinking budget (``pipelines.reasoning``): samples are
+            split into thought and answer, and with a budget each request thinks first, then asks for the
+            answers its thoughts owe (budget forcing), within the round's reservation.
     """
 
     def __init__(self, engine, sem: asyncio.Semaphore, tier: Tier, ledger, scorer: Scorer, seed: int,
                  cost_per_token: float, keep_samples: bool, abort_failed_steps: bool = False, halt=None,
-                 structured: tuple[str, str] | None = None):
+                 structured: tuple[str, str] | None = None, reasoning: ReasoningConfig | None = None):
         self.engine, self.sem, self.tier, self.ledger, self.scorer = engine, sem, tier, ledger, scorer
         self.halt = halt if halt is not None else _NoHalt
         self.seed, self.cpt, self.keep_samples = seed, cost_per_token, keep_samples
         self.structured = structured  # every request's constraint (SamplingConfig.structured)
         # A step verifier's check of unfinished traces: samples stop at their first failed step.
         self.prefix_ok = scorer.prefix_ok if abort_failed_steps else None
+        self.reasoning = reasoning
+        self.forcing = reasoning is not None and reasoning.max_thinking_tokens is not None
+        self._end_tokens = len(engine.tokenize(reasoning.end, special=False)) if self.forcing else 0
 
     async def run(self, row_id: str, prompt: str | None, error: str | None, features: dict[str, float | None],
                   token_ids: list[int] | None, sampling: dict | None = None, reference: str | None = None) -> dict:
@@ -103,25 +110,30 @@ class RowRunner:
             requests = [_clip(r, k, max_len) for r, k in zip(requests, inputs)]
             if self.structured:
                 requests = [replace(r, structured=self.structured) for r in requests]
+            if self.forcing:
+                requests = [self.reasoning.thinking_request(r) for r in requests]
             # The worst case of this round: each request's input plus n samples of max_tokens.
             # A round is reserved whole: if it cannot be, the row stops with what it has.
             # Samples that stop at a failed step are requests of their own: each pays its input.
             checks = [keep_going if not r.top_logprobs else None for r in requests]
-            worst = sum(k * (r.n if c else 1) + r.n * r.max_tokens for r, k, c in zip(requests, inputs, checks)) * cpt
+            worst = sum(k * (r.n if c else 1) + r.n * r.max_tokens + r.n * self._answer_room(r, k)
+                        for r, k, c in zip(requests, inputs, checks)) * cpt
             if await ledger.reserve(worst) == DENIED:
                 state.stop_reason = "budget"
                 break
             tag = f"{row_id}#{state.rounds}"
             if len(requests) == 1:  # most rounds: no task or gather of its own
                 try:
-                    outcomes = [await engine.generate(tag, token_ids, requests[0], checks[0])]
+                    outcomes = [await self._request(tag, token_ids, requests[0], checks[0])]
                 except Exception as exc:
                     outcomes = [exc]
             else:
                 outcomes = await asyncio.gather(
-                    *(engine.generate(f"{tag}.{i}", token_ids, r, c) for i, (r, c) in enumerate(zip(requests, checks))),
+                    *(self._request(f"{tag}.{i}", token_ids, r, c) for i, (r, c) in enumerate(zip(requests, checks))),
                     return_exceptions=True)
             results = [o for o in outcomes if not isinstance(o, BaseException)]
+            if self.reasoning:  # answers are read, voted and verified after the end marker
+                results = [replace(r, samples=[split_sample(x, self.reasoning) for x in r.samples]) for r in results]
             actual = sum(r.prompt_tokens + r.output_tokens for r in results) * cpt
             # One settlement for the round: what did run is spent, the rest returns.
             await ledger.settle(worst, actual)
@@ -157,7 +169,37 @@ class RowRunner:
             "sample_output_tokens": [s.output_tokens for s in samples],
             "sample_mean_logprobs": [s.mean_logprob for s in samples],
             "samples": [s.text for s in samples] if self.keep_samples else None,
+            "reasoning": [s.reasoning for s in samples] if self.reasoning else None,
         }
+
+    def _answer_room(self, request, n_input: int) -> int:
+        """Tokens a thinking request's sample may take in its answer request (its input: the prompt, the
+        thought, the end marker; then the answer); 0 without a thinking budget."""
+        if not self.forcing:
+            return 0
+        return n_input + request.max_tokens + self._end_tokens + self.reasoning.answer_max_tokens
+
+    async def _request(self, tag: str, token_ids: list[int], request, check=None):
+        """One request's samples; with a thinking budget, each sample whose thought stopped at the end marker
+        or ran out of budget is continued (prompt + thought + end marker) for its answer, within the room
+        the round reserved for it (``_answer_room``)."""
+        first = await self.engine.generate(tag, token_ids, request, check)
+        cfg = self.reasoning
+        owed = [i for i, x in enumerate(first.samples) if self.forcing and cfg.needs_answer(x)]
+        if not owed:
+            return first
+        room = self._answer_room(request, len(self.engine.input_ids(token_ids, request)))
+        asks = {}
+        for i in owed:
+            ask = cfg.answer_request(request, first.samples[i], i)
+            n_in = len(self.engine.input_ids(token_ids, ask))
+            limit = min(ask.max_tokens, room - n_in, self.engine.max_model_len - n_in)
+            if limit >= 1:
+                asks[i] = replace(ask, max_tokens=limit)
+        got = await asyncio.gather(*(self.engine.generate(f"{tag}.a{i}", token_ids, a) for i, a in asks.items()))
+        answers = {i: g.samples[0] for i, g in zip(asks, got)}
+        samples = [merged(x, answers.get(i), cfg.end) for i, x in enumerate(first.samples)]
+        return replace(first, prompt_tokens=first.prompt_tokens + sum(g.prompt_tokens for g in got), samples=samples)
 
 
 class _NoHalt:
