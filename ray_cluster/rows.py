@@ -11,12 +11,14 @@ shares (see ``bench/throughput.py``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import zlib
 from dataclasses import dataclass, replace
 from functools import partial
 
 from pipelines import records
+from pipelines.answers import label_distribution
 from pipelines.budget import DENIED
 from pipelines.errors import EngineDead
 from pipelines.reasoning import ReasoningConfig, merged, split_sample
@@ -24,6 +26,10 @@ from pipelines.tiers import RowState, Tier
 from ray_cluster.scoring import RowScorer, Scorer
 
 log = logging.getLogger(__name__)
+
+# Top log-probs of a row's first generated token read for a structured choice's label distribution
+# (vLLM's default max_logprobs).
+LABEL_TOP_LOGPROBS = 20
 
 
 class RowRunner:
@@ -38,7 +44,8 @@ class RowRunner:
         seed: the job's seed; cost_per_token: in the budget's unit; keep_samples: whether
             records keep the sampled texts; abort_failed_steps: stop samples at their first
             step the verifier's prefix check fails (when it has one).
-        structured: the job's structured-output constraint, put on each of its requests.
+        structured: the job's structured-output constraint, put on each of its requests. With a choice,
+            the row's first request also reads its first token's top log-probs: the row's ``label_probs``.
         halt: the job's stop flag (``.stopped``): once set, rows start no new round (their
             records are never committed; ``ReplicaActor.halt``).
         reasoning: the job's reasoning markers and thinking budget (``pipelines.reasoning``): samples are
@@ -53,6 +60,8 @@ class RowRunner:
         self.halt = halt if halt is not None else _NoHalt
         self.seed, self.cpt, self.keep_samples = seed, cost_per_token, keep_samples
         self.structured = structured  # every request's constraint (SamplingConfig.structured)
+        # A choice's labels: the first request of a row reads the first token's top log-probs (label_probs).
+        self.labels = tuple(json.loads(structured[1])) if structured and structured[0] == "choice" else ()
         # A step verifier's check of unfinished traces: samples stop at their first failed step.
         self.prefix_ok = scorer.prefix_ok if abort_failed_steps else None
         self.reasoning = reasoning
@@ -94,6 +103,7 @@ class RowRunner:
                 row_id, "error", f"prompt has {n_prompt} tokens; the model's context is {max_len}", n_prompt)
         state = spent.state = RowState(row_id, n_prompt, features={k: v for k, v in features.items() if v is not None})
         cost, prompt_spent = 0.0, 0
+        label_probs = None
         # A seed from the row id makes reruns reproducible whatever replica or part size
         # serves the row. vLLM seeds sample i of a request with seed + i, so each round
         # starts past the samples already drawn: every sample of the row has its own seed.
@@ -112,6 +122,8 @@ class RowRunner:
                 requests = [replace(r, structured=self.structured) for r in requests]
             if self.forcing:
                 requests = [self.reasoning.thinking_request(r) for r in requests]
+            if self.labels and state.rounds == 0:  # the row's label distribution, once (label_probs)
+                requests[0] = replace(requests[0], top_logprobs=max(requests[0].top_logprobs, LABEL_TOP_LOGPROBS))
             # The worst case of this round: each request's input plus n samples of max_tokens.
             # A round is reserved whole: if it cannot be, the row stops with what it has.
             # Samples that stop at a failed step are requests of their own: each pays its input.
@@ -132,6 +144,8 @@ class RowRunner:
                     *(self._request(f"{tag}.{i}", token_ids, r, c) for i, (r, c) in enumerate(zip(requests, checks))),
                     return_exceptions=True)
             results = [o for o in outcomes if not isinstance(o, BaseException)]
+            if self.labels and label_probs is None and results and results[0].samples:
+                label_probs = label_distribution(results[0].samples[0].top_logprobs, self.labels)
             if self.reasoning:  # answers are read, voted and verified after the end marker
                 results = [replace(r, samples=[split_sample(x, self.reasoning) for x in r.samples]) for r in results]
             actual = sum(r.prompt_tokens + r.output_tokens for r in results) * cpt
@@ -170,6 +184,7 @@ class RowRunner:
             "sample_mean_logprobs": [s.mean_logprob for s in samples],
             "samples": [s.text for s in samples] if self.keep_samples else None,
             "reasoning": [s.reasoning for s in samples] if self.reasoning else None,
+            "label_probs": label_probs,
         }
 
     def _answer_room(self, request, n_input: int) -> int:

@@ -53,6 +53,13 @@ def test_label_example_uses_only_allowed_labels(tmp_path, shared_pool):
     assert set(out["answer"]) <= labels
     assert set(out["sample_answers"].explode()) <= labels
     assert report["accuracy"] >= 0.9  # the first step of its trace: the model knows it
+    # Each row's label distribution at its first token (free: read from its first pass): the answer's
+    # first character carries most of it.
+    probs = out["label_probs"]
+    assert probs.is_not_null().all()
+    mass = [sum(e["value"] for e in row if e["key"][0] == a[0]) for row, a in zip(probs.to_list(), out["answer"])]
+    assert sum(m >= 0.5 for m in mass) >= 0.9 * out.height
+    assert all(abs(sum(e["value"] for e in row) - 1) < 1e-6 for row in probs.to_list())
 
 
 @pytest.mark.slow

@@ -45,12 +45,14 @@ def test_split_and_thinking_budget(long_rows, tmp_path, shared_pool):
     assert split["reasoning"].list.first().to_list() == texts.str.split("A:").list.first().to_list()
     assert (split["samples"].list.first() == texts.str.split("A:").list.get(1)).all()
 
-    report, forced = _run(long_rows, tmp_path / "forced", shared_pool, answer_extractor="full",
+    # The answer is the number the model writes after the forced marker (a cut thought is not what it was
+    # trained on: it may go on writing steps after that number).
+    report, forced = _run(long_rows, tmp_path / "forced", shared_pool, answer_extractor=r"regex:^\s*(\d+)",
                           reasoning={"start": None, "end": "A:", "max_thinking_tokens": THINK,
                                      "answer_max_tokens": 12}, output={"keep_samples": True})
     thoughts = forced["reasoning"].list.first()
     assert (thoughts.str.len_bytes() == THINK).all()  # cut by the budget, not by the model
-    assert forced["answer"].str.contains(r"^\d+$").all()  # ... and still answered
+    assert forced["answer"].is_not_null().all()  # ... and still answered
     assert (forced["output_tokens"] <= THINK + 12).all()
     # The answer request reads the prompt, the thought and the marker: its input is paid too.
     prompt_len = pl.read_parquet(long_rows).sort("id")["prompt"].str.len_bytes()
