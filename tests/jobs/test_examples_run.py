@@ -57,9 +57,9 @@ def test_label_example_uses_only_allowed_labels(tmp_path, shared_pool):
     # first character carries most of it.
     probs = out["label_probs"]
     assert probs.is_not_null().all()
-    mass = [sum(e["value"] for e in row if e["key"][0] == a[0]) for row, a in zip(probs.to_list(), out["answer"])]
+    mass = [sum(p for k, p in row.items() if k[0] == a[0]) for row, a in zip(probs.to_list(), out["answer"])]
     assert sum(m >= 0.5 for m in mass) >= 0.9 * out.height
-    assert all(abs(sum(e["value"] for e in row) - 1) < 1e-6 for row in probs.to_list())
+    assert all(abs(sum(row.values()) - 1) < 1e-6 for row in probs.to_list())
 
 
 @pytest.mark.slow

@@ -23,9 +23,9 @@ def long_rows(tmp_path_factory):
     return path
 
 
-def _run(rows, out, pool, **over):
-    spec = make_spec(rows, out, sampling={"temperature": 0.0, "max_tokens": 200}, policy={"kind": "uniform", "n": 1},
-                     **over)
+def _run(rows, out, pool, max_tokens=200, **over):
+    spec = make_spec(rows, out, sampling={"temperature": 0.0, "max_tokens": max_tokens},
+                     policy={"kind": "uniform", "n": 1}, **over)
     report = run_job(parse_spec(spec), show_progress=False, pool=pool)
     return report, read_output(out).sort("id")
 
@@ -60,5 +60,5 @@ def test_split_and_thinking_budget(long_rows, tmp_path, shared_pool):
     assert (forced["cost"] == forced["prompt_tokens"] + forced["output_tokens"]).all()
     assert report["spent"] == pytest.approx(forced["cost"].sum())
 
-    _, cut = _run(long_rows, tmp_path / "cut", shared_pool, sampling={"temperature": 0.0, "max_tokens": THINK})
+    _, cut = _run(long_rows, tmp_path / "cut", shared_pool, max_tokens=THINK)
     assert cut["answer"].is_null().all()
