@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.tierwise-setup
 EXTRAS  ?= cpu,test
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo examples test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,19 @@ demo: setup
 	test -f runs/demo/input.parquet || $(BIN)/tierwise demo-data runs/demo/input.parquet --rows 1000
 	rm -rf runs/demo/output
 	$(BIN)/tierwise run jobs/examples/demo.yaml
+
+# The three jobs of jobs/examples/ (labeling, verified traces, capped bulk inference) on the shipped
+# model, each on fresh data from `tierwise example-data`; prints each job's summary.
+EX := runs/examples
+examples: setup
+	$(BIN)/tierwise example-data label $(EX)/label/input.parquet --rows 400
+	$(BIN)/tierwise example-data traces $(EX)/traces/input.parquet --rows 300
+	$(BIN)/tierwise example-data bulk $(EX)/bulk/requests.jsonl --rows 1000
+	rm -rf $(EX)/label/output $(EX)/traces/output $(EX)/bulk/output $(EX)/traces/traces.jsonl
+	$(BIN)/tierwise run jobs/examples/label.yaml --quiet --brief
+	$(BIN)/tierwise run jobs/examples/traces.yaml --quiet --brief
+	$(BIN)/tierwise run jobs/examples/bulk.yaml --quiet --brief
+	$(BIN)/tierwise export-batch jobs/examples/bulk.yaml $(EX)/bulk/answers.jsonl
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

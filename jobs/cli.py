@@ -47,7 +47,11 @@ def cmd_run(args) -> int:
     print(summary_line(report))
     for line in tier_lines(report):
         print(line)
-    print(json.dumps(report))
+    if not args.brief:
+        print(json.dumps(report))
+    from jobs.export_command import run_exports
+    for line in run_exports(spec, report):
+        print(line)
     return every_row_failed(report, spec)
 
 
@@ -136,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set budget.amount=1e5")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--brief", action="store_true", help="print the summary lines, not the JSON report "
+                     "(run_report.json holds it)")
     run.add_argument("--strict", action="store_true", help="fail the job (exit 3) if any row ends as an error "
                      "(without it: exit 4 only when every row does)")
     run.add_argument("--overwrite", action="store_true",
@@ -155,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     export.set_defaults(func=cmd_export_batch)
 
-    from jobs import replay_command, sample_command
+    from jobs import example_data, export_command, replay_command, sample_command
+    example_data.register(sub)
+    export_command.register(sub)
     sample_command.register(sub)
     replay_command.register(sub)
     return p

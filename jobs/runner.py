@@ -34,6 +34,7 @@ from jobs.resume import LEDGER_FILE, JobChanged, ledger_record  # noqa: F401  (J
 from jobs.spec import (
     JobSpec,
     JudgeSpec,
+    ReferenceSpec,
     SamplingSpec,
     SpecError,
     UniformPolicy,
@@ -41,6 +42,7 @@ from jobs.spec import (
     difficulty_columns,
     prompt_columns,
     resolve_output_path,
+    verifier_columns,
 )
 from pipelines import io, records
 from pipelines.budget import cost_per_token
@@ -70,6 +72,7 @@ def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int, list]:
     files = io.list_input_files(inp.path, inp.storage_options)
     required = {"id_column": inp.id_column, "gold_column": inp.gold_column} | prompt_columns(spec)
     required |= {f"input.sampling_columns.{k}": col for k, col in inp.sampling_columns.items()}
+    required |= verifier_columns(spec)
     required |= {f"policy.difficulty.{'column' if k == 'difficulty_hint' else 'feature_columns'}[{col}]": col
                  for k, col in difficulty_columns(spec).items()}
     for f in files:
@@ -100,6 +103,8 @@ def job_context(spec: JobSpec, rows_stop_at: float | None = None):
     verifier = spec.verifier
     if isinstance(verifier, JudgeSpec):
         verifier = verifier.config(spec.model.path, spec.sampling.max_tokens)
+    elif isinstance(verifier, ReferenceSpec):
+        verifier = verifier.config()
     cpt = cost_per_token(b.unit, b.tokens_per_gpu_hour, b.usd_per_gpu_hour)
     return JobContext(
         output_uri=spec.output.path, id_column=spec.input.id_column, prompt=prompt_config(spec),
@@ -111,6 +116,7 @@ def job_context(spec: JobSpec, rows_stop_at: float | None = None):
         row_features=tuple(difficulty_columns(spec).items()), abort_failed_steps=aborts_failed_steps(spec),
         verifier_timeout_s=spec.verifier_timeout_s,
         structured=spec.structured.constraint() if spec.structured else None,
+        reasoning=spec.reasoning.config(spec.sampling.max_tokens) if spec.reasoning else None,
         sampling_columns=tuple(spec.input.sampling_columns.items()),
     )
 

@@ -194,6 +194,27 @@ class StructuredSpec(_Strict):
         return kind, json.dumps(getattr(self, kind), sort_keys=True)
 
 
+class ReasoningSpec(_Strict):
+    """A reasoning model's output: the thought between the markers is split from the answer (answers are
+    extracted after the end marker; the output's ``reasoning`` column keeps the thoughts), and with
+    ``max_thinking_tokens`` a thought that runs out is closed with the end marker and a second request asks
+    for the answer (budget forcing) instead of the sample being cut."""
+
+    start: str | None = Field("<think>", description="the marker that opens a thought (null: none; the model "
+                              "thinks from its first token, or the chat template opened the thought)")
+    end: str = Field("</think>", min_length=1, description="the marker that closes a thought")
+    max_thinking_tokens: int | None = Field(None, ge=1, description="the thought's budget per sample; null: "
+                                            "no budget (samples are only split)")
+    answer_max_tokens: int | None = Field(None, ge=1, description="tokens of the answer request after a "
+                                          "thought (default: sampling.max_tokens)")
+
+    def config(self, max_tokens: int):
+        """The replica's ``pipelines.reasoning.ReasoningConfig`` (``max_tokens``: the job's sampling.max_tokens)."""
+        from pipelines.reasoning import ReasoningConfig
+        return ReasoningConfig(start=self.start or None, end=self.end, max_thinking_tokens=self.max_thinking_tokens,
+                               answer_max_tokens=self.answer_max_tokens or max_tokens)
+
+
 class SamplingSpec(_Strict):
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -525,13 +546,35 @@ class JudgeSpec(_Strict):
             score_pattern=self.score_pattern, score_max=self.score_max)
 
 
+class ReferenceSpec(_Strict):
+    """A reference-answer verifier: a sample scores 1 when its answer matches the row's reference (an
+    input column the verifier reads, unlike ``input.gold_column``, which only scores the run), else 0.
+    Rejection sampling against it: the adaptive policy's ``verified_yield`` / ``coverage`` objectives,
+    and ``tierwise export-traces`` keeps the samples that pass."""
+
+    kind: Literal["reference"]
+    column: str = Field(min_length=1, description="the input column holding each row's reference answer")
+    match: Literal["math", "exact", "choice"] = Field(
+        "exact", description="math: equivalent under math-verify (the sample's last \\boxed{}, else its "
+                             "extracted answer); exact: equal stripped strings; choice: the same A-E letter")
+
+    def config(self):
+        """The replica's ``pipelines.verifiers.ReferenceConfig``."""
+        from pipelines.verifiers import ReferenceConfig
+        return ReferenceConfig(column=self.column, match=self.match)
+
+
 def _verifier_kind(value) -> str:
-    """A mapping is a judge; a string names a verifier function."""
-    return "name" if isinstance(value, str) else "llm_judge"
+    """A string names a verifier function; a mapping of kind ``reference`` is a reference check, any
+    other mapping a judge."""
+    if isinstance(value, str):
+        return "name"
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return "reference" if kind == "reference" else "llm_judge"
 
 
-Verifier = Annotated[Annotated[str, Tag("name")] | Annotated[JudgeSpec, Tag("llm_judge")],
-                     Discriminator(_verifier_kind)]
+Verifier = Annotated[Annotated[str, Tag("name")] | Annotated[JudgeSpec, Tag("llm_judge")]
+                     | Annotated[ReferenceSpec, Tag("reference")], Discriminator(_verifier_kind)]
 
 
 def _policy_kind(value) -> str:
@@ -541,6 +584,14 @@ def _policy_kind(value) -> str:
 
 Policy = Annotated[Annotated[UniformPolicy, Tag("uniform")] | Annotated[AdaptivePolicy, Tag("adaptive")],
                    Discriminator(_policy_kind)]
+
+
+class ExportSpec(_Strict):
+    """What ``tierwise run`` writes after the job (``tierwise export-traces`` writes it on demand)."""
+
+    traces: str | None = Field(None, description="a .parquet or .jsonl file (local or s3://) of the verified "
+                               "traces, one row per trace in chat form (needs a verifier and output.keep_samples)")
+    min_score: float = Field(1.0, ge=0, le=1, description="the verifier score a trace must reach")
 
 
 class JobSpec(_Strict):
@@ -553,12 +604,16 @@ class JobSpec(_Strict):
     budget: BudgetSpec
     policy: Policy = UniformPolicy()
     prompt: PromptSpec = PromptSpec()
+    reasoning: ReasoningSpec | None = Field(None, description="split <think>...</think> thoughts from answers; "
+                                            "a thinking budget (max_thinking_tokens) with budget forcing")
     structured: StructuredSpec | None = Field(None, description="constrain every sample: {choice: [...]}, "
                                               "{json_schema: {...}} or {regex: ...}")
     answer_extractor: str = Field("full", description="arithmetic | boxed | choice | json:FIELD | regex:PATTERN "
                                   "| last_line | full")
     verifier: Verifier | None = Field(None, description="arithmetic_steps | module:function | "
-                                      "{kind: llm_judge, mode: ..., ...} (see JudgeSpec)")
+                                      "{kind: llm_judge, mode: ..., ...} (see JudgeSpec) | "
+                                      "{kind: reference, column: ..., match: ...} (see ReferenceSpec)")
+    export: ExportSpec | None = Field(None, description="outputs written after the run: {traces: DEST}")
     verifier_timeout_s: float = Field(
         30.0, gt=0, description="seconds a module:function verifier's call may take (it runs off the replica's "
                                 "event loop); a call that times out or raises scores null, counted in the row's "
@@ -600,6 +655,8 @@ class JobSpec(_Strict):
             raise ValueError("input.gold_column must differ from the id and prompt columns")
         if self.input.gold_column and self.input.gold_column in prompt_columns(self).values():
             raise ValueError("input.gold_column must not be read by the prompt: the model would see gold")
+        if isinstance(self.verifier, ReferenceSpec) and self.verifier.column in prompt_columns(self).values():
+            raise ValueError("verifier.column must not be read by the prompt: the model would see the reference")
         if self.input.messages_column and (self.prompt.template or self.prompt.chat is False):
             raise ValueError("input.messages_column is the whole conversation: it does not go with "
                              "prompt.template or prompt.chat false")
@@ -608,8 +665,23 @@ class JobSpec(_Strict):
                              "policies plan their own sampling)")
         if self.structured and (tier == "search" or "search" in getattr(self.policy, "rungs", ())):
             raise ValueError("structured outputs do not apply to step-level search (its steps are partial)")
+        if self.reasoning and self.structured:
+            raise ValueError("reasoning does not go with structured outputs (the constraint would hold the "
+                             "thought too)")
+        if self.reasoning and (tier == "search" or "search" in getattr(self.policy, "rungs", ())):
+            raise ValueError("reasoning does not apply to step-level search (its steps are partial traces)")
+        if self.reasoning and self.reasoning.max_thinking_tokens and self.policy.abort_failed_steps:
+            raise ValueError("reasoning.max_thinking_tokens does not go with policy.abort_failed_steps "
+                             "(a thought is not a step trace)")
         if self.policy.kind == "adaptive" and self.input.gold_column in difficulty_columns(self).values():
             raise ValueError("policy.difficulty must not read input.gold_column: no estimator may see gold")
+        return self
+
+    @model_validator(mode="after")
+    def _export_needs(self):
+        if self.export and self.export.traces and not (self.verifier and self.output.keep_samples):
+            raise ValueError("export.traces needs a `verifier` (it keeps the samples that pass) and "
+                             "output.keep_samples: true (the traces' texts)")
         return self
 
     @model_validator(mode="after")
@@ -637,7 +709,7 @@ def aborts_failed_steps(spec: JobSpec) -> bool:
     from pipelines.verifiers import make_prefix_check
 
     want = spec.policy.abort_failed_steps
-    if want is False or not isinstance(spec.verifier, str):
+    if want is False or not isinstance(spec.verifier, str) or spec.reasoning:
         return False
     try:
         has = make_prefix_check(spec.verifier) is not None
@@ -658,6 +730,12 @@ def prompt_columns(spec: JobSpec) -> dict[str, str]:
     if p.template:
         return {f"prompt.template[{c}]": c for c in template_fields(p.template)}
     return {"prompt_column": inp.prompt_column}
+
+
+def verifier_columns(spec: JobSpec) -> dict[str, str]:
+    """Input columns the verifier reads: ``{spec field: column}`` (a reference verifier's column)."""
+    v = spec.verifier
+    return {"verifier.column": v.column} if isinstance(v, ReferenceSpec) else {}
 
 
 def difficulty_columns(spec: JobSpec) -> dict[str, str]:

@@ -181,3 +181,25 @@ def vote(answers: list[str | None], weights: list[float] | None = None) -> tuple
     best = max(counts.values())
     winner = next(a for a in answers if a is not None and counts[a] == best)
     return winner, dict(counts)
+
+
+def label_distribution(top: dict[str, float] | None, labels: tuple[str, ...]) -> dict[str, float] | None:
+    """A structured choice's labels as the model weighs them at the first generated token: each label gets
+    the probability of the top tokens it starts with (``top``: token text -> log-probability, the model's raw
+    distribution, before the constraint), a token shared by several labels split evenly among them,
+    normalised over the labels. Labels whose first token is outside ``top`` get 0; None when no top token
+    starts a label."""
+    import math
+
+    if not top:
+        return None
+    probs = dict.fromkeys(labels, 0.0)
+    for token, lp in top.items():
+        for t in (token, token.lstrip()):
+            starts = [lab for lab in labels if t and lab.startswith(t)]
+            for lab in starts:
+                probs[lab] += math.exp(lp) / len(starts)
+            if starts:
+                break
+    total = sum(probs.values())
+    return {lab: p / total for lab, p in probs.items()} if total > 0 else None

@@ -46,7 +46,8 @@ class Sample:
     (``max_tokens`` or the context ran out), or None when unknown (replay).
     ``top_logprobs``: decoded token text -> log-probability of the first generated
     token's most likely tokens (top ``SamplingConfig.top_logprobs``, plus the sampled
-    one), None unless requested.
+    one), None unless requested. ``reasoning``: the sample's thought when the job splits
+    reasoning from answers (``text`` is then the answer part).
     """
 
     text: str
@@ -54,6 +55,7 @@ class Sample:
     mean_logprob: float | None = None
     finish_reason: str | None = None
     top_logprobs: dict[str, float] | None = None
+    reasoning: str | None = None  # the thought, split from ``text`` (``pipelines.reasoning``); None: none
 
 
 @dataclass

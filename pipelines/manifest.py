@@ -28,10 +28,10 @@ MANIFEST_FILE = "_tierwise/manifest.json"
 MANIFEST_VERSION = 1
 
 # Spec fields that never change an answer: where the data lives and how it is reached, how
-# many replicas run it, what the job is called, and how much it may spend. The input's own
+# many replicas run it, what the job is called, how much it may spend, and what is exported after. The input's own
 # identity is fingerprinted file by file instead of by its path string.
 NOT_IDENTITY = ("name", "input.path", "input.storage_options", "output.path", "output.storage_options",
-                "replicas", "budget.amount", "budget.deadline", "budget.max_wall_s")
+                "replicas", "budget.amount", "budget.deadline", "budget.max_wall_s", "export")
 # vLLM engine arguments that change speed or memory, not what is sampled: tuning them after an
 # out-of-memory crash must not orphan the output. Any other engine argument is part of the identity.
 ENGINE_TUNING = ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "enforce_eager",

@@ -48,6 +48,10 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("sample_output_tokens", pa.list_(pa.int64())),
     pa.field("sample_mean_logprobs", pa.list_(pa.float64())),
     pa.field("samples", pa.list_(pa.string())),        # texts, kept only when output.keep_samples
+    pa.field("reasoning", pa.list_(pa.string())),      # per-sample thoughts (with `reasoning`), null when none
+    # A structured choice's labels as the model weighs them at its first token (one free pass: a
+    # difficulty signal; pipelines.answers.label_distribution); null without a choice.
+    pa.field("label_probs", pa.map_(pa.string(), pa.float64())),
     pa.field("correct", pa.bool_()),                   # null unless a gold column is given
 ])
 

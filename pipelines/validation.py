@@ -35,11 +35,11 @@ def check_columns(schema: pa.Schema, required: dict[str, str], where: str) -> No
             t = schema.field(col).type
             if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
                 raise InputError(f"input column {col!r} (input.prompt_column) must be a string column, got {t}")
-        if field.startswith("prompt.template") and col is not None:
+        if (field.startswith("prompt.template") or field == "verifier.column") and col is not None:
             t = schema.field(col).type
             if pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
-                raise InputError(f"input column {col!r} ({field}) must be text or a number to fill the template, "
-                                 f"got {t}")
+                use = "be a reference answer" if field == "verifier.column" else "fill the template"
+                raise InputError(f"input column {col!r} ({field}) must be text or a number to {use}, got {t}")
         if field == "messages_column" and col is not None:
             from pipelines.prompts import check_messages_type
             check_messages_type(schema.field(col).type, col)

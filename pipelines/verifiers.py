@@ -22,6 +22,7 @@ import difflib
 import importlib
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pipelines.errors import unknown_name
 
@@ -91,3 +92,75 @@ def make_prefix_check(name: str | None) -> PrefixCheck | None:
         from pipelines.tasks.arithmetic import trace_prefix_ok
         return trace_prefix_ok
     return getattr(make_verifier(name), "prefix_ok", None)
+
+
+# How a reference verifier compares a sample's answer with the row's reference answer.
+REFERENCE_MATCHES = ("math", "exact", "choice")
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """A reference-answer verifier, as a replica needs it (``jobs.spec.ReferenceSpec``): each sample
+    scores 1.0 when its answer matches the row's ``column`` under ``match``, else 0.0.
+
+    ``math``: equivalence by math-verify (the sample's last ``\\boxed{}``, else its extracted answer,
+    against the reference, each parsed as LaTeX, then as a plain expression); ``exact``: the stripped
+    strings are equal; ``choice``: the same A-E letter (``pipelines.answers.choice_answer``)."""
+
+    column: str
+    match: str = "exact"
+
+
+def prepare_reference(cfg: ReferenceConfig, reference: str):
+    """The row's reference in the form ``reference_score`` compares against (parsed once per row)."""
+    if cfg.match == "math":
+        return reference.strip(), _math_parse(reference)
+    if cfg.match == "choice":
+        return _letter(reference)
+    return reference.strip()
+
+
+def reference_score(cfg: ReferenceConfig, prepared, answer: str | None, text: str) -> float:
+    """1.0 when the sample (its extracted ``answer``, its ``text``) matches the prepared reference, else 0.0."""
+    if cfg.match == "math":
+        from math_verify import verify
+
+        from pipelines.answers import last_boxed
+        raw, parsed = prepared
+        candidate = last_boxed(text)
+        candidate = answer if candidate is None else candidate
+        if candidate is None:
+            return 0.0
+        if candidate.strip() == raw:
+            return 1.0
+        got = _math_parse(candidate)
+        # timeout_seconds=None: math-verify's timeout is a SIGALRM (main thread only); _math_parse bounds length.
+        return float(bool(parsed and got and verify(parsed, got, timeout_seconds=None)))
+    if answer is None:
+        return 0.0
+    if cfg.match == "choice":
+        return float(_letter(answer) == prepared)
+    return float(answer.strip() == prepared)
+
+
+def _letter(value: str) -> str:
+    """A choice answer's letter (``(b)``, ``Answer: B`` and ``B`` are ``B``); the stripped, upper-cased
+    value when it holds no A-E letter."""
+    from pipelines.answers import choice_answer
+
+    value = value.strip().upper()
+    return choice_answer(value) or value
+
+
+MAX_MATH_PARSE = 200  # characters math-verify parses (SymPy may take unbounded time on a long expression)
+
+
+def _math_parse(value: str) -> list:
+    """math-verify's parse of an answer: as LaTeX (``$...$``), else as a plain expression; [] if neither."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    value = value.strip()
+    if not value or len(value) > MAX_MATH_PARSE:
+        return []
+    return (parse(f"${value}$", extraction_config=[LatexExtractionConfig()], parsing_timeout=None)
+            or parse(value, extraction_config=[ExprExtractionConfig()], parsing_timeout=None))

@@ -28,7 +28,9 @@ from pipelines.errors import EngineDead, StorageError
 from pipelines.judge import JudgeConfig
 from pipelines.pricing import DeviceMeter, Pricer, PriceSpec
 from pipelines.prompts import PromptConfig, row_prompts, row_sampling
+from pipelines.reasoning import ReasoningConfig
 from pipelines.tiers import Tier
+from pipelines.verifiers import ReferenceConfig
 from ray_cluster.engine import EngineSpec, VllmEngine
 from ray_cluster.ledger import LedgerClient
 from ray_cluster.rows import RowRunner
@@ -60,6 +62,7 @@ class JobContext:
     verifier_timeout_s: float = 30.0  # how long a user verifier's call may take (then its score is null)
     pricing: PriceSpec | None = None  # weighted / metered prices (None: cost_per_token per token)
     rows_stop_at: float | None = None  # the deadline for rows (unix seconds): no round starts past it
+    reasoning: ReasoningConfig | None = None  # thought/answer markers and thinking budget (pipelines.reasoning)
 
 
 @ray.remote
@@ -150,6 +153,8 @@ class ReplicaActor:
         feats = dict(cfg.row_features)
         cols = [cfg.id_column] + cfg.prompt.columns() + ([cfg.gold_column] if cfg.gold_column else [])
         cols += list(dict(cfg.sampling_columns).values())
+        ref_col = cfg.verifier.column if isinstance(cfg.verifier, ReferenceConfig) else None
+        cols += [ref_col] if ref_col else []
         cols = list(dict.fromkeys(cols))
         frame = pl.from_arrow(io.read_part(part, cols + sorted(set(feats.values()) - set(cols)), cfg.input_storage))
         ids = frame[cfg.id_column].cast(pl.String).to_list()
@@ -158,7 +163,8 @@ class ReplicaActor:
             if feats else [{}] * len(ids)
         prompts, errors, token_ids, job_error = self._prompt_ids(frame, cfg.prompt)
         sampling, sampling_errors = row_sampling(frame, dict(cfg.sampling_columns))
-        errors = [e or s for e, s in zip(errors, sampling_errors)]
+        references, ref_errors = reference_answers(frame, ref_col)
+        errors = [e or s or r for e, s, r in zip(errors, sampling_errors, ref_errors)]
         own_errors = errors
         try:
             scorer = self._scoring(cfg)
@@ -172,10 +178,10 @@ class ReplicaActor:
         async with self._ledger_client(ledger) as client:
             rows = RowRunner(self.engine, self._sem, tier, client.for_part(key), scorer, cfg.seed,
                              self._pricer(ledger, cfg), cfg.keep_samples, cfg.abort_failed_steps, halt,
-                             cfg.rows_stop_at, cfg.structured)
+                             cfg.rows_stop_at, cfg.structured, cfg.reasoning)
             # Every row runs to its end (a row raises only EngineDead), so no row is left spending.
-            recs = await asyncio.gather(*(rows.run(rid, p, e, f, t, o) for rid, p, e, f, t, o
-                                          in zip(ids, prompts, errors, features, token_ids, sampling)),
+            recs = await asyncio.gather(*(rows.run(rid, p, e, f, t, o, r) for rid, p, e, f, t, o, r
+                                          in zip(ids, prompts, errors, features, token_ids, sampling, references)),
                                         return_exceptions=True)
             if lost := next((r for r in recs if isinstance(r, EngineDead)), None):
                 await self._give_up(part, lost)
@@ -278,6 +284,18 @@ class _Halt:
     """A job's stop flag on a replica, read by its rows before each round."""
 
     stopped = False
+
+
+def reference_answers(frame: pl.DataFrame, column: str | None) -> tuple[list, list]:
+    """Each row's reference answer (a reference verifier's ``column``, as text) and its error: a null or
+    empty reference is the row's error, naming the column."""
+    if column is None:
+        return [None] * frame.height, [None] * frame.height
+    refs = frame[column].cast(pl.String)
+    bad = refs.is_null() | (refs.str.strip_chars() == "")
+    errors = pl.select(pl.when(bad).then(pl.lit(f"reference answer (verifier.column {column!r}) is null or empty"))
+                       .otherwise(pl.lit(None, pl.String)).alias("e"))["e"]
+    return refs.to_list(), errors.to_list()
 
 
 def summarize(part_id: int, table, seconds: float) -> dict:

@@ -11,6 +11,7 @@ shares (see ``bench/throughput.py``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import zlib
@@ -18,13 +19,19 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from pipelines import records
+from pipelines.answers import label_distribution
 from pipelines.budget import DENIED
 from pipelines.errors import EngineDead
 from pipelines.pricing import Pricer, PriceSpec
+from pipelines.reasoning import ReasoningConfig, merged, split_sample
 from pipelines.tiers import RowState, Tier
 from ray_cluster.scoring import RowScorer, Scorer
 
 log = logging.getLogger(__name__)
+
+# Top log-probs of a row's first generated token read for a structured choice's label distribution
+# (vLLM's default max_logprobs).
+LABEL_TOP_LOGPROBS = 20
 
 
 class RowRunner:
@@ -40,29 +47,40 @@ class RowRunner:
             ``pipelines.pricing.Pricer`` of the job (weighted or metered prices); keep_samples: whether
             records keep the sampled texts; abort_failed_steps: stop samples at their first
             step the verifier's prefix check fails (when it has one).
-        structured: the job's structured-output constraint, put on each of its requests.
+        structured: the job's structured-output constraint, put on each of its requests. With a choice,
+            the row's first request also reads its first token's top log-probs: the row's ``label_probs``.
         halt: the job's stop flag (``.stopped``): once set, rows start no new round (their
             records are never committed; ``ReplicaActor.halt``).
         rows_stop_at: the job's deadline for rows (unix seconds): a row starts no round past it
             (``stop_reason`` deadline; without a sample it is ``skipped_deadline``).
+        reasoning: the job's reasoning markers and thinking budget (``pipelines.reasoning``): samples are
+            split into thought and answer, and with a budget each request thinks first, then asks for the
+            answers its thoughts owe (budget forcing), within the round's reservation.
     """
 
     def __init__(self, engine, sem: asyncio.Semaphore, tier: Tier, ledger, scorer: Scorer, seed: int,
                  cost_per_token: float | Pricer, keep_samples: bool, abort_failed_steps: bool = False, halt=None,
-                 rows_stop_at: float | None = None, structured: tuple[str, str] | None = None):
+                 rows_stop_at: float | None = None, structured: tuple[str, str] | None = None,
+                 reasoning: ReasoningConfig | None = None):
         self.engine, self.sem, self.tier, self.ledger, self.scorer = engine, sem, tier, ledger, scorer
         self.halt = halt if halt is not None else _NoHalt
         self.seed, self.keep_samples = seed, keep_samples
         self.price = cost_per_token if isinstance(cost_per_token, Pricer) else Pricer(PriceSpec(cost_per_token))
         self.rows_stop_at = rows_stop_at
         self.structured = structured  # every request's constraint (SamplingConfig.structured)
+        # A choice's labels: the first request of a row reads the first token's top log-probs (label_probs).
+        self.labels = tuple(json.loads(structured[1])) if structured and structured[0] == "choice" else ()
         # A step verifier's check of unfinished traces: samples stop at their first failed step.
         self.prefix_ok = scorer.prefix_ok if abort_failed_steps else None
+        self.reasoning = reasoning
+        self.forcing = reasoning is not None and reasoning.max_thinking_tokens is not None
+        self._end_tokens = len(engine.tokenize(reasoning.end, special=False)) if self.forcing else 0
 
     async def run(self, row_id: str, prompt: str | None, error: str | None, features: dict[str, float | None],
-                  token_ids: list[int] | None, sampling: dict | None = None) -> dict:
+                  token_ids: list[int] | None, sampling: dict | None = None, reference: str | None = None) -> dict:
         """The row's output record (``pipelines.records``); ``sampling``: the row's own sampling
-        fields (``input.sampling_columns``), put on each of its requests.
+        fields (``input.sampling_columns``), put on each of its requests; ``reference``: its reference
+        answer (a reference verifier's column).
 
         A row that fails keeps what it spent (its record's tokens and cost are what the
         ledger settled for it). Raises ``EngineDead`` only: the replica is lost, and the
@@ -74,7 +92,7 @@ class RowRunner:
             if self.halt.stopped:
                 return spent.error_record(row_id, "the job stopped")
             try:
-                return await self._generate(row_id, prompt, features, token_ids, spent, sampling)
+                return await self._generate(row_id, prompt, features, token_ids, spent, sampling, reference)
             except EngineDead:
                 raise
             except Exception as exc:
@@ -82,7 +100,8 @@ class RowRunner:
                 return spent.error_record(row_id, f"{type(exc).__name__}: {exc}")
 
     async def _generate(self, row_id: str, prompt: str, features: dict[str, float | None],
-                        token_ids: list[int], spent: _Spent, sampling: dict | None = None) -> dict:
+                        token_ids: list[int], spent: _Spent, sampling: dict | None = None,
+                        reference: str | None = None) -> dict:
         engine, tier, ledger, price, meter = self.engine, self.tier, self.ledger, self.price, self.price.meter
         extract = self.scorer.extract
         n_prompt = len(token_ids)
@@ -92,11 +111,12 @@ class RowRunner:
                 row_id, "error", f"prompt has {n_prompt} tokens; the model's context is {max_len}", n_prompt)
         state = spent.state = RowState(row_id, n_prompt, features={k: v for k, v in features.items() if v is not None})
         cost, prompt_spent = 0.0, 0
+        label_probs = None
         # A seed from the row id makes reruns reproducible whatever replica or part size
         # serves the row. vLLM seeds sample i of a request with seed + i, so each round
         # starts past the samples already drawn: every sample of the row has its own seed.
         seed = (self.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
-        scoring = spent.scoring = self.scorer.for_row(row_id, prompt, seed, price.per_token())
+        scoring = spent.scoring = self.scorer.for_row(row_id, prompt, seed, price.per_token(), reference)
         keep_going = partial(self.prefix_ok, prompt) if self.prefix_ok else None
         while (asked := tier.next_request(state, seed + len(state.samples))) is not None:
             if self.halt.stopped:
@@ -111,12 +131,16 @@ class RowRunner:
             requests = [_clip(r, k, max_len) for r, k in zip(requests, inputs)]
             if self.structured:
                 requests = [replace(r, structured=self.structured) for r in requests]
+            if self.forcing:
+                requests = [self.reasoning.thinking_request(r) for r in requests]
+            if self.labels and state.rounds == 0:  # the row's label distribution, once (label_probs)
+                requests[0] = replace(requests[0], top_logprobs=max(requests[0].top_logprobs, LABEL_TOP_LOGPROBS))
             # The worst case of this round: each request's input plus n samples of max_tokens.
             # A round is reserved whole: if it cannot be, the row stops with what it has.
             # Samples that stop at a failed step are requests of their own: each pays its input.
             checks = [keep_going if not r.top_logprobs else None for r in requests]
             worst = price.reserve(sum(k * (r.n if c else 1) for r, k, c in zip(requests, inputs, checks)),
-                                  sum(r.n * r.max_tokens for r in requests))
+                                  sum(r.n * r.max_tokens + r.n * self._answer_room(r, k) for r, k in zip(requests, inputs)))
             if await ledger.reserve(worst) == DENIED:
                 state.stop_reason = "budget"
                 break
@@ -124,14 +148,18 @@ class RowRunner:
             meter.begin()  # the replica's devices are held for the job while any of its requests runs
             if len(requests) == 1:  # most rounds: no task or gather of its own
                 try:
-                    outcomes = [await engine.generate(tag, token_ids, requests[0], checks[0])]
+                    outcomes = [await self._request(tag, token_ids, requests[0], checks[0])]
                 except Exception as exc:
                     outcomes = [exc]
             else:
                 outcomes = await asyncio.gather(
-                    *(engine.generate(f"{tag}.{i}", token_ids, r, c) for i, (r, c) in enumerate(zip(requests, checks))),
+                    *(self._request(f"{tag}.{i}", token_ids, r, c) for i, (r, c) in enumerate(zip(requests, checks))),
                     return_exceptions=True)
             results = [o for o in outcomes if not isinstance(o, BaseException)]
+            if self.labels and label_probs is None and results and results[0].samples:
+                label_probs = label_distribution(results[0].samples[0].top_logprobs, self.labels)
+            if self.reasoning:  # answers are read, voted and verified after the end marker
+                results = [replace(r, samples=[split_sample(x, self.reasoning) for x in r.samples]) for r in results]
             n_in, n_out = sum(r.prompt_tokens for r in results), sum(r.output_tokens for r in results)
             meter.end(price.spec.weighted(n_in, n_out))
             actual = price.settle(n_in, n_out, worst)
@@ -170,7 +198,38 @@ class RowRunner:
             "sample_output_tokens": [s.output_tokens for s in samples],
             "sample_mean_logprobs": [s.mean_logprob for s in samples],
             "samples": [s.text for s in samples] if self.keep_samples else None,
+            "reasoning": [s.reasoning for s in samples] if self.reasoning else None,
+            "label_probs": label_probs,
         }
+
+    def _answer_room(self, request, n_input: int) -> int:
+        """Tokens a thinking request's sample may take in its answer request (its input: the prompt, the
+        thought, the end marker; then the answer); 0 without a thinking budget."""
+        if not self.forcing:
+            return 0
+        return n_input + request.max_tokens + self._end_tokens + self.reasoning.answer_max_tokens
+
+    async def _request(self, tag: str, token_ids: list[int], request, check=None):
+        """One request's samples; with a thinking budget, each sample whose thought stopped at the end marker
+        or ran out of budget is continued (prompt + thought + end marker) for its answer, within the room
+        the round reserved for it (``_answer_room``)."""
+        first = await self.engine.generate(tag, token_ids, request, check)
+        cfg = self.reasoning
+        owed = [i for i, x in enumerate(first.samples) if self.forcing and cfg.needs_answer(x)]
+        if not owed:
+            return first
+        room = self._answer_room(request, len(self.engine.input_ids(token_ids, request)))
+        asks = {}
+        for i in owed:
+            ask = cfg.answer_request(request, first.samples[i], i)
+            n_in = len(self.engine.input_ids(token_ids, ask))
+            limit = min(ask.max_tokens, room - n_in, self.engine.max_model_len - n_in)
+            if limit >= 1:
+                asks[i] = replace(ask, max_tokens=limit)
+        got = await asyncio.gather(*(self.engine.generate(f"{tag}.a{i}", token_ids, a) for i, a in asks.items()))
+        answers = {i: g.samples[0] for i, g in zip(asks, got)}
+        samples = [merged(x, answers.get(i), cfg.end) for i, x in enumerate(first.samples)]
+        return replace(first, prompt_tokens=first.prompt_tokens + sum(g.prompt_tokens for g in got), samples=samples)
 
 
 class _NoHalt:

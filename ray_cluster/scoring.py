@@ -31,7 +31,7 @@ from pipelines.budget import DENIED
 from pipelines.errors import EngineDead
 from pipelines.generation import Sample
 from pipelines.judge import BUDGET, ENGINE_ERROR, TOO_LONG, UNPARSEABLE, JudgeConfig, agree_scores, render, verdict
-from pipelines.verifiers import ERROR, INLINE_VERIFIERS, TIMEOUT
+from pipelines.verifiers import ERROR, INLINE_VERIFIERS, TIMEOUT, ReferenceConfig, prepare_reference, reference_score
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class Scorer:
                  timeout_s: float = 30.0):
         self.extract = extract
         self.judge = verifier if isinstance(verifier, JudgeConfig) else None
+        self.reference = verifier if isinstance(verifier, ReferenceConfig) else None
         self.verify = self.prefix_ok = None
         self.inline, self.timeout_s = True, timeout_s
         self._logged: set[str] = set()
@@ -96,10 +97,12 @@ class Scorer:
     @property
     def scores(self) -> bool:
         """Whether samples get scores at all."""
-        return self.verify is not None or self.judge is not None
+        return self.verify is not None or self.judge is not None or self.reference is not None
 
-    def for_row(self, row_id: str, prompt: str, seed: int, cost_per_token: float) -> RowScorer:
-        return RowScorer(self, row_id, prompt, seed, cost_per_token)
+    def for_row(self, row_id: str, prompt: str, seed: int, cost_per_token: float,
+                reference: str | None = None) -> RowScorer:
+        """A row's scoring; ``reference``: its reference answer (a reference verifier's column)."""
+        return RowScorer(self, row_id, prompt, seed, cost_per_token, reference)
 
 
 class RowScorer:
@@ -107,8 +110,10 @@ class RowScorer:
     the judge's ``issues`` (reason -> samples; see ``pipelines.judge``) and a pure
     verifier's ``verifier_issues`` (``timeout`` / ``error`` -> samples)."""
 
-    def __init__(self, scorer: Scorer, row_id: str, prompt: str, seed: int, cost_per_token: float):
+    def __init__(self, scorer: Scorer, row_id: str, prompt: str, seed: int, cost_per_token: float,
+                 reference: str | None = None):
         self.s, self.row_id, self.prompt, self.seed, self.cpt = scorer, row_id, prompt, seed, cost_per_token
+        self._reference = None if scorer.reference is None else prepare_reference(scorer.reference, reference)
         self.tokens, self.cost, self.issues = 0, 0.0, Counter()
         self.verifier_issues: Counter[str] = Counter()
         self._calls = 0
@@ -117,6 +122,8 @@ class RowScorer:
     async def score(self, samples: list[Sample], ledger) -> list[float | None]:
         """Scores of ``samples`` (one round of this row), in order; None = unscored."""
         s, texts = self.s, [x.text for x in samples]
+        if s.reference is not None:  # inline: a string compare, or a math-verify parse of a short answer
+            return [reference_score(s.reference, self._reference, s.extract(t), t) for t in texts]
         if s.judge is None:
             if s.verify is None:
                 return [None] * len(texts)

@@ -52,3 +52,14 @@ def test_choice_json_and_bad_names():
     for bad in ("json:", "json:a..b"):
         with pytest.raises(ValueError, match="needs a field name"):
             make_extractor(bad)
+
+
+def test_label_distribution_from_first_token_top_logprobs():
+    import math
+
+    from pipelines.answers import label_distribution
+
+    top = {"p": math.log(0.6), " n": math.log(0.3), "x": math.log(0.1)}  # "x" starts no label
+    d = label_distribution(top, ("pos", "neg", "neu"))
+    assert d == pytest.approx({"pos": 2 / 3, "neg": 1 / 6, "neu": 1 / 6})  # "n" is shared by two labels
+    assert label_distribution({"z": 0.0}, ("a",)) is None and label_distribution(None, ("a",)) is None
