@@ -260,9 +260,7 @@ def _novelty_gain(rows: RowSamples, answer_prior: np.ndarray) -> np.ndarray:
     new = novelty(rows, np.full(len(rows.row_ids), width))
     j = np.arange(width, dtype=np.float64)[None, :, None]
     t = THETA[None, None, :]
-    step = np.where(new[..., None], np.log(t / (j + t)), np.log(np.maximum(j, 1e-12) / (j + t)))
-    step[:, 0] = 0.0
-    ll = np.cumsum(step, axis=1) + np.log(np.maximum(answer_prior, 1e-300))[None, None, :]
+    ll = np.cumsum(_crp_steps(new), axis=1) + np.log(np.maximum(answer_prior, 1e-300))[None, None, :]
     post = np.exp(ll - ll.max(axis=2, keepdims=True))
     nxt = t / (j + 1.0 + t)  # after samples 0..k, sample k + 1 is new with chance theta / (k + 1 + theta)
     distinct = 1.0 + np.cumsum(new, axis=1)
@@ -459,11 +457,18 @@ def novelty(rows: RowSamples, drawn: np.ndarray) -> np.ndarray:
 def _crp_loglik(new: np.ndarray, drawn: np.ndarray) -> np.ndarray:
     """[rows, len(THETA)] log-likelihood of each row's novelty sequence under a Chinese-restaurant
     process of concentration theta: sample j + 1 is new with chance theta / (j + theta)."""
+    live = (np.arange(new.shape[1])[None, :] < drawn[:, None])[..., None]
+    return (_crp_steps(new) * live).sum(axis=1)
+
+
+def _crp_steps(new: np.ndarray) -> np.ndarray:
+    """[rows, samples, len(THETA)] log-chance of each sample being new (or not) given the ones before it
+    under a CRP of concentration theta; 0 for the first sample (always new)."""
     j = np.arange(new.shape[1], dtype=np.float64)[None, :, None]
     t = THETA[None, None, :]
-    live = ((np.arange(new.shape[1])[None, :] < drawn[:, None]) & (np.arange(new.shape[1])[None, :] >= 1))[..., None]
-    ll = np.where(new[..., None], np.log(t / (j + t)), np.log(np.maximum(j, 1e-12) / (j + t)))
-    return (ll * live).sum(axis=1)
+    step = np.where(new[..., None], np.log(t / (j + t)), np.log(np.maximum(j, 1e-12) / (j + t)))
+    step[:, 0] = 0.0
+    return step
 
 
 def fit_answer_prior(new: np.ndarray, drawn: np.ndarray, iters: int = 60) -> np.ndarray:
@@ -493,7 +498,8 @@ def urn_reference(rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig, mo
     m, w0 = r.codes.shape
     new = novelty(r, n)
     prior = fit_answer_prior(new, n)
-    post = np.exp(_crp_loglik(new, n) - _crp_loglik(new, n).max(axis=1, keepdims=True)) * prior
+    ll = _crp_loglik(new, n)
+    post = np.exp(ll - ll.max(axis=1, keepdims=True)) * prior
     cdf = np.cumsum(post, axis=1)
     theta = THETA[np.minimum((cdf < rng.random((m, 1)) * cdf[:, -1:]).sum(axis=1), len(THETA) - 1)]
     pad = max(width - w0, 0)
