@@ -101,20 +101,32 @@ class SolvePrior:
 
     def row_weights(self, hint: np.ndarray | None, rows: int) -> np.ndarray:
         """[rows, len(GRID)] prior mass per row."""
+        return self._options()[self._option(hint, rows)]
+
+    def _options(self) -> np.ndarray:
+        """[bins + 1, len(GRID)] the prior of each hint bin, then the one of rows without a hint."""
         w = np.asarray(self.weights)
+        return np.vstack([w, w.mean(axis=0)[None, :]])
+
+    def _option(self, hint: np.ndarray | None, rows: int) -> np.ndarray:
+        """[rows] which of ``_options`` each row's prior is."""
+        bins = len(self.weights)
         if hint is None or not self.hint_edges:
-            return np.broadcast_to(w[0] if len(w) == 1 else w.mean(axis=0), (rows, len(GRID)))
+            return np.full(rows, 0 if bins == 1 else bins)
         b = np.searchsorted(np.asarray(self.hint_edges), np.nan_to_num(hint, nan=np.inf), side="right")
-        return np.where(np.isfinite(hint)[:, None], w[np.minimum(b, len(w) - 1)], w.mean(axis=0)[None, :])
+        return np.where(np.isfinite(hint), np.minimum(b, bins - 1), bins)
 
     def next_verifies(self, hint: np.ndarray | None, s: np.ndarray, f: np.ndarray) -> np.ndarray:
-        """P(the next sample verifies) after s verified and f failed samples ([rows, k] arrays)."""
+        """P(the next sample verifies) after s verified and f failed samples ([rows, k] arrays): the
+        posterior mean, tabulated once per (prior, s, f) and looked up."""
+        s, f = np.asarray(s, np.int64), np.asarray(f, np.int64)
         logp, log1p = np.log(np.maximum(GRID, 1e-12)), np.log(np.maximum(1 - GRID, 1e-12))
-        prior = np.log(np.maximum(self.row_weights(hint, s.shape[0]), 1e-300))[:, None, :]
-        ll = prior + s[..., None] * logp + f[..., None] * log1p
-        ll -= ll.max(axis=-1, keepdims=True)
-        post = np.exp(ll)
-        return (post * GRID).sum(axis=-1) / post.sum(axis=-1)
+        ks, kf = np.arange(int(s.max(initial=0)) + 1), np.arange(int(f.max(initial=0)) + 1)
+        ll = (np.log(np.maximum(self._options(), 1e-300))[:, None, None, :]
+              + ks[None, :, None, None] * logp + kf[None, None, :, None] * log1p)
+        post = np.exp(ll - ll.max(axis=-1, keepdims=True))
+        table = (post * GRID).sum(axis=-1) / post.sum(axis=-1)  # [options, s, f]
+        return table[self._option(hint, s.shape[0])[:, None], s, f]
 
     def to_dict(self) -> dict:
         return {"weights": [list(w) for w in self.weights], "hint_edges": list(self.hint_edges)}
@@ -568,6 +580,7 @@ class Pacer:
         self.finished: list[tuple[RowSamples, np.ndarray]] = []
         self.model: RowModel | None = None
         self.ref: Reference | None = None
+        self._ref_rows = 0  # finished rows the reference was last fit on
         self.prices: list[float] = []
         self.slice_rows, self.depth = 0, 1
         self._slice_target()
@@ -596,11 +609,8 @@ class Pacer:
             return
         rows, drawn = concat_rows([r for r, _ in self.slice]), np.concatenate([d for _, d in self.slice])
         self.model = learn_model(rows, drawn, self.cfg)
-        self.ref, self._ref_rows = None, 0
-        if self.model.checker:  # (re-simulated from the refit prior before every part)
-            self.ref = Reference(row_priority(rows, self.cfg, self.model), _cumcost(rows), drawn)
-        else:
-            self._vote_reference()
+        self.ref, self._ref_rows = Reference(row_priority(rows, self.cfg, self.model), _cumcost(rows), drawn), 0
+        self._reference()
 
     # ------------------------------------------------------------------ per part
     def plan(self, key, n_rows: int) -> PartPlan:
@@ -621,28 +631,28 @@ class Pacer:
     def _priced(self, n_rows: int) -> PartPlan:
         if self.ref is None:  # no slice (the budget buys no second samples): first samples only
             return PartPlan("main", math.inf, 1, self.model, n_rows * self._first_cost())
-        model, ref = self.model, self.ref
-        if model.checker:  # the prior, refit on every row finished so far, prices the rest
-            done = concat_rows([r for r, _ in self.finished])
-            drawn = np.concatenate([d for _, d in self.finished])
-            model = self.model = replace(model, prior=fit_prior(verdict_counts(done, drawn, self.cfg), drawn, done.hint))
-            ref = simulated_reference(model, _sample_hints(done.hint), self.cfg, self.width)
-        else:  # vote rows: every finished row's samples, continued by the answer urn
-            ref = self._vote_reference()
+        ref = self._reference()
         left = self.budget - self.spent - sum(p.expected for p in self.in_flight.values())
         rows_left = max(self.rows - self.rows_sent, n_rows)
         price = ref.price(max(left, 0.0) / rows_left)
-        return PartPlan("main", price, self.width, model, n_rows * ref.spend(price))
+        return PartPlan("main", price, self.width, self.model, n_rows * ref.spend(price))
 
-    def _vote_reference(self) -> Reference:
-        """``urn_reference`` over the rows finished so far, refit once they grew by a tenth."""
+    def _reference(self) -> Reference:
+        """The reference trajectories, refit from the rows finished so far once they grew by a tenth:
+        checker rows simulated from the refit solve prior, vote rows continued by the answer urn."""
         n = sum(len(d) for _, d in self.finished)
-        if self.ref is None or n > 1.1 * self._ref_rows:
-            done = concat_rows([r for r, _ in self.finished])
-            drawn = np.concatenate([d for _, d in self.finished])
+        if self._ref_rows and n <= 1.1 * self._ref_rows:
+            return self.ref
+        done = concat_rows([r for r, _ in self.finished])
+        drawn = np.concatenate([d for _, d in self.finished])
+        if self.model.checker:
+            self.model = replace(self.model, prior=fit_prior(verdict_counts(done, drawn, self.cfg), drawn, done.hint))
+            self.ref = simulated_reference(self.model, _sample_hints(done.hint), self.cfg, self.width)
+        else:
             if self.model.answer_prior is not None:
                 self.model = replace(self.model, answer_prior=answer_model(done, drawn, self.cfg))
-            self.ref, self._ref_rows = urn_reference(done, drawn, self.cfg, self.model, self.width), n
+            self.ref = urn_reference(done, drawn, self.cfg, self.model, self.width)
+        self._ref_rows = n
         return self.ref
 
     def observe(self, key, rows: RowSamples, drawn: np.ndarray, spent: float) -> None:
