@@ -172,12 +172,42 @@ def fit_prior(verified: np.ndarray, drawn: np.ndarray, hint: np.ndarray | None =
         return SolvePrior((tuple(overall),))
     h = hint[ok]
     fin = np.isfinite(h)
-    n_bins = int(min(bins, fin.sum() // min_bin_rows))
-    edges = np.unique(np.quantile(h[fin], np.linspace(0, 1, n_bins + 1)[1:-1]))
+    most = int(min(bins, fin.sum() // min_bin_rows))
+    toll = 0.5 * math.log(max(fin.sum(), 2))  # nats an extra bin must earn held out (a chance gain earns less)
+    n_bins = max((k for k in (1, 2, 4, 8, 16) if k <= most),
+                 key=lambda k: _heldout_loglik(s[fin], n[fin], h[fin], k) - toll * (k - 1))
+    if n_bins == 1:
+        return SolvePrior((tuple(overall),))
+    edges, weights = _binned_histograms(s[fin], n[fin], h[fin], n_bins, overall)
+    return SolvePrior(weights, edges)
+
+
+def _binned_histograms(s: np.ndarray, n: np.ndarray, h: np.ndarray, n_bins: int,
+                       start: np.ndarray) -> tuple[tuple[float, ...], tuple[tuple[float, ...], ...]]:
+    """Hint quantile bins' edges and each bin's solve-rate histogram (EM from ``start``)."""
+    edges = np.unique(np.quantile(h, np.linspace(0, 1, n_bins + 1)[1:-1]))
     b = np.searchsorted(edges, h, side="right")
-    weights = tuple(tuple(_em_histogram(s[fin & (b == i)], n[fin & (b == i)], overall))
-                    for i in range(len(edges) + 1))
-    return SolvePrior(weights, tuple(float(e) for e in edges))
+    weights = tuple(tuple(_em_histogram(s[b == i], n[b == i], start)) for i in range(len(edges) + 1))
+    return tuple(float(e) for e in edges), weights
+
+
+def _heldout_loglik(s: np.ndarray, n: np.ndarray, h: np.ndarray, n_bins: int) -> float:
+    """Two-fold held-out log-likelihood of rows' verdicts under ``n_bins`` hint bins: how many bins the
+    hint's signal supports (more bins fit noise once each holds few rows)."""
+    logp, log1p = np.log(np.maximum(GRID, 1e-12)), np.log(np.maximum(1 - GRID, 1e-12))
+    fold = np.arange(len(s)) % 2
+    total = 0.0
+    for f in (0, 1):
+        tr, te = fold != f, fold == f
+        overall = _em_histogram(s[tr], n[tr], np.full(len(GRID), 1.0 / len(GRID)))
+        if n_bins == 1:
+            edges, weights = (), (tuple(overall),)
+        else:
+            edges, weights = _binned_histograms(s[tr], n[tr], h[tr], n_bins, overall)
+        w = np.asarray(weights)[np.searchsorted(np.asarray(edges), h[te], side="right")]
+        ll = s[te, None] * logp + (n[te] - s[te])[:, None] * log1p
+        total += float(np.log(np.maximum((np.exp(ll) * w).sum(axis=1), 1e-300)).sum())
+    return total
 
 
 def verdict_counts(rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig) -> np.ndarray:
@@ -195,15 +225,19 @@ class RowModel:
             verified_yield with verifier scores, and accuracy when the slice saw samples verify.
         prior: The solve-rate prior for checker rows (None: flat).
         mean_cost: Mean cost of a sample over the slice: a row's expected next cost shrinks to it.
+        answer_prior: Coverage without a checker: the answer urn's prior over ``THETA``.
+        cost_shrink: How many samples' worth of weight ``mean_cost`` has against a row's own costs
+            (``fit_cost_shrink``: large when costs vary within rows as much as between them).
     """
 
     checker: bool = False
     prior: SolvePrior | None = None
     mean_cost: float = 1.0
     answer_prior: tuple[float, ...] | None = None
+    cost_shrink: float = 2.0
 
     def to_dict(self) -> dict:
-        return {"checker": self.checker, "mean_cost": self.mean_cost,
+        return {"checker": self.checker, "mean_cost": self.mean_cost, "cost_shrink": self.cost_shrink,
                 "prior": None if self.prior is None else self.prior.to_dict(),
                 "answer_prior": None if self.answer_prior is None else list(self.answer_prior)}
 
@@ -211,10 +245,26 @@ class RowModel:
     def from_dict(cls, d: dict) -> RowModel:
         ap = d.get("answer_prior")
         return cls(bool(d["checker"]), None if d.get("prior") is None else SolvePrior.from_dict(d["prior"]),
-                   float(d["mean_cost"]), None if ap is None else tuple(float(x) for x in ap))
+                   float(d["mean_cost"]), None if ap is None else tuple(float(x) for x in ap),
+                   float(d.get("cost_shrink", 2.0)))
 
 
-COST_PRIOR_SAMPLES = 2.0  # a row's expected next cost: its mean so far, shrunk to the slice's mean
+def fit_cost_shrink(cost: np.ndarray, drawn: np.ndarray, default: float = 2.0, most: float = 1e6) -> float:
+    """The weight, in samples, of the mean cost against a row's own costs so far: the within-row over
+    the between-row variance of sample costs (one-way random effects; rows with two or more samples).
+    Costs that say nothing about a row's next one get a weight near ``most``; ``default`` without data."""
+    n = np.minimum(drawn, cost.shape[1])
+    keep = n >= 2
+    if keep.sum() < 2:
+        return default
+    c, n = cost[keep], n[keep]
+    k = np.arange(c.shape[1])[None, :] < n[:, None]
+    means = np.where(k, c, 0.0).sum(axis=1) / n
+    within = float((np.where(k, c - means[:, None], 0.0) ** 2).sum() / (n - 1).sum())
+    between = float(means.var()) - within * float(np.mean(1.0 / n))
+    if between <= 0:
+        return most
+    return float(np.clip(within / between, 0.0, most))
 
 
 @dataclass
@@ -261,7 +311,8 @@ def row_priority(rows: RowSamples, cfg: SequentialConfig, model: RowModel) -> np
         gain = _novelty_gain(rows, np.asarray(model.answer_prior))
     else:
         gain = _vote_gain(rows)
-    mean_cost = (np.cumsum(rows.cost, axis=1) + COST_PRIOR_SAMPLES * model.mean_cost) / (k1 + COST_PRIOR_SAMPLES)
+    w = model.cost_shrink
+    mean_cost = (np.cumsum(rows.cost, axis=1) + w * model.mean_cost) / (k1 + w)
     return gain / np.maximum(mean_cost, 1e-9) * _jitter(rows.row_ids)[:, None]
 
 
@@ -390,12 +441,13 @@ def learn_model(slice_rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig
     """The ``RowModel`` from the slice's samples (their verdicts and costs; no gold)."""
     k = np.arange(slice_rows.codes.shape[1])[None, :] < drawn[:, None]
     mean_cost = float(slice_rows.cost[k].mean()) if k.any() else 1.0
+    shrink = fit_cost_shrink(slice_rows.cost, drawn)
     if slice_rows.verifier_score is None:
-        return RowModel(False, None, mean_cost, answer_model(slice_rows, drawn, cfg))
+        return RowModel(False, None, mean_cost, answer_model(slice_rows, drawn, cfg), shrink)
     ver = verdict_counts(slice_rows, drawn, cfg)
     checker = cfg.objective != "accuracy" or bool(ver.any())
     prior = fit_prior(ver, drawn, slice_rows.hint) if checker else None
-    return RowModel(checker, prior, mean_cost)
+    return RowModel(checker, prior, mean_cost, cost_shrink=shrink)
 
 
 def answer_model(rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig) -> tuple[float, ...] | None:
@@ -581,6 +633,8 @@ class Pacer:
         self.model: RowModel | None = None
         self.ref: Reference | None = None
         self._ref_rows = 0  # finished rows the reference was last fit on
+        self._raw: dict = {}  # key -> a priced part's spend as the reference expects it
+        self._spent_main = self._expected_main = 0.0
         self.prices: list[float] = []
         self.slice_rows, self.depth = 0, 1
         self._slice_target()
@@ -623,6 +677,8 @@ class Pacer:
             if self.model is None:
                 self._end_slice()
             plan = self._priced(n_rows)
+            if plan.phase == "main" and math.isfinite(plan.price):
+                self._raw[key] = plan.expected / self._bias()  # the reference's own expectation
         self.prices.append(plan.price)
         self.in_flight[key] = plan
         self.rows_sent += n_rows
@@ -634,8 +690,15 @@ class Pacer:
         ref = self._reference()
         left = self.budget - self.spent - sum(p.expected for p in self.in_flight.values())
         rows_left = max(self.rows - self.rows_sent, n_rows)
-        price = ref.price(max(left, 0.0) / rows_left)
-        return PartPlan("main", price, self.width, self.model, n_rows * ref.spend(price))
+        bias = self._bias()  # the reference's spend, corrected by what finished parts spent against it
+        price = ref.price(max(left, 0.0) / rows_left / bias)
+        return PartPlan("main", price, self.width, self.model, n_rows * ref.spend(price) * bias)
+
+    def _bias(self) -> float:
+        """Finished priced parts' spend over their expected spend (1 before any; within [1/2, 2])."""
+        if self._expected_main <= 0:
+            return 1.0
+        return float(np.clip(self._spent_main / self._expected_main, 0.5, 2.0))
 
     def _reference(self) -> Reference:
         """The reference trajectories, refit from the rows finished so far once they grew by a tenth:
@@ -659,6 +722,9 @@ class Pacer:
         """A part is done: its rows' samples (``drawn`` each) and what it spent."""
         plan = self.in_flight.pop(key)
         self.spent += spent
+        if plan.phase == "main" and math.isfinite(plan.price):
+            self._spent_main += spent
+            self._expected_main += self._raw.pop(key)
         self.finished.append((rows, np.asarray(drawn)))
         if plan.phase == "slice":
             self.slice.append((rows, np.asarray(drawn)))

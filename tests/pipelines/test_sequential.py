@@ -103,3 +103,27 @@ def test_beats_round_robin_until_verified_on_a_checker_table(checker_table):
         rr_score = checker_table.scores("coverage")[ar, rr].mean()
         a = replay(checker_table, budget, "samples", "coverage", "adaptive", calibration_fraction=0.0)
         assert a.spent <= budget and a.score >= rr_score - 0.003, (per_query, a.score, rr_score)
+
+
+def test_cost_shrink_follows_how_much_a_rows_costs_say_about_its_next():
+    from pipelines.sequential import fit_cost_shrink
+
+    rng = np.random.default_rng(0)
+    iid = rng.lognormal(6.0, 0.5, (400, 4))  # every sample's cost drawn afresh: a row's past says nothing
+    per_row = rng.lognormal(6.0, 0.8, (400, 1)) * rng.lognormal(0.0, 0.05, (400, 4))  # rows keep their length
+    drawn = np.full(400, 4)
+    assert fit_cost_shrink(iid, drawn) > 10.0
+    assert fit_cost_shrink(per_row, drawn) < 0.5
+    assert fit_cost_shrink(iid, np.ones(400, np.int64)) == 2.0  # one sample a row: the default
+
+
+def test_prior_uses_hint_bins_only_when_the_hint_predicts_verdicts():
+    from pipelines.sequential import fit_prior
+
+    rng = np.random.default_rng(1)
+    hint = rng.random(800)
+    drawn = np.full(800, 3)
+    informative = rng.binomial(3, np.where(hint < 0.5, 0.9, 0.1))
+    assert len(fit_prior(informative, drawn, hint).hint_edges) >= 1
+    noise = rng.binomial(3, np.where(rng.random(800) < 0.5, 0.9, 0.1))  # same mix, hint unrelated
+    assert fit_prior(noise, drawn, hint).hint_edges == ()
