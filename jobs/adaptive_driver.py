@@ -222,7 +222,7 @@ class AdaptiveDriver:
         s = self.spec.sampling
         return AdaptiveTier(plan=plan, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                             weighted=self.pol.select == "verifier", logprobs=bool(s.logprobs),
-                            rungs=rung_tiers(self.spec))
+                            rungs=rung_tiers(self.spec), label_confidence=self.pol.label_confidence)
 
     @staticmethod
     def _write_plot(report: dict, out: str, so: dict) -> None:

@@ -32,8 +32,9 @@ def rung_tiers(spec: JobSpec) -> tuple[Tier, ...]:
     tiers: list[Tier] = []
     for rung in pol.rungs:
         if rung == "think":
+            own = "think" in (pol.rung_chat_template_kwargs or {})  # its own prompt rendering (PromptConfig.variants)
             tiers.append(think_tier(pol.think_samples, s.temperature, s.top_p, pol.think_max_tokens or 4 * s.max_tokens,
-                                    pol.select == "verifier", bool(s.logprobs)))
+                                    pol.select == "verifier", bool(s.logprobs), "think" if own else None))
         else:
             b = pol.search_spec
             tiers.append(SearchTier(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,

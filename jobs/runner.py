@@ -128,7 +128,8 @@ def prompt_config(spec: JobSpec):
     p = spec.prompt
     return PromptConfig(prompt_column=spec.input.prompt_column, messages_column=spec.input.messages_column,
                         template=p.template, system_prompt=p.system_prompt, chat=p.chat,
-                        chat_template=p.chat_template, chat_template_kwargs=dict(p.chat_template_kwargs))
+                        chat_template=p.chat_template, chat_template_kwargs=dict(p.chat_template_kwargs),
+                        variants=dict(getattr(spec.policy, "rung_chat_template_kwargs", None) or {}))
 
 
 def judge_model(spec: JobSpec) -> str | None:

@@ -383,6 +383,11 @@ class AdaptivePolicy(_Strict):
     think_max_tokens: int | None = Field(None, ge=1, description="tokens per sample of the 'think' rung "
                                          "(default: 4 x sampling.max_tokens)")
     think_samples: int = Field(1, ge=1, le=64, description="samples of the 'think' rung (1: one greedy pass)")
+    rung_chat_template_kwargs: dict[Literal["think"], dict[str, Any]] | None = Field(
+        None, description="a rung's own chat template variables over prompt.chat_template_kwargs, e.g. "
+        "{think: {enable_thinking: true}} with prompt.chat_template_kwargs {enable_thinking: false}: a hybrid "
+        "model's pilot and sampling rungs run in its short mode and the think rung in its long one; each row is "
+        "rendered once per rung that has its own")
     search: SearchSpec | None = Field(None, description="beam search settings of the 'search' rung")
     max_samples_per_row: int | None = Field(
         None, ge=2, le=1024, description="most samples a row may draw when budget is left past every bucket's "
@@ -392,6 +397,10 @@ class AdaptivePolicy(_Strict):
         None, description="stop each sample at its first step the verifier's prefix check fails: no token a "
                           "failed trace still generates can make it verify (null: on when the job's verifier "
                           "has a prefix check, as arithmetic_steps has)")
+    label_confidence: float | None = Field(
+        None, gt=0, le=1, description="structured choice only: a row's first pass draws one sample, and a row "
+        "whose first-token label distribution gives its top label at least this probability stops there (a "
+        "confident first pass needs no second sample; stop_reason 'confident'); null: every row draws its pilot")
     rung_calibration_rows: int = Field(
         32, ge=4, description="calibration rows on which each think/search rung is run and measured (cost, "
                               "score): a sub-slice of the calibration rows, to bound what the measuring costs")
@@ -451,6 +460,8 @@ class AdaptivePolicy(_Strict):
         if (self.think_max_tokens is not None or self.think_samples != 1) and "think" not in ladder:
             raise ValueError("policy.think_max_tokens / policy.think_samples apply only with 'think' in "
                              "policy.ladder")
+        if missing := sorted(set(self.rung_chat_template_kwargs or {}) - set(self.rungs)):
+            raise ValueError(f"policy.rung_chat_template_kwargs names rungs {missing} that policy.ladder does not have")
         if self.search is not None and "search" not in ladder:
             raise ValueError("policy.search applies only with 'search' in policy.ladder")
         if self.rungs and self.calibration_from:
@@ -675,6 +686,24 @@ class JobSpec(_Strict):
                              "(a thought is not a step trace)")
         if self.policy.kind == "adaptive" and self.input.gold_column in difficulty_columns(self).values():
             raise ValueError("policy.difficulty must not read input.gold_column: no estimator may see gold")
+        return self
+
+    @model_validator(mode="after")
+    def _label_confidence_needs(self):
+        if getattr(self.policy, "label_confidence", None) is None:
+            return self
+        if not (self.structured and self.structured.choice):
+            raise ValueError("policy.label_confidence reads a structured choice's label distribution: it needs "
+                             "structured.choice")
+        if self.policy.planner != "calibrated":
+            raise ValueError("policy.label_confidence applies to policy.planner 'calibrated'")
+        return self
+
+    @model_validator(mode="after")
+    def _rung_prompts_need_chat(self):
+        if getattr(self.policy, "rung_chat_template_kwargs", None) and self.prompt.chat is False:
+            raise ValueError("policy.rung_chat_template_kwargs needs the chat template: it does not apply with "
+                             "prompt.chat false")
         return self
 
     @model_validator(mode="after")

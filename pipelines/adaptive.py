@@ -59,7 +59,8 @@ from pipelines.replay_adaptive import (
 from pipelines.rungs import MEASURE_SCHEMA, RUNGS, rung_options
 from pipelines.stopping import first_stop
 
-STOP_REASONS = ("agreed", "verified", "yield_reached", "gave_up", "cap", "no_headroom", "no_samples", "gated")
+STOP_REASONS = ("agreed", "verified", "yield_reached", "gave_up", "cap", "no_headroom", "no_samples", "gated",
+                "confident")
 VERIFIED = 1.0  # a verifier's top score: calibration rows stop at a sample that reaches it (CalibrationTier)
 _ALLOC_RESOLUTION = 100_000  # rows the allocator splits bucket shares into (finer split probabilities)
 

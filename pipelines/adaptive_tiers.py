@@ -24,7 +24,7 @@ from pipelines.replay_adaptive import (
     stop_signal,
 )
 from pipelines.rungs import RungRun
-from pipelines.stopping import first_stop
+from pipelines.stopping import LABEL_TOP_PROB, first_stop, label_confident
 from pipelines.tiers import RowState, Tier
 
 
@@ -83,12 +83,18 @@ class AdaptiveTier(Tier):
     on a fresh view of the row (``pipelines.rungs.RungRun`` in ``state.scratch``); ``state.tier`` is the rung,
     ``state.stop_reason`` the rung's own, the answer the rung's selection, and the row's samples and cost
     count the pilot's and the rung's.
+
+    ``label_confidence`` (a structured choice's free difficulty signal): the pilot's first round draws one
+    sample, whose first token's label distribution sets ``LABEL_TOP_PROB`` in ``state.features``
+    (``ray_cluster.rows``); a row whose top label reaches the threshold stops there (``confident``: a
+    confident first pass needs no second sample), the others draw the rest of the pilot and go on as above.
     """
 
     name: str = "adaptive"
     temperature: float = 0.7
     plan: AdaptivePlan | None = field(default=None, compare=False)
     rungs: tuple[Tier, ...] = field(default=(), compare=False)
+    label_confidence: float | None = None
 
     def __post_init__(self) -> None:
         if self.plan is None:
@@ -118,12 +124,18 @@ class AdaptiveTier(Tier):
             if gated[0]:  # no sample: the features alone say no headroom
                 state.tier, state.stop_reason, state.difficulty = "skip", "gated", float(difficulty[0])
                 return None
-        if state.rounds == 0:  # the pilot's log-probs are a difficulty feature when the plan reads them
-            return replace(self._round, n=plan.pilot, seed=seed,
-                           logprobs=self.logprobs or "mean_logprob" in plan.feature_names)
+        if state.rounds == 0:
+            return self._pilot_round(1 if self.label_confidence is not None else plan.pilot, seed)
         if k == 0:
             state.stop_reason = "no_samples"
             return None
+        if self.label_confidence is not None and state.rounds == 1:
+            top = np.array([state.features.get(LABEL_TOP_PROB, np.nan)])
+            if label_confident(top, self.label_confidence)[0]:
+                state.tier, state.stop_reason = "confident", "confident"
+                return None
+            if k < plan.pilot:
+                return self._pilot_round(plan.pilot - k, seed)
         if state.bucket is None:
             difficulty, bucket = plan.classify(row_features(state, plan))
             state.difficulty, state.bucket = float(difficulty[0]), int(bucket[0])
@@ -142,6 +154,10 @@ class AdaptiveTier(Tier):
             return None
         return replace(self._round, n=min(plan.round_size, rule.cap - k),
                        seed=seed)
+
+    def _pilot_round(self, n: int, seed: int | None) -> SamplingConfig:
+        # The pilot's log-probs are a difficulty feature when the plan reads them.
+        return replace(self._round, n=n, seed=seed, logprobs=self.logprobs or "mean_logprob" in self.plan.feature_names)
 
     def _rung_request(self, state: RowState, seed: int | None) -> SamplingConfig | list[SamplingConfig] | None:
         run: RungRun = state.scratch

@@ -36,6 +36,9 @@ class SamplingConfig:
     # Constrained decoding: (kind, JSON-encoded value), kind "choice" | "json_schema" | "regex"
     # (``jobs.spec.StructuredSpec.constraint``); None: free text.
     structured: tuple[str, str] | None = None
+    # The rendering of the row's prompt the request reads: a ladder rung's name with its own
+    # chat_template_kwargs (``pipelines.prompts.PromptConfig.variants``); None: the job's rendering.
+    prompt_variant: str | None = None
 
 
 @dataclass

@@ -32,12 +32,19 @@ class PromptConfig:
     chat: bool | None = None  # None: chat when the model has a chat template
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Ladder rungs' own renderings: rung name -> its chat_template_kwargs over the job's (a hybrid model's
+    # thinking on or off per rung); requests name theirs (``SamplingConfig.prompt_variant``).
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def needs_chat(self) -> bool:
         """Whether the rows cannot be sent without a chat template."""
         return bool(self.chat or self.messages_column or self.system_prompt or self.chat_template
-                    or self.chat_template_kwargs)
+                    or self.chat_template_kwargs or self.variants)
+
+    def variant_kwargs(self) -> dict[str, dict[str, Any]]:
+        """Each rung variant's chat template variables: the job's, then the rung's over them."""
+        return {name: dict(self.chat_template_kwargs) | dict(kw) for name, kw in self.variants.items()}
 
     def columns(self) -> list[str]:
         """The input columns the prompt reads."""
@@ -69,6 +76,18 @@ def row_prompts(frame: pl.DataFrame, cfg: PromptConfig, chat: bool) -> RowPrompt
         system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
         messages = [system + [{"role": "user", "content": t}] if t is not None else None for t in text.to_list()]
     return RowPrompts(text.to_list(), messages, errors.to_list())
+
+
+def variant_ids(base: list, variants: dict[str, list]) -> list:
+    """Per row, its renderings by name (``{None: the job's, rung: the rung's}``), from the job's rendering and
+    each variant's (token ids per row, or the row's error message, or None); a row whose rendering failed in
+    any of them gets that error message."""
+    out = []
+    for i, ids in enumerate(base):
+        got = {None: ids} | {name: v[i] for name, v in variants.items()}
+        bad = next((g for g in got.values() if isinstance(g, str)), None)
+        out.append(got if bad is None else bad)
+    return out
 
 
 def user_turns(frame: pl.DataFrame, cfg: PromptConfig) -> tuple[pl.Series, pl.Series]:

@@ -199,3 +199,25 @@ def esc_stop(codes: np.ndarray, valid: np.ndarray, window: int, n_available: np.
 def esc_should_stop(window_answers: Sequence[object]) -> bool:
     """Scalar ESC rule: True when every answer in the window is present (not None) and equal."""
     return len(window_answers) > 0 and None not in window_answers and len(set(window_answers)) == 1
+
+
+# The feature a row's first pass sets from its structured choice's label distribution (``label_probs``):
+# the top label's probability at the first generated token (``ray_cluster.rows``).
+LABEL_TOP_PROB = "label_top_prob"
+
+
+def label_confident(top_prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Rows whose first pass needs no second sample: the top label's probability (``LABEL_TOP_PROB``,
+    NaN where the row has no label distribution) reaches ``threshold``.
+
+    Args:
+        top_prob: [rows] top label probability of each row's first pass.
+        threshold: in (0, 1]; a row stops when its top label's probability is at least this.
+
+    Returns:
+        [rows] bool, False for NaN.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"label confidence threshold must be in (0, 1], got {threshold}")
+    top = np.asarray(top_prob, dtype=np.float64)
+    return np.nan_to_num(top, nan=-1.0) >= threshold

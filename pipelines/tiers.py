@@ -65,6 +65,7 @@ class Tier:
     max_tokens: int = 256
     weighted: bool = False
     logprobs: bool = False
+    prompt_variant: str | None = None  # the prompt rendering its requests read (SamplingConfig.prompt_variant)
 
     def next_request(self, state: RowState, seed: int | None) -> SamplingConfig | list[SamplingConfig] | None:
         """The next round of this row (one request or a list), or None when it is done.
@@ -77,7 +78,8 @@ class Tier:
             state.stop_reason = state.stop_reason or "done"
             return None
         return SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
-                              max_tokens=self.max_tokens, seed=seed, logprobs=self.logprobs)
+                              max_tokens=self.max_tokens, seed=seed, logprobs=self.logprobs,
+                              prompt_variant=self.prompt_variant)
 
     def absorb(self, state: RowState, requests: list[SamplingConfig], results: list[GenResult],
                extract: Extractor, scores: list[list[float | None] | None] | None = None) -> None:
@@ -104,9 +106,11 @@ def uniform_tier(n: int, temperature: float, top_p: float, max_tokens: int, weig
 
 
 def think_tier(n: int, temperature: float, top_p: float, think_max_tokens: int, weighted: bool = False,
-               logprobs: bool = False) -> Tier:
+               logprobs: bool = False, prompt_variant: str | None = None) -> Tier:
     """The ``think`` tier: the uniform tier's samples with a larger thinking budget
-    (``think_max_tokens`` per sample); n=1 is one greedy pass, selection as ``uniform_tier``."""
+    (``think_max_tokens`` per sample); n=1 is one greedy pass, selection as ``uniform_tier``.
+    ``prompt_variant``: its requests read the rung's own prompt rendering (``policy.rung_chat_template_kwargs``,
+    e.g. thinking on for a hybrid model whose other rungs run with it off)."""
     if n == 1:
-        return Tier("think", 1, 0.0, 1.0, think_max_tokens, logprobs=logprobs)
-    return Tier("think", n, temperature, top_p, think_max_tokens, weighted, logprobs)
+        return Tier("think", 1, 0.0, 1.0, think_max_tokens, logprobs=logprobs, prompt_variant=prompt_variant)
+    return Tier("think", n, temperature, top_p, think_max_tokens, weighted, logprobs, prompt_variant)

@@ -27,7 +27,7 @@ from pipelines.answers import make_extractor
 from pipelines.errors import EngineDead, StorageError
 from pipelines.judge import JudgeConfig
 from pipelines.pricing import DeviceMeter, Pricer, PriceSpec
-from pipelines.prompts import PromptConfig, row_prompts, row_sampling
+from pipelines.prompts import PromptConfig, row_prompts, row_sampling, variant_ids
 from pipelines.reasoning import ReasoningConfig
 from pipelines.tiers import Tier
 from pipelines.verifiers import ReferenceConfig
@@ -230,6 +230,13 @@ class ReplicaActor:
         errors = list(rows.errors)
         if chat:
             rendered = self.engine.render_chat([rows.messages[i] for i in valid], template, cfg.chat_template_kwargs)
+            if cfg.variants:  # each row's renderings by name (None: the job's), for the rungs that read their own
+                rendered = variant_ids(rendered, {name: self.engine.render_chat(
+                    [rows.messages[i] for i in valid], template, kw) for name, kw in cfg.variant_kwargs().items()})
+        elif cfg.variants:
+            return rows.text, rows.errors, [None] * n, (
+                "policy.rung_chat_template_kwargs needs chat prompts: the model has no chat template or prompt.chat "
+                "is false")
         else:  # one tokenizer call for the part's valid prompts (per-row calls cost the event loop)
             rendered = self.engine.tokenize_many([rows.text[i] for i in valid])
         for i, t in zip(valid, rendered):

@@ -24,6 +24,7 @@ from pipelines.budget import DENIED
 from pipelines.errors import EngineDead
 from pipelines.pricing import Pricer, PriceSpec
 from pipelines.reasoning import ReasoningConfig, merged, split_sample
+from pipelines.stopping import LABEL_TOP_PROB
 from pipelines.tiers import RowState, Tier
 from ray_cluster.scoring import RowScorer, Scorer
 
@@ -77,8 +78,10 @@ class RowRunner:
         self._end_tokens = len(engine.tokenize(reasoning.end, special=False)) if self.forcing else 0
 
     async def run(self, row_id: str, prompt: str | None, error: str | None, features: dict[str, float | None],
-                  token_ids: list[int] | None, sampling: dict | None = None, reference: str | None = None) -> dict:
-        """The row's output record (``pipelines.records``); ``sampling``: the row's own sampling
+                  token_ids: list[int] | dict | None, sampling: dict | None = None, reference: str | None = None) -> dict:
+        """The row's output record (``pipelines.records``); ``token_ids``: its prompt's, or its renderings by
+        name (``{None: the job's, rung: the rung's}``, ``pipelines.prompts.variant_ids``), a request reading
+        the one its ``prompt_variant`` names; ``sampling``: the row's own sampling
         fields (``input.sampling_columns``), put on each of its requests; ``reference``: its reference
         answer (a reference verifier's column).
 
@@ -100,9 +103,11 @@ class RowRunner:
                 return spent.error_record(row_id, f"{type(exc).__name__}: {exc}")
 
     async def _generate(self, row_id: str, prompt: str, features: dict[str, float | None],
-                        token_ids: list[int], spent: _Spent, sampling: dict | None = None,
+                        token_ids: list[int] | dict, spent: _Spent, sampling: dict | None = None,
                         reference: str | None = None) -> dict:
         engine, tier, ledger, price, meter = self.engine, self.tier, self.ledger, self.price, self.price.meter
+        renderings = token_ids if isinstance(token_ids, dict) else {None: token_ids}
+        token_ids = renderings[None]
         extract = self.scorer.extract
         n_prompt = len(token_ids)
         max_len = engine.max_model_len
@@ -127,7 +132,8 @@ class RowRunner:
             requests = asked if isinstance(asked, list) else [asked]
             if sampling:  # the row's own max_tokens / temperature / top_p (input.sampling_columns)
                 requests = [replace(r, **sampling) for r in requests]
-            inputs = [len(engine.input_ids(token_ids, r)) for r in requests]  # prompt + prefix tokens
+            ids = [renderings[r.prompt_variant] for r in requests]  # the prompt each request reads
+            inputs = [len(engine.input_ids(t, r)) for t, r in zip(ids, requests)]  # prompt + prefix tokens
             requests = [_clip(r, k, max_len) for r, k in zip(requests, inputs)]
             if self.structured:
                 requests = [replace(r, structured=self.structured) for r in requests]
@@ -148,16 +154,18 @@ class RowRunner:
             meter.begin()  # the replica's devices are held for the job while any of its requests runs
             if len(requests) == 1:  # most rounds: no task or gather of its own
                 try:
-                    outcomes = [await self._request(tag, token_ids, requests[0], checks[0])]
+                    outcomes = [await self._request(tag, ids[0], requests[0], checks[0])]
                 except Exception as exc:
                     outcomes = [exc]
             else:
                 outcomes = await asyncio.gather(
-                    *(self._request(f"{tag}.{i}", token_ids, r, c) for i, (r, c) in enumerate(zip(requests, checks))),
+                    *(self._request(f"{tag}.{i}", t, r, c) for i, (t, r, c) in enumerate(zip(ids, requests, checks))),
                     return_exceptions=True)
             results = [o for o in outcomes if not isinstance(o, BaseException)]
             if self.labels and label_probs is None and results and results[0].samples:
                 label_probs = label_distribution(results[0].samples[0].top_logprobs, self.labels)
+                if label_probs:  # a free difficulty signal for the tier (AdaptiveTier.label_confidence)
+                    state.features[LABEL_TOP_PROB] = max(label_probs.values())
             if self.reasoning:  # answers are read, voted and verified after the end marker
                 results = [replace(r, samples=[split_sample(x, self.reasoning) for x in r.samples]) for r in results]
             n_in, n_out = sum(r.prompt_tokens for r in results), sum(r.output_tokens for r in results)

@@ -32,6 +32,11 @@ def test_defaults_and_example_spec_parse():
      "input.gold_column"),
     ({"policy": {"kind": "adaptive", "objective": "verified_yield", "yield_cap": 0}, "verifier": "v:f"},
      "policy.adaptive.yield_cap"),
+    ({"policy": {"kind": "adaptive", "label_confidence": 0.9}}, "structured.choice"),
+    ({"policy": {"kind": "adaptive", "label_confidence": 1.5}, "structured": {"choice": ["a"]}},
+     "policy.adaptive.label_confidence"),
+    ({"policy": {"kind": "adaptive", "planner": "sequential", "label_confidence": 0.9},
+      "structured": {"choice": ["a", "b"]}}, "planner 'calibrated'"),
 ])
 def test_invalid_specs_name_the_field(patch, field):
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):

@@ -50,10 +50,33 @@ def test_ladder_with_think_and_search_builds_their_row_programs():
     (adaptive(ladder=["think"], calibration_from="old.parquet"), r"cannot be planned from policy\.calibration_from"),
     (adaptive(ladder=["think"], think_max_tokens=100), r"policy\.think_max_tokens \(100\) must be at least"),
     (adaptive(ladder=["think"], rung_calibration_rows=2), r"policy\.adaptive\.rung_calibration_rows"),
+    (adaptive(ladder=["vote"], rung_chat_template_kwargs={"think": {"enable_thinking": True}}),
+     r"names rungs \['think'\] that policy\.ladder does not have"),
+    (adaptive(ladder=["think"], rung_chat_template_kwargs={"vote": {}}), r"rung_chat_template_kwargs\.vote"),
+    (adaptive(ladder=["think"], rung_chat_template_kwargs={"think": {"enable_thinking": True}})
+     | {"prompt": {"chat": False}}, r"rung_chat_template_kwargs needs the chat template"),
 ])
 def test_invalid_ladders_name_the_field(patch, message):
     with pytest.raises(SpecError, match=message):
         parse_spec(patch)
+
+
+def test_thinking_on_off_rungs_read_their_own_prompt_rendering():
+    """A hybrid model's short mode for the pilot and sampling rungs (the job's chat_template_kwargs) and its long
+    mode for the think rung (the rung's own over them): the think rung's requests name its rendering."""
+    from jobs.runner import prompt_config
+    from pipelines.tiers import RowState
+
+    spec = parse_spec(adaptive(ladder=["vote", "think"], rung_chat_template_kwargs={"think": {"enable_thinking": True}})
+                      | {"prompt": {"chat_template_kwargs": {"enable_thinking": False, "x": 1}}})
+    cfg = prompt_config(spec)
+    assert cfg.chat_template_kwargs == {"enable_thinking": False, "x": 1} and cfg.needs_chat
+    assert cfg.variant_kwargs() == {"think": {"enable_thinking": True, "x": 1}}
+    (think,) = rung_tiers(spec)
+    assert think.next_request(RowState("r", 3), 7).prompt_variant == "think"
+    plain = parse_spec(adaptive(ladder=["vote", "think"]))
+    assert rung_tiers(plain)[0].next_request(RowState("r", 3), 7).prompt_variant is None
+    assert prompt_config(plain).variants == {}
 
 
 def test_rung_rows_come_from_every_calibration_part_in_proportion():

@@ -23,6 +23,7 @@ from pipelines.generation import GenResult, Sample
 from pipelines.replay import build_table
 from pipelines.replay_adaptive import AdaptiveConfig, _pilot_features, _stop_rules, stop_signal
 from pipelines.replay_synthetic import synthetic_samples
+from pipelines.stopping import LABEL_TOP_PROB, label_confident
 from pipelines.tiers import RowState
 
 ROWS = 3000
@@ -190,6 +191,39 @@ def test_row_gives_up_and_no_headroom():
     assert state.stop_reason == "agreed" and len(state.samples) > 4
     state, reqs = _run(tier, ["5", "5", "5"])
     assert (len(state.samples), state.stop_reason, state.tier, len(reqs)) == (2, "no_headroom", "skip", 1)
+
+
+def _run_labelled(tier: AdaptiveTier, answers: list[str], top_prob: float | None) -> tuple[RowState, list]:
+    """``_run`` with the first pass's label distribution set as the replica sets it (``ray_cluster.rows``)."""
+    state, requests, fed = RowState("row-1", 10), [], iter(answers)
+    while (req := tier.next_request(state, 100 + len(state.samples))) is not None:
+        requests.append(req)
+        state.add(GenResult("r", 10, [Sample(next(fed), 5, -0.1) for _ in range(req.n)]), lambda t: t or None)
+        if top_prob is not None and len(requests) == 1:
+            state.features[LABEL_TOP_PROB] = top_prob
+    return state, requests
+
+
+def test_confident_first_pass_needs_no_second_sample():
+    plan = _hand_plan(StopRule(0.8, None, 8, "vote"), StopRule(0.8, None, 8, "vote"))
+    tier = AdaptiveTier(plan=plan, label_confidence=0.9)
+    state, reqs = _run_labelled(tier, ["7"] * 10, 0.95)
+    assert (len(state.samples), state.stop_reason, state.tier, [r.n for r in reqs]) == (1, "confident", "confident", [1])
+    assert tier.select(state)[0] == "7"
+    # Below the threshold, or with no distribution, the row draws the rest of its pilot (seed past the first
+    # sample), then goes on as without the signal: the same samples and stop as the plain tier's.
+    plain = _run(AdaptiveTier(plan=plan), ["7", "8", "7", "7", "7", "7"])[0]
+    for top in (0.5, None):
+        state, reqs = _run_labelled(tier, ["7", "8", "7", "7", "7", "7"], top)
+        assert [r.n for r in reqs] == [1, 1, 2] and [r.seed for r in reqs] == [100, 101, 102]
+        assert (len(state.samples), state.stop_reason, state.bucket) == (len(plain.samples), plain.stop_reason, 1)
+
+
+def test_label_confident_threshold_and_missing_distributions():
+    got = label_confident(np.array([0.95, 0.9, 0.89, np.nan]), 0.9)
+    assert got.tolist() == [True, True, False, False]
+    with pytest.raises(ValueError, match="threshold"):
+        label_confident(np.array([0.5]), 0.0)
 
 
 def test_row_split_between_two_rules_by_row_hash_and_budget_stop_is_kept():

@@ -6,7 +6,7 @@ import pytest
 
 from jobs.spec import SpecError, parse_spec
 from pipelines.errors import InputError
-from pipelines.prompts import PromptConfig, check_messages_type, message_errors, row_prompts
+from pipelines.prompts import PromptConfig, check_messages_type, message_errors, row_prompts, variant_ids
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 BASE = {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "budget": {"amount": 1000}}
@@ -86,3 +86,10 @@ def test_row_sampling_overrides_and_bad_cells():
     with pytest.raises(SpecError, match="sampling_columns applies to policy kind 'uniform' with tier 'sample'"):
         parse_spec(BASE | {"input": {"path": "x", "sampling_columns": {"max_tokens": "mt"}},
                            "policy": {"kind": "uniform", "tier": "think"}})
+
+
+def test_variant_ids_group_each_rows_renderings_and_a_failed_one_is_the_rows_error():
+    base = [[1, 2], [3], "chat template failed: base"]
+    think = [[1, 2, 9], "chat template failed: think", [5]]
+    got = variant_ids(base, {"think": think})
+    assert got == [{None: [1, 2], "think": [1, 2, 9]}, "chat template failed: think", "chat template failed: base"]
