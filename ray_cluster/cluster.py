@@ -48,6 +48,7 @@ def init_kwargs(log_file: str | None) -> dict:
     runtime_env: dict = {"env_vars": env}
     if log_file:
         env[LOG_FILE_ENV] = log_file
+        env["VLLM_CONFIGURE_LOGGING"] = "1"  # the workers' vLLM keeps its own format (levels, times) in the file
         runtime_env["worker_process_setup_hook"] = f"{__name__}.redirect_worker_output"
     # Ray's own driver-side logger is left to the process's logging handlers (jobs.console).
     return dict(runtime_env=runtime_env, logging_level=logging.INFO if log_file else logging.WARNING,

@@ -7,7 +7,7 @@ They live in the job's ledger actor (``ray_cluster.ledger.BudgetLedger``), the o
 outlives every replica: the budget gauges follow its ledger; the driver reports each committed
 part (rows by status and tier, tokens) and the engines' busy fraction to it.
 
-Every metric carries the tag ``job`` (the spec's ``name``).
+Every metric carries the tag ``tierwise_job`` (the spec's ``name``; ``job`` is Prometheus's own label).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ class JobMetrics:
     metric values (created inside an actor or driver connected to Ray)."""
 
     def __init__(self, job: str):
-        self.tags = {"job": job}
-        g = lambda name, desc, keys=(): Gauge(PREFIX + name, desc, tag_keys=("job", *keys))  # noqa: E731
-        c = lambda name, desc, keys=(): Counter(PREFIX + name, desc, tag_keys=("job", *keys))  # noqa: E731
+        self.tags = {"tierwise_job": job}
+        g = lambda name, desc, keys=(): Gauge(PREFIX + name, desc, tag_keys=("tierwise_job", *keys))  # noqa: E731
+        c = lambda name, desc, keys=(): Counter(PREFIX + name, desc, tag_keys=("tierwise_job", *keys))  # noqa: E731
         self.budget = g("budget", "the job's budget, in its unit")
         self.spent = g("budget_spent", "budget spent so far (settled work)")
         self.reserved = g("budget_reserved", "budget reserved by work in flight and the replicas' leases")

@@ -61,7 +61,7 @@ def test_prometheus_endpoint_serves_the_budget_gauges():
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     spent = _sample(out.stdout, "ray_tierwise_budget_spent")
-    assert spent and 'job="metrics-test"' in spent[0] and float(spent[0].rsplit(" ", 1)[1]) == 40.0, out.stdout[-3000:]
+    assert spent and 'tierwise_job="metrics-test"' in spent[0] and float(spent[0].rsplit(" ", 1)[1]) == 40.0, out.stdout[-3000:]
     left = _sample(out.stdout, "ray_tierwise_budget_left")
     assert left and float(left[0].rsplit(" ", 1)[1]) == 960.0
     rows = _sample(out.stdout, "ray_tierwise_rows_total") or _sample(out.stdout, "ray_tierwise_rows")
