@@ -104,7 +104,7 @@ def expect(driver, pilot: Pilot, summaries: dict, n_rows: int, budget: float) ->
     left = [p for p in driver.parts if p.part_id not in driver.cal_ids]
     plan = driver._plan(_PlanLedger(budget, pilot.spent, summaries), left)
     gated = plan.gate is not None
-    per_row = min(plan.expected_cost_per_row, (budget - pilot.spent) / driver.cpt / max(1, rows_left))
+    per_row = max(0.0, min(plan.expected_cost_per_row, (budget - pilot.spent) / driver.cpt / max(1, rows_left)))
     spend = min(budget, pilot.spent + rows_left * per_row * driver.cpt)
     score = sum(b.share * b.expected_score for b in plan.buckets)
     pilot_acc = pilot.correct / pilot.graded if pilot.graded else score
@@ -157,7 +157,9 @@ def lines(spec: JobSpec, n_rows: int, pilot: Pilot, at: dict, curve: list[dict])
            f"at budget {spec.budget.amount:,.6g} {unit}: expected spend {at['expected_spend']:,.6g} {unit} "
            f"({at['expected_spend'] / spec.budget.amount:.1%}), expected accuracy {at['expected_accuracy']:.3f}, "
            f"expected wall {wall}"]
-    out += [f"  bucket {b['bucket']}: {b['share']:.0%} of rows, {b['tier']} up to {b['cap']} samples, "
+    from jobs.cli import tier_label
+
+    out += [f"  bucket {b['bucket']}: {b['share']:.0%} of rows, {tier_label(b['tier'], b['cap'])}, "
             f"expected score {b['expected_score']:.3f}" for b in at["buckets"]]
     out.append(f"  {'budget':>14} {'spend':>14} {'accuracy':>9}")
     out += [f"  {c['budget']:>14,.6g} {c['expected_spend']:>14,.6g} {c['expected_accuracy']:>9.3f}" for c in curve]

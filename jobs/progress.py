@@ -16,8 +16,7 @@ class Progress:
         self.budget, self.unit = budget, unit
         already = sum(s.get("rows", 0) for s in done)
         self.bar = tqdm(total=rows, initial=already, unit="row", disable=not enabled, dynamic_ncols=True,
-                        desc="tierwise", bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                        "[{elapsed}<{remaining}]{postfix}")
+                        desc="tierwise")
         self.name = ""
         self._spent = 0.0
 
