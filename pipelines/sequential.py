@@ -216,6 +216,9 @@ def verdict_counts(rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig) -
     return ((np.nan_to_num(rows.verifier_score, nan=0.0) >= cfg.verifier_pass) & k).sum(axis=1)
 
 
+DEFAULT_COST_SHRINK = 2.0  # samples' weight of the mean cost against a row's own before any is fitted
+
+
 @dataclass(frozen=True)
 class RowModel:
     """What a row needs, beside its own samples, to price its next sample; learned from the slice.
@@ -234,7 +237,7 @@ class RowModel:
     prior: SolvePrior | None = None
     mean_cost: float = 1.0
     answer_prior: tuple[float, ...] | None = None
-    cost_shrink: float = 2.0
+    cost_shrink: float = DEFAULT_COST_SHRINK
 
     def to_dict(self) -> dict:
         return {"checker": self.checker, "mean_cost": self.mean_cost, "cost_shrink": self.cost_shrink,
@@ -246,10 +249,11 @@ class RowModel:
         ap = d.get("answer_prior")
         return cls(bool(d["checker"]), None if d.get("prior") is None else SolvePrior.from_dict(d["prior"]),
                    float(d["mean_cost"]), None if ap is None else tuple(float(x) for x in ap),
-                   float(d.get("cost_shrink", 2.0)))
+                   float(d.get("cost_shrink", DEFAULT_COST_SHRINK)))
 
 
-def fit_cost_shrink(cost: np.ndarray, drawn: np.ndarray, default: float = 2.0, most: float = 1e6) -> float:
+def fit_cost_shrink(cost: np.ndarray, drawn: np.ndarray, default: float = DEFAULT_COST_SHRINK,
+                    most: float = 1e6) -> float:
     """The weight, in samples, of the mean cost against a row's own costs so far: the within-row over
     the between-row variance of sample costs (one-way random effects; rows with two or more samples).
     Costs that say nothing about a row's next one get a weight near ``most``; ``default`` without data."""
@@ -663,8 +667,8 @@ class Pacer:
             return
         rows, drawn = concat_rows([r for r, _ in self.slice]), np.concatenate([d for _, d in self.slice])
         self.model = learn_model(rows, drawn, self.cfg)
-        self.ref, self._ref_rows = Reference(row_priority(rows, self.cfg, self.model), _cumcost(rows), drawn), 0
-        self._reference()
+        self._ref_rows = 0
+        self._reference()  # sets self.ref
 
     # ------------------------------------------------------------------ per part
     def plan(self, key, n_rows: int) -> PartPlan:
