@@ -43,8 +43,13 @@ def cmd_run(args) -> int:
 
     spec = resolve_output_path(load_spec(args.spec, _overrides(args.set)))
     log_to_file(spec, args.verbose)
+    import ray
+
+    owned = not ray.is_initialized()
     report = run_job(spec, address=args.address, show_progress=not args.quiet, strict=args.strict,
                      overwrite=args.overwrite)
+    if owned:  # the workers' last lines (engine shutdown) come before the report, which ends stdout
+        ray.shutdown()
     print(summary_line(report))
     for line in tier_lines(report):
         print(line)

@@ -23,8 +23,10 @@ NOISE = re.compile(r"WARNING \d\d-\d\d|WARNING \w+\.py:|\(\w+ pid=\d+\)|Triton|t
 def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    # Bytes, decoded here: text mode would turn the progress bar's carriage returns into newlines.
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                         timeout=timeout)
+    return subprocess.CompletedProcess(out.args, out.returncode, out.stdout.decode(), out.stderr.decode())
 
 
 @pytest.mark.slow
