@@ -39,11 +39,17 @@ def _overrides(pairs: list[str]) -> dict:
 
 def cmd_run(args) -> int:
     from jobs.runner import run_job
-    from jobs.spec import load_spec
+    from jobs.spec import load_spec, resolve_output_path
 
-    spec = load_spec(args.spec, _overrides(args.set))
+    spec = resolve_output_path(load_spec(args.spec, _overrides(args.set)))
+    log_to_file(spec, args.verbose)
+    import ray
+
+    owned = not ray.is_initialized()
     report = run_job(spec, address=args.address, show_progress=not args.quiet, strict=args.strict,
                      overwrite=args.overwrite)
+    if owned:  # the workers' last lines (engine shutdown) come before the report, which ends stdout
+        ray.shutdown()
     print(summary_line(report))
     for line in tier_lines(report):
         print(line)
@@ -53,6 +59,15 @@ def cmd_run(args) -> int:
     for line in run_exports(spec, report):
         print(line)
     return every_row_failed(report, spec)
+
+
+def log_to_file(spec, verbose: bool) -> None:
+    """Sends the job's vLLM and Ray lines to its log file (``jobs.console``), named on stderr."""
+    from jobs import console
+
+    path = console.log_path(spec.output.path, spec.name)
+    console.setup(verbose, path)
+    logging.getLogger("tierwise").info("logs (vLLM, Ray workers): %s", path)
 
 
 def every_row_failed(report: dict, spec) -> int:
@@ -88,16 +103,26 @@ def summary_line(report: dict) -> str:
 
 
 def tier_lines(report: dict) -> list[str]:
-    """One line per (tier, bucket): rows, mean samples, spend, accuracy."""
+    """One line per (tier, bucket): what its rows got, rows, mean samples, spend, accuracy."""
     lines = []
     for r in report.get("by_tier", []):
-        name = r["tier"] or "(none)"
+        name = tier_label(r["tier"], r.get("max_samples"))
         if r.get("bucket") is not None:
             name += f" b{r['bucket']}"
         acc = f", accuracy {r['accuracy']:.3f}" if r.get("accuracy") is not None else ""
-        lines.append(f"  {name:<16} {r['rows']:>7} rows, {r['mean_samples']:.2f} samples/row, "
+        lines.append(f"  {name:<24} {r['rows']:>7} rows, {r['mean_samples']:.2f} samples/row, "
                      f"cost {r['cost']:,.6g}{acc}")
     return lines
+
+
+def tier_label(tier: str | None, max_samples: int | None) -> str:
+    """What a row of ``tier`` got: ``pilot only`` (the adaptive policy's ``skip``: no sample beyond
+    its pilot), ``best_of_n up to 8`` (a voting tier and its rows' most samples), else the tier."""
+    if tier == "skip":
+        return "pilot only"
+    if tier in ("best_of_n", "vote") and max_samples:
+        return f"{tier} up to {max_samples}"
+    return tier or "(none)"
 
 
 def cmd_demo_data(args) -> int:
@@ -161,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     export.set_defaults(func=cmd_export_batch)
 
-    from jobs import example_data, export_command, replay_command, sample_command
+    from jobs import example_data, export_command, plan_command, replay_command, sample_command
     example_data.register(sub)
+    plan_command.register(sub)
     export_command.register(sub)
     sample_command.register(sub)
     replay_command.register(sub)
@@ -171,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from jobs import console
+
+    console.setup(args.verbose)
     try:
         return args.func(args)
     except TierwiseError as exc:

@@ -1,4 +1,5 @@
-"""A progress bar: rows done, spend against the budget, generated tokens/s."""
+"""The progress display: the job's phase (starting replicas, calibrating, running, writing), rows
+done, spend against the budget, generated tokens/s and the time left (tqdm's, from the row rate)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ class Progress:
         already = sum(s.get("rows", 0) for s in done)
         self.bar = tqdm(total=rows, initial=already, unit="row", disable=not enabled, dynamic_ncols=True,
                         desc="tierwise")
+        self.name = ""
         self._spent = 0.0
+
+    def phase(self, name: str) -> None:
+        """Names what the job is doing now (shown before the bar)."""
+        if name != self.name:
+            self.name = name
+            self.bar.set_description_str(f"tierwise {name}", refresh=True)
 
     def part_done(self, summary: dict) -> None:
         self.tokens += summary.get("output_tokens", 0)

@@ -208,7 +208,7 @@ class Session:
         here = self.ray.get_runtime_context().get_node_id()
         self.ledger = BudgetLedger.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
-            spec.budget.amount, prior_spent, {spec.output.path: prior_parts or {}})
+            spec.budget.amount, prior_spent, {spec.output.path: prior_parts or {}}, job=spec.name)
         self.progress = Progress(n_rows, spec.budget.amount, spec.budget.unit, done=committed.values(),
                                  enabled=show_progress)
         self.pool, self._own_pool = pool, pool is None
@@ -225,6 +225,8 @@ class Session:
         self.lease = lease
         self.generate_wall_s = 0.0
         self._engines_before: dict[str, dict] = {}  # each replica's EngineMeter totals as the session began
+        self._engines_last: dict[str, dict] = {}  # ... at the last metrics report (ray_cluster.metrics)
+        self._tier_of: dict[int, str] = {}  # each sent part's tier name, for the rows metric
         self._last_save = 0.0
         # Waits for the ledger's worker to start (about a second of CPU on a 2-core machine) before
         # any part is sent: otherwise the first rows wait for it, the engine idle.
@@ -234,8 +236,9 @@ class Session:
         self.stop.__enter__()
         try:
             if self.pool is None:
+                self.progress.phase(f"starting {self.spec.replicas.count} replica(s)")
                 self.pool = start_pool(self.spec, stopping=lambda: self.stopping)
-            self._engines_before = self.pool.engine_stats()
+            self._engines_before = self._engines_last = self.pool.engine_stats()
         except BaseException:  # refused, interrupted or failed to start: the ledger and handlers go too
             self.__exit__(None, None, None)
             raise
@@ -310,7 +313,17 @@ class Session:
             io.write_json(ledger_record(self.snapshot["spent"], self.snapshot["budget"], parts), out, LEDGER_FILE,
                           self.spec.output.storage_options)
             self._last_save = time.monotonic()
+            self._report_engines()
         return self.snapshot
+
+    def _report_engines(self) -> None:
+        """Sends each replica's engine busy fraction since the last report to the ledger's metrics."""
+        from ray_cluster.engine import engine_usage
+
+        now = self.pool.engine_stats() if self.pool is not None else {}
+        busy = {name: engine_usage(self._engines_last.get(name), after)["busy_fraction"] for name, after in now.items()}
+        self._engines_last = now
+        self.ledger.record_engines.remote(busy)
 
     def run_parts(self, parts: list[io.Part], tier: Callable[[io.Part], Tier],
                   stop_when: Callable[[], bool] = lambda: False,
@@ -321,6 +334,7 @@ class Session:
         def on_done(summary: dict) -> None:
             self.summaries[summary["part_id"]] = summary
             self.progress.part_done(summary)
+            self.ledger.record_part.remote(self._tier_of.get(summary["part_id"], ""), summary)
             if on_part is not None:
                 on_part(summary)
 
@@ -328,12 +342,18 @@ class Session:
             lost = self.ray.get(self.ledger.spent_on.remote((self.spec.output.path, part.part_id)))
             on_done(_commit_failed_part(self.spec, part, reason, lost))
 
+        def sent(part: io.Part) -> None:
+            self._tier_of[part.part_id] = getattr(tier(part), "name", "")
+            self._mark_sent(part, on_sent)
+
+        if parts:
+            self.progress.phase("calibrating" if getattr(tier(parts[0]), "name", "") == "calibration" else "running")
         t0 = time.monotonic()
         with self._saving_ledger(t0):
             return self.pool.run(self.job, self.ledger, parts, tier, on_done, on_failed,
                                  poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
                                  stopping=lambda: self.stopping or stop_when(), max_inflight=max_inflight,
-                                 on_sent=lambda part: self._mark_sent(part, on_sent),
+                                 on_sent=sent,
                                  parts_per_replica=self.spec.replicas.parts_per_replica)
 
     def _mark_sent(self, part: io.Part, then: Callable[[io.Part], None] | None) -> None:
@@ -376,6 +396,7 @@ class Session:
         def on_failed(part: io.Part, reason: str) -> None:
             log.warning("side part %d (%s) failed: %s", part.part_id, job.output_uri, reason)
 
+        self.progress.phase("calibrating rungs")
         t0 = time.monotonic()
         with self._saving_ledger(t0):
             self.pool.run(job, self.ledger, parts, tier, on_done, on_failed,
@@ -464,6 +485,7 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
                 else:
                     unsent = driver.run(session)
                     extra = driver.report
+                session.progress.phase("writing")
                 unsent = _commit_left_over(session, parts, unsent)
                 extra["metering"] = _metering(spec, session.meters(), session.save_ledger(force=True))
                 extra["bulk_written"] = session.bulk_written

@@ -76,7 +76,7 @@ def breakdown(output) -> list[dict]:
     if output.is_empty():
         return []
     aggs = [pl.len().alias("rows"), pl.col("cost").sum().alias("cost"), pl.col("n_samples").sum().alias("samples"),
-            pl.col("n_samples").mean().alias("mean_samples")]
+            pl.col("n_samples").mean().alias("mean_samples"), pl.col("n_samples").max().alias("max_samples")]
     if "correct" in output.columns and output["correct"].is_not_null().any():
         aggs.append(pl.col("correct").cast(pl.Float64).mean().alias("accuracy"))
     return (output.group_by("tier", "bucket").agg(aggs).sort("tier", "bucket", nulls_last=True).to_dicts())

@@ -15,17 +15,21 @@ from functools import partial
 import ray
 
 from pipelines.budget import GRANTED, WAIT, Ledger, PartKey
+from ray_cluster.metrics import JobMetrics
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class BudgetLedger:
     def __init__(self, budget: float, already_spent: float = 0.0,
-                 parts_spent: dict[str, dict[int, float]] | None = None):
+                 parts_spent: dict[str, dict[int, float]] | None = None, job: str = ""):
         """``parts_spent``: what earlier attempts spent per part, by output location (a resume's,
-        from ``_tierwise/ledger.json``); it is part of ``already_spent``."""
+        from ``_tierwise/ledger.json``); it is part of ``already_spent``. ``job``: the metrics' tag
+        (``ray_cluster.metrics``)."""
         by_part = {(out, pid): amount for out, parts in (parts_spent or {}).items() for pid, amount in parts.items()}
         self.ledger = Ledger(budget=budget, spent=already_spent, by_part=by_part)
         self._changed: asyncio.Condition | None = None
+        self.metrics = JobMetrics(job)
+        self.metrics.budget_snapshot(self.ledger.snapshot())
 
     def _cond(self) -> asyncio.Condition:
         if self._changed is None:  # created on the actor's event loop
@@ -60,7 +64,8 @@ class BudgetLedger:
         async with cond:
             new = self.ledger.roll(holder, lease, actual, must, want, by_kind, by_part)
             cond.notify_all()
-            return new
+        self.metrics.budget_snapshot(self.ledger.snapshot())
+        return new
 
     async def release_holder(self, holder: str) -> float:
         """Releases everything a lost replica still held; returns the amount."""
@@ -71,7 +76,17 @@ class BudgetLedger:
             return amount
 
     async def snapshot(self) -> dict:
-        return self.ledger.snapshot()
+        snap = self.ledger.snapshot()
+        self.metrics.budget_snapshot(snap)
+        return snap
+
+    async def record_part(self, tier: str, summary: dict) -> None:
+        """The driver's report of a committed part, for the rows and tokens metrics."""
+        self.metrics.part(tier, summary)
+
+    async def record_engines(self, busy: dict[str, float]) -> None:
+        """The driver's report of each replica's engine busy fraction, for its gauge."""
+        self.metrics.engines(busy)
 
     async def spent_on(self, part: PartKey) -> float:
         """What ``part`` spent so far, over all its attempts (lost ones included)."""
