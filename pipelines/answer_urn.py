@@ -82,9 +82,13 @@ def fit_prior(new: np.ndarray, drawn: np.ndarray, iters: int = 60) -> np.ndarray
     return w / w.sum()
 
 
-def next_new(new: np.ndarray, prior: np.ndarray) -> np.ndarray:
+def next_new(new: np.ndarray, prior: np.ndarray, right: bool = False) -> np.ndarray:
     """[rows, samples] posterior chance that sample k + 2 is a new answer after the first k + 1
-    (column k), each row's urn weighed by ``prior`` and its own novelty so far."""
+    (column k), each row's urn weighed by ``prior`` and its own novelty so far.
+
+    ``right``: instead, the posterior chance that it is a new answer and the right one, when the right
+    answer is drawn from the row's urn by its weight (an answer the model gives more often is more
+    likely right): under a Pitman-Yor urn, the new chance times ``(1 - sigma) / (n + theta + 1)``."""
     rows, width = new.shape
     ll = np.broadcast_to(np.log(np.maximum(prior, 1e-300)), (rows, URN_SIZE)).copy()
     d = np.ones(rows)
@@ -94,7 +98,10 @@ def next_new(new: np.ndarray, prior: np.ndarray) -> np.ndarray:
             ll += _log_steps(new[:, k], k, d)
             d += new[:, k]
         post = np.exp(ll - ll.max(axis=1, keepdims=True))
-        out[:, k] = (post * new_chance(np.full(rows, k + 1), d)).sum(axis=1) / post.sum(axis=1)
+        p = new_chance(np.full(rows, k + 1), d)
+        if right:
+            p = p * (1.0 - URN_SIGMA) / (k + 2.0 + URN_THETA)
+        out[:, k] = (post * p).sum(axis=1) / post.sum(axis=1)
     return out
 
 

@@ -323,12 +323,12 @@ def row_priority(rows: RowSamples, cfg: SequentialConfig, model: RowModel) -> np
 
 def _novelty_gain(rows: RowSamples, answer_prior: np.ndarray) -> np.ndarray:
     """Coverage without a checker: the chance that the next sample covers the row, label-free: the
-    posterior chance that it gives an answer the row has not given yet (only a new answer can add
-    coverage; ``pipelines.answer_urn``), times the chance that none given so far is right, times
-    ``NEW_ANSWER_RIGHT``."""
+    posterior chance that it is a new answer (only a new answer can add coverage) and the right one
+    (``pipelines.answer_urn.next_new`` with ``right``), times the chance that none of the row's answers
+    so far is right (``pipelines.answer_urn.uncovered``)."""
     width = rows.codes.shape[1]
     new = urn.novelty(rows.codes, rows.valid, np.full(len(rows.row_ids), width))
-    return urn.next_new(new, answer_prior) * urn.uncovered(rows.codes, rows.valid) * NEW_ANSWER_RIGHT
+    return urn.next_new(new, answer_prior, right=True) * urn.uncovered(rows.codes, rows.valid)
 
 
 def _vote_gain(rows: RowSamples) -> np.ndarray:
@@ -506,9 +506,6 @@ def simulated_reference(model: RowModel, hints: np.ndarray | None, cfg: Sequenti
                       [f"sim{i}" for i in range(m)], ver.astype(np.float32) * max(cfg.verifier_pass, 1.0), h)
     cum = np.concatenate([np.zeros((m, 1)), np.cumsum(rows.cost, axis=1)], axis=1)
     return Reference(row_priority(rows, cfg, model), cum, np.full(m, width))
-
-
-NEW_ANSWER_RIGHT = 0.5  # coverage without a checker: chance that a new answer is right when none seen is
 
 
 def urn_reference(rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig, model: RowModel, width: int,
