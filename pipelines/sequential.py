@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pipelines import answer_urn as urn
 from pipelines.answers import verifier_weights
 from pipelines.stopping import mode_probability, prefix_votes
 
@@ -228,7 +229,7 @@ class RowModel:
             verified_yield with verifier scores, and accuracy when the slice saw samples verify.
         prior: The solve-rate prior for checker rows (None: flat).
         mean_cost: Mean cost of a sample over the slice: a row's expected next cost shrinks to it.
-        answer_prior: Coverage without a checker: the answer urn's prior over ``THETA``.
+        answer_prior: Coverage without a checker: the answer urn's prior over ``pipelines.answer_urn.URN_THETA``.
         cost_shrink: How many samples' worth of weight ``mean_cost`` has against a row's own costs
             (``fit_cost_shrink``: large when costs vary within rows as much as between them).
     """
@@ -321,17 +322,13 @@ def row_priority(rows: RowSamples, cfg: SequentialConfig, model: RowModel) -> np
 
 
 def _novelty_gain(rows: RowSamples, answer_prior: np.ndarray) -> np.ndarray:
-    """Coverage without a checker: the posterior chance that the next sample gives an answer the row has
-    not given yet (only a new answer can add coverage), under the fitted answer prior (``THETA``)."""
+    """Coverage without a checker: the chance that the next sample covers the row, label-free: the
+    posterior chance that it is a new answer (only a new answer can add coverage) and the right one
+    (``pipelines.answer_urn.next_new`` with ``right``), times the chance that none of the row's answers
+    so far is right (``pipelines.answer_urn.uncovered``)."""
     width = rows.codes.shape[1]
-    new = novelty(rows, np.full(len(rows.row_ids), width))
-    j = np.arange(width, dtype=np.float64)[None, :, None]
-    t = THETA[None, None, :]
-    ll = np.cumsum(_crp_steps(new), axis=1) + np.log(np.maximum(answer_prior, 1e-300))[None, None, :]
-    post = np.exp(ll - ll.max(axis=2, keepdims=True))
-    nxt = t / (j + 1.0 + t)  # after samples 0..k, sample k + 1 is new with chance theta / (k + 1 + theta)
-    distinct = 1.0 + np.cumsum(new, axis=1)
-    return (post * nxt).sum(axis=2) / post.sum(axis=2) * NEW_ANSWER_RIGHT * (1 - NEW_ANSWER_RIGHT) ** distinct
+    new = urn.novelty(rows.codes, rows.valid, np.full(len(rows.row_ids), width))
+    return urn.next_new(new, answer_prior, right=True) * urn.uncovered(rows.codes, rows.valid)
 
 
 def _vote_gain(rows: RowSamples) -> np.ndarray:
@@ -456,7 +453,9 @@ def learn_model(slice_rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig
 
 def answer_model(rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig) -> tuple[float, ...] | None:
     """The answer prior coverage without a checker prices novelty with (None for other objectives)."""
-    return tuple(fit_answer_prior(novelty(rows, drawn), drawn)) if cfg.objective == "coverage" else None
+    if cfg.objective != "coverage":
+        return None
+    return tuple(urn.fit_prior(urn.novelty(rows.codes, rows.valid, drawn), drawn))
 
 
 def slice_model(has_verifier: bool) -> RowModel:
@@ -509,87 +508,28 @@ def simulated_reference(model: RowModel, hints: np.ndarray | None, cfg: Sequenti
     return Reference(row_priority(rows, cfg, model), cum, np.full(m, width))
 
 
-NEW_ANSWER_RIGHT = 0.5  # coverage without a checker: chance that an answer not seen yet is the right one
-THETA = np.geomspace(0.02, 50.0, 41)  # CRP concentrations the answer prior puts mass on
-
-
-def novelty(rows: RowSamples, drawn: np.ndarray) -> np.ndarray:
-    """[rows, samples] True where a drawn sample (position >= 1) gives an answer the row had not given yet
-    (invalid samples count as one answer of their own); False elsewhere."""
-    c = np.where(rows.valid, rows.codes, np.int64(-(2 ** 62)))
-    width = c.shape[1]
-    seen = (c[:, :, None] == c[:, None, :]) & (np.arange(width)[None, :] < np.arange(width)[:, None])[None]
-    return ~seen.any(axis=2) & (np.arange(width)[None, :] < drawn[:, None]) & (np.arange(width)[None, :] >= 1)
-
-
-def _crp_loglik(new: np.ndarray, drawn: np.ndarray) -> np.ndarray:
-    """[rows, len(THETA)] log-likelihood of each row's novelty sequence under a Chinese-restaurant
-    process of concentration theta: sample j + 1 is new with chance theta / (j + theta)."""
-    live = (np.arange(new.shape[1])[None, :] < drawn[:, None])[..., None]
-    return (_crp_steps(new) * live).sum(axis=1)
-
-
-def _crp_steps(new: np.ndarray) -> np.ndarray:
-    """[rows, samples, len(THETA)] log-chance of each sample being new (or not) given the ones before it
-    under a CRP of concentration theta; 0 for the first sample (always new)."""
-    j = np.arange(new.shape[1], dtype=np.float64)[None, :, None]
-    t = THETA[None, None, :]
-    step = np.where(new[..., None], np.log(t / (j + t)), np.log(np.maximum(j, 1e-12) / (j + t)))
-    step[:, 0] = 0.0
-    return step
-
-
-def fit_answer_prior(new: np.ndarray, drawn: np.ndarray, iters: int = 60) -> np.ndarray:
-    """A histogram over ``THETA`` of how rows scatter their answers, by EM from their novelty sequences
-    (no gold; a stopping rule that looks only at a row's own samples leaves the likelihood unchanged)."""
-    lik = np.exp(_crp_loglik(new, drawn))
-    start = np.full(len(THETA), 1.0 / len(THETA))
-    w = start.copy()
-    for _ in range(iters):
-        post = lik * w
-        post /= np.maximum(post.sum(axis=1, keepdims=True), 1e-300)
-        w = post.mean(axis=0) * 0.98 + 0.02 * start
-    return w / w.sum()
-
-
 def urn_reference(rows: RowSamples, drawn: np.ndarray, cfg: SequentialConfig, model: RowModel, width: int,
                   seed: int = 0, max_rows: int = 4096) -> Reference:
-    """Vote rows' trajectories to ``width``: each finished row's own samples, continued as a Chinese-
-    restaurant process (a new answer with chance theta / (j + theta), else a copy of one of its samples so
-    far), theta drawn from the row's posterior under the answer prior fitted on all of them. Rows stopped
-    at any price so contribute their whole future, and the slice need not be deep."""
+    """Vote rows' trajectories to ``width``: each finished row's own samples, continued by the answer urn
+    (``pipelines.answer_urn.continue_rows``, its urn drawn from the row's posterior under the prior fitted
+    on all of them). Rows stopped at any price so contribute their whole future, and the slice need not
+    be deep."""
     rng = np.random.default_rng(seed)
     keep = np.flatnonzero(drawn > 0)
     if len(keep) > max_rows:
         keep = np.sort(rng.choice(keep, max_rows, replace=False))
     r, n = _take(rows, keep), drawn[keep]
-    m, w0 = r.codes.shape
-    new = novelty(r, n)
-    prior = fit_answer_prior(new, n)
-    ll = _crp_loglik(new, n)
-    post = np.exp(ll - ll.max(axis=1, keepdims=True)) * prior
-    cdf = np.cumsum(post, axis=1)
-    theta = THETA[np.minimum((cdf < rng.random((m, 1)) * cdf[:, -1:]).sum(axis=1), len(THETA) - 1)]
-    pad = max(width - w0, 0)
-    codes = np.pad(r.codes, ((0, 0), (0, pad)))[:, :width].astype(np.int64)
-    valid = np.pad(r.valid, ((0, 0), (0, pad)))[:, :width]
-    cost = np.pad(r.cost, ((0, 0), (0, pad)))[:, :width]
-    ver = None if r.verifier_score is None else np.pad(r.verifier_score, ((0, 0), (0, pad)))[:, :width]
-    ar, mean_cost = np.arange(m), cost.sum(axis=1) / np.maximum(n, 1)
-    for j in range(1, width):
-        sim = n <= j
-        if not sim.any():
-            continue
-        is_new = rng.random(m) < theta / (j + theta)
-        src = np.minimum((rng.random(m) * j).astype(np.int64), j - 1)
-        codes[:, j] = np.where(sim, np.where(is_new, np.int64(2 ** 40) + j, codes[ar, src]), codes[:, j])
-        valid[:, j] = np.where(sim, is_new | valid[ar, src], valid[:, j])
-        cost[:, j] = np.where(sim, np.where(is_new, mean_cost, cost[ar, src]), cost[:, j])
-        if ver is not None:
-            pool = ver[ar, src]
-            ver[:, j] = np.where(sim, np.where(is_new, np.nan, pool), ver[:, j])
+    pad = max(width - r.codes.shape[1], 0)
+
+    def widen(a, fill=0):
+        return np.pad(a, ((0, 0), (0, pad)), constant_values=fill)[:, :width]
+
+    prior = urn.fit_prior(urn.novelty(r.codes, r.valid, n), n)
+    ver = None if r.verifier_score is None else widen(r.verifier_score, np.nan)
+    codes, valid, cost, ver = urn.continue_rows(widen(r.codes), widen(r.valid, False), widen(r.cost), n, prior,
+                                                rng, ver)
     sim_rows = RowSamples(codes, valid, cost, r.row_ids, ver, r.hint)
-    return Reference(row_priority(sim_rows, cfg, model), _cumcost(sim_rows), np.full(m, width))
+    return Reference(row_priority(sim_rows, cfg, model), _cumcost(sim_rows), np.full(len(n), width))
 
 
 @dataclass(frozen=True)
