@@ -72,13 +72,17 @@ def loglik(new: np.ndarray, drawn: np.ndarray) -> np.ndarray:
 def fit_prior(new: np.ndarray, drawn: np.ndarray, iters: int = 60) -> np.ndarray:
     """[URN_SIZE] a histogram over the urns, by EM from rows' novelty sequences (no gold read)."""
     ll = loglik(new, drawn)
-    lik = np.exp(ll - ll.max(axis=1, keepdims=True))
-    start = np.full(URN_SIZE, 1.0 / URN_SIZE)
+    return mixture_weights(np.exp(ll - ll.max(axis=1, keepdims=True)), np.full(URN_SIZE, 1.0 / URN_SIZE), iters)
+
+
+def mixture_weights(lik: np.ndarray, start: np.ndarray, iters: int = 60) -> np.ndarray:
+    """[components] the weights of a mixture over fixed components, by EM from each row's likelihood
+    under each component ([rows, components]); a little of ``start`` keeps every component possible."""
     w = start.copy()
     for _ in range(iters):
         post = lik * w
         post /= np.maximum(post.sum(axis=1, keepdims=True), 1e-300)
-        w = post.mean(axis=0) * 0.98 + 0.02 * start  # a little of the start keeps every urn possible
+        w = post.mean(axis=0) * 0.98 + 0.02 * start
     return w / w.sum()
 
 

@@ -143,12 +143,7 @@ def _em_histogram(s: np.ndarray, n: np.ndarray, start: np.ndarray, iters: int = 
     lik = np.exp(s[:, None] * logp + (n - s)[:, None] * log1p)
     lik[:, 0] = np.where(s == 0, 1.0, 0.0)
     lik[:, -1] = np.where(s == n, 1.0, 0.0)
-    w = start.copy()
-    for _ in range(iters):
-        post = lik * w
-        post /= np.maximum(post.sum(axis=1, keepdims=True), 1e-300)
-        w = post.mean(axis=0) * 0.98 + 0.02 * start  # a little of the start keeps every rate possible
-    return w / w.sum()
+    return urn.mixture_weights(lik, start, iters)
 
 
 def fit_prior(verified: np.ndarray, drawn: np.ndarray, hint: np.ndarray | None = None, bins: int = 8,
