@@ -25,10 +25,9 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
-    from jobs.cli import _overrides
-    from jobs.spec import load_spec, resolve_output_path
+    from jobs.cli_common import load_job_spec
 
-    spec = resolve_output_path(load_spec(args.spec, _overrides(args.set)))
+    spec = load_job_spec(args.spec, args.set)
     min_score = args.min_score if args.min_score is not None else (spec.export.min_score if spec.export else 1.0)
     n = export_traces(spec, args.dest, min_score)
     print(f"wrote {n} verified traces to {args.dest}", file=sys.stderr)
@@ -52,8 +51,7 @@ def export_traces(spec, dest: str, min_score: float = 1.0) -> int:
     Raises:
         SpecError: the output holds no sample texts or verifier scores (the message says what to set).
     """
-    from jobs.runner import prompt_config
-    from jobs.spec import SpecError
+    from jobs.spec import SpecError, prompt_config
     from pipelines import io
     from pipelines.export import verified_traces, write_table
 

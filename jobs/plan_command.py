@@ -157,7 +157,7 @@ def lines(spec: JobSpec, n_rows: int, pilot: Pilot, at: dict, curve: list[dict])
            f"at budget {spec.budget.amount:,.6g} {unit}: expected spend {at['expected_spend']:,.6g} {unit} "
            f"({at['expected_spend'] / spec.budget.amount:.1%}), expected accuracy {at['expected_accuracy']:.3f}, "
            f"expected wall {wall}"]
-    from jobs.cli import tier_label
+    from jobs.cli_common import tier_label
 
     out += [f"  bucket {b['bucket']}: {b['share']:.0%} of rows, {tier_label(b['tier'], b['cap'])}, "
             f"expected score {b['expected_score']:.3f}" for b in at["buckets"]]
@@ -170,11 +170,10 @@ def cmd_plan(args) -> int:
     import json
 
     from jobs.adaptive_driver import AdaptiveDriver
-    from jobs.cli import _overrides, log_to_file
-    from jobs.spec import load_spec, resolve_output_path
+    from jobs.cli_common import load_job_spec, log_to_file
     from pipelines import io
 
-    spec = resolve_output_path(load_spec(args.spec, _overrides(args.set)))
+    spec = load_job_spec(args.spec, args.set)
     check_plannable(spec)
     files = io.list_input_files(spec.input.path, spec.input.storage_options)  # the footers: rows, parts
     parts = io.plan_parts(files, spec.output.part_rows)

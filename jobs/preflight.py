@@ -212,7 +212,7 @@ def _shortfall(spec: JobSpec, need: dict[str, float], nodes: list[dict[str, floa
 @contextlib.contextmanager
 def _stop_on_signal(what: str):
     """SIGINT/SIGTERM stop the job at once (nothing runs yet, nothing to drain); main thread only."""
-    from jobs.runner import JobInterrupted
+    from pipelines.errors import JobInterrupted
 
     def stop(signum, frame):
         raise JobInterrupted(f"stopped by signal {signum} {what}; nothing was spent")

@@ -85,47 +85,64 @@ def _plot_curve(results: list, path: str) -> None:
 
 def main(args) -> int:
     """Run the replay; returns the exit status (2 for unusable input or arguments)."""
-    from pipelines.replay import POLICIES, build_table, replay, replay_curve
+    from pipelines.replay import POLICIES, replay, replay_curve
 
-    if args.budget is None and not args.curve:
-        _say("error: give --budget B or --curve B1,B2,...")
-        return 2
-    if args.yield_cap < 1:
-        _say("error: --yield-cap must be >= 1")
-        return 2
-    if not 0.0 <= args.calibration_fraction < 1.0:
-        _say("error: --calibration-fraction must be in [0, 1)")
-        return 2
-    try:
-        _say(f"reading {args.samples}")
-        samples = _load(args.samples)
-    except (FileNotFoundError, IsADirectoryError) as exc:
-        _say(f"error: cannot read {args.samples}: {exc}")
-        return 2
-    except ValueError as exc:  # SamplesSchemaError and unreadable Parquet
-        _say(f"error: {exc}")
-        return 2
-    _say(f"laying out {samples.height:,} samples")
-    table = build_table(samples)
-    del samples
-    _say(f"{table.shape[0]:,} queries, up to {table.shape[1]} samples each")
-    if args.objective == "verified_yield" and table.verifier_score is None:
-        _say("error: --objective verified_yield needs a verifier_score column in the samples")
+    if (error := _argument_error(args)) is None:
+        table, error = _read_table(args)
+    if error:
+        _say(f"error: {error}")
         return 2
     common = dict(budget_unit=args.budget_unit, objective=args.objective,
                   calibration_fraction=args.calibration_fraction, seed=args.seed, yield_cap=args.yield_cap,
                   verifier_pass=args.verifier_pass)
     if args.curve:
-        results = replay_curve(table, args.curve, policies=POLICIES, progress=_say, **common)
-        if args.plot:
-            _plot_curve(results, args.plot)
-            _say(f"wrote {args.plot}")
-        for r in results:
-            print(json.dumps(_row(r)))
-        last = [r for r in results if r.policy == args.policy][-1]
-        print(json.dumps({**_row(last), "curve": [_row(r) for r in results], "plot": args.plot}))
-        return 0
-    result = replay(table, args.budget, policy=args.policy, progress=_say, **common)
+        _print_curve(replay_curve(table, args.curve, policies=POLICIES, progress=_say, **common), args)
+    else:
+        _print_result(replay(table, args.budget, policy=args.policy, progress=_say, **common), args)
+    return 0
+
+
+def _argument_error(args) -> str | None:
+    if args.budget is None and not args.curve:
+        return "give --budget B or --curve B1,B2,..."
+    if args.yield_cap < 1:
+        return "--yield-cap must be >= 1"
+    if not 0.0 <= args.calibration_fraction < 1.0:
+        return "--calibration-fraction must be in [0, 1)"
+    return None
+
+
+def _read_table(args):
+    """The samples as a ``ReplayTable``, or None and why it cannot be replayed."""
+    from pipelines.replay import build_table
+
+    try:
+        _say(f"reading {args.samples}")
+        samples = _load(args.samples)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        return None, f"cannot read {args.samples}: {exc}"
+    except ValueError as exc:  # SamplesSchemaError and unreadable Parquet
+        return None, str(exc)
+    _say(f"laying out {samples.height:,} samples")
+    table = build_table(samples)
+    del samples
+    _say(f"{table.shape[0]:,} queries, up to {table.shape[1]} samples each")
+    if args.objective == "verified_yield" and table.verifier_score is None:
+        return None, "--objective verified_yield needs a verifier_score column in the samples"
+    return table, None
+
+
+def _print_curve(results, args) -> None:
+    if args.plot:
+        _plot_curve(results, args.plot)
+        _say(f"wrote {args.plot}")
+    for r in results:
+        print(json.dumps(_row(r)))
+    last = [r for r in results if r.policy == args.policy][-1]
+    print(json.dumps({**_row(last), "curve": [_row(r) for r in results], "plot": args.plot}))
+
+
+def _print_result(result, args) -> None:
     if args.plot:
         if result.calibration:
             from pipelines.calibration import plot_curves
@@ -144,7 +161,6 @@ def main(args) -> int:
     _say(f"{result.policy}: {result.objective} {result.score:.4f} on {result.queries_scored:,} queries, "
          f"spent {result.spent:,.6g} of {result.budget:,.6g} {result.budget_unit}")
     print(json.dumps(result.to_dict()))
-    return 0
 
 
 def _row(r) -> dict:

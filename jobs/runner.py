@@ -41,12 +41,13 @@ from jobs.spec import (
     aborts_failed_steps,
     difficulty_columns,
     prompt_columns,
+    prompt_config,
     resolve_output_path,
     verifier_columns,
 )
 from pipelines import io, records
 from pipelines.budget import cost_per_token
-from pipelines.errors import StartInterrupted, TierwiseError
+from pipelines.errors import JobInterrupted, RowErrorsInStrictMode, StartInterrupted
 from pipelines.lease import LeaseLost, OutputLease, OutputLeased  # noqa: F401  (OutputLeased: re-exported)
 from pipelines.pricing import price_spec
 from pipelines.report import breakdown, build_report
@@ -57,14 +58,6 @@ from pipelines.validation import check_columns, check_unique_ids
 log = logging.getLogger(__name__)
 
 LEDGER_SAVE_EVERY_S = 5.0
-
-
-class JobInterrupted(TierwiseError):
-    """SIGINT/SIGTERM stopped the job after draining; re-run the spec to resume."""
-
-
-class RowErrorsInStrictMode(TierwiseError):
-    """``--strict``: some rows ended as errors (their parts are committed)."""
 
 
 def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int, list]:
@@ -119,17 +112,6 @@ def job_context(spec: JobSpec, rows_stop_at: float | None = None):
         reasoning=spec.reasoning.config(spec.sampling.max_tokens) if spec.reasoning else None,
         sampling_columns=tuple(spec.input.sampling_columns.items()),
     )
-
-
-def prompt_config(spec: JobSpec):
-    """The replicas' ``PromptConfig`` of the spec's input and ``prompt`` section."""
-    from pipelines.prompts import PromptConfig
-
-    p = spec.prompt
-    return PromptConfig(prompt_column=spec.input.prompt_column, messages_column=spec.input.messages_column,
-                        template=p.template, system_prompt=p.system_prompt, chat=p.chat,
-                        chat_template=p.chat_template, chat_template_kwargs=dict(p.chat_template_kwargs),
-                        variants=dict(getattr(spec.policy, "rung_chat_template_kwargs", None) or {}))
 
 
 def judge_model(spec: JobSpec) -> str | None:

@@ -24,14 +24,13 @@ def register(subparsers) -> None:
 def main(args) -> int:
     import polars as pl
 
-    from jobs.cli import _overrides, every_row_failed
+    from jobs.cli_common import every_row_failed, load_job_spec
     from jobs.runner import run_job
-    from jobs.spec import load_spec, resolve_output_path
     from pipelines import io
     from pipelines.samples import output_to_samples
 
-    overrides = {"sampling.logprobs": True} | _overrides(args.set) | {"policy": {"kind": "uniform", "n": args.n}}
-    spec = resolve_output_path(load_spec(args.spec, overrides))  # once: the output read below is the one run
+    spec = load_job_spec(args.spec, args.set, extra={"sampling.logprobs": True},
+                         last={"policy": {"kind": "uniform", "n": args.n}})  # once: the output read below is the one run
     report = run_job(spec, address=args.address)
     if code := every_row_failed(report, spec):
         return code

@@ -59,7 +59,7 @@ def commit_bulk(spec: JobSpec, parts: list[io.Part], status: str, tokens: Prompt
 
 def _commit_one(spec: JobSpec, part: io.Part, status: str, tokens: PromptTokens | None,
                 lost: float) -> tuple[int, dict]:
-    from jobs.runner import prompt_config
+    from jobs.spec import prompt_config
     from ray_cluster.replica import summarize
 
     inp, cfg = spec.input, prompt_config(spec)
@@ -246,7 +246,7 @@ class BudgetFloor:
 
     def __init__(self, spec: JobSpec, parts: list[io.Part], requests: list[tuple[int, int]], tokens: PromptTokens,
                  price: float):
-        from jobs.runner import prompt_config
+        from jobs.spec import prompt_config
 
         self.spec, self.parts, self.tokens, self.price = spec, {p.part_id: p for p in parts}, tokens, price
         self.prompt = prompt_config(spec)

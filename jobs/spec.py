@@ -776,6 +776,17 @@ def difficulty_columns(spec: JobSpec) -> dict[str, str]:
     return {f"feature_{c}": c for c in d.feature_columns} | ({"difficulty_hint": d.column} if d.column else {})
 
 
+def prompt_config(spec: JobSpec):
+    """The replicas' ``PromptConfig`` of the spec's input and ``prompt`` section."""
+    from pipelines.prompts import PromptConfig
+
+    p = spec.prompt
+    return PromptConfig(prompt_column=spec.input.prompt_column, messages_column=spec.input.messages_column,
+                        template=p.template, system_prompt=p.system_prompt, chat=p.chat,
+                        chat_template=p.chat_template, chat_template_kwargs=dict(p.chat_template_kwargs),
+                        variants=dict(getattr(spec.policy, "rung_chat_template_kwargs", None) or {}))
+
+
 def resolve_output_path(spec: JobSpec, now: datetime | None = None) -> JobSpec:
     """``spec`` with the placeholders of ``output.path`` filled in (unchanged without any).
 

@@ -65,13 +65,6 @@ def stable_hash01(strings: pl.Series | Sequence[str], seed: int = 0) -> np.ndarr
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def calibration_split(query_ids: pl.Series | Sequence[str], fraction: float, seed: int = 0) -> np.ndarray:
-    """Rows whose gold answers a calibration run may use: a seeded hash of the id below ``fraction``."""
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"calibration fraction must be in [0, 1], got {fraction}")
-    return stable_hash01(query_ids, seed) < fraction
-
-
 def quantile_edges(values: np.ndarray, n_buckets: int) -> np.ndarray:
     """Inner bucket edges at quantiles of ``values``, merged where ties make buckets empty.
 
@@ -91,12 +84,6 @@ def assign_buckets(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     ids = np.searchsorted(edges, v, side="left").astype(np.int32)
     return np.where(np.isnan(v), len(edges) // 2, ids).astype(np.int32)
-
-
-def bucketize(difficulty: pl.Series | np.ndarray, n_buckets: int) -> np.ndarray:
-    """Bucket ids 0..k-1 (k <= n_buckets, 0 = lowest difficulty) by quantiles; ties share a bucket."""
-    v = difficulty.cast(pl.Float64).to_numpy() if isinstance(difficulty, pl.Series) else np.asarray(difficulty)
-    return assign_buckets(v, quantile_edges(v, n_buckets))
 
 
 @dataclass

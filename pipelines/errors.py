@@ -47,3 +47,11 @@ def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> st
 class EngineDead(EngineError):
     """The engine died (its process was killed, a CUDA error, OOM) and could not be
     restarted in place: the replica is lost and its parts go to another one."""
+
+
+class JobInterrupted(TierwiseError):
+    """SIGINT/SIGTERM stopped the job after draining; re-run the spec to resume."""
+
+
+class RowErrorsInStrictMode(TierwiseError):
+    """``--strict``: some rows ended as errors (their parts are committed)."""

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 
-from pipelines.errors import InputError
+from pipelines.validation import row_errors
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -93,7 +92,6 @@ def variant_ids(base: list, variants: dict[str, list]) -> list:
 def user_turns(frame: pl.DataFrame, cfg: PromptConfig) -> tuple[pl.Series, pl.Series]:
     """Each row's user turn and its error (null, or the template field that is null, or empty)."""
     if not cfg.template:
-        from pipelines.validation import row_errors
         return frame[cfg.prompt_column], row_errors(frame[cfg.prompt_column])
     parts, fields = [], []
     for literal, name, _, _ in string.Formatter().parse(cfg.template):
@@ -177,19 +175,3 @@ def row_sampling(frame: pl.DataFrame, columns: dict[str, str]) -> tuple[list[dic
     errs = frame.select(pl.coalesce(errors).alias("e"))["e"].to_list()
     overrides = [{k: x for k, x in d.items() if x is not None} for d in frame.select(values).to_dicts()]
     return overrides, errs
-
-
-def check_messages_type(t: pa.DataType, column: str) -> None:
-    """A messages column must be a list of structs with string ``role`` and ``content`` fields.
-
-    Raises:
-        InputError: naming the column and its type.
-    """
-    ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type)
-    if ok:
-        names = {f.name: f.type for f in t.value_type}
-        ok = all(k in names and (pa.types.is_string(names[k]) or pa.types.is_large_string(names[k])
-                                 or pa.types.is_null(names[k])) for k in ("role", "content"))
-    if not ok:
-        raise InputError(f"input column {column!r} (input.messages_column) must be a list of "
-                         f"{{role: string, content: string}} structs, got {t}")

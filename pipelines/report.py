@@ -44,29 +44,39 @@ def build_report(spec, summaries: list[dict], ledger: dict, n_rows: int, n_parts
         "policy": spec.policy.model_dump(),
         "model": spec.model.path,
     }
-    attempt = summaries if attempt is None else attempt
-    new_tokens = sum(s.get("output_tokens", 0) for s in attempt)
-    report["this_attempt"] = {
-        "parts": len(attempt), "rows": sum(s.get("rows", 0) for s in attempt),
-        "output_tokens": new_tokens, "spent": max(0.0, spent - prior_spent), "wall_s": round(wall_s, 3),
-        "output_tokens_per_s": new_tokens / wall_s if wall_s > 0 and new_tokens else None,
-    }
+    report["this_attempt"] = _this_attempt(summaries if attempt is None else attempt, spent - prior_spent, wall_s)
     report["output_tokens_per_s"] = report["this_attempt"]["output_tokens_per_s"]
-    judged = [s for s in summaries if "judge_tokens" in s]
-    if judged:  # an llm_judge verifier: its share of the spend (in `spent`) and why samples lack a verdict
-        issues: Counter[str] = Counter()
-        for s in judged:
-            issues.update(s.get("judge_issues", {}))
-        report["judge"] = {"tokens": sum(s["judge_tokens"] for s in judged), "issues": dict(issues)}
-    verifier_issues: Counter[str] = Counter()
-    for s in summaries:
-        verifier_issues.update(s.get("verifier_issues", {}))
-    if verifier_issues:  # a pure verifier's calls that timed out or raised (their scores are null)
-        report["verifier_issues"] = dict(verifier_issues)
+    report |= _checker_issues(summaries)
     if tot["graded"]:
         report["accuracy"] = tot["correct"] / tot["graded"]
         report["graded_rows"] = tot["graded"]
     return report
+
+
+def _this_attempt(attempt: list[dict], spent: float, wall_s: float) -> dict:
+    """What this invocation did: its parts, rows, tokens, spend and generated tok/s."""
+    new_tokens = sum(s.get("output_tokens", 0) for s in attempt)
+    return {"parts": len(attempt), "rows": sum(s.get("rows", 0) for s in attempt),
+            "output_tokens": new_tokens, "spent": max(0.0, spent), "wall_s": round(wall_s, 3),
+            "output_tokens_per_s": new_tokens / wall_s if wall_s > 0 and new_tokens else None}
+
+
+def _checker_issues(summaries: list[dict]) -> dict:
+    """``judge``: an LLM judge's tokens (in ``spent``) and why samples lack a verdict;
+    ``verifier_issues``: a pure verifier's calls that timed out or raised (their scores are null)."""
+    out = {}
+    judged = [s for s in summaries if "judge_tokens" in s]
+    if judged:
+        issues: Counter[str] = Counter()
+        for s in judged:
+            issues.update(s.get("judge_issues", {}))
+        out["judge"] = {"tokens": sum(s["judge_tokens"] for s in judged), "issues": dict(issues)}
+    verifier_issues: Counter[str] = Counter()
+    for s in summaries:
+        verifier_issues.update(s.get("verifier_issues", {}))
+    if verifier_issues:
+        out["verifier_issues"] = dict(verifier_issues)
+    return out
 
 
 def breakdown(output) -> list[dict]:

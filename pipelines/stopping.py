@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,20 +69,6 @@ def mode_probability(top: np.ndarray, second: np.ndarray) -> np.ndarray:
         z = (top[big] + 0.5 - n[big] / 2.0) / np.sqrt(n[big] / 4.0)
         out[big] = _normal_cdf(z)
     return np.where(top > 0, out, 0.0)
-
-
-def should_stop(votes: Sequence[int], threshold: float = 0.95) -> bool:
-    """Scalar Adaptive-Consistency rule for one row.
-
-    Args:
-        votes: Vote count per distinct answer seen so far (any order).
-        threshold: Stop when P(leading answer is the mode) reaches this.
-
-    Returns:
-        True when sampling this row can stop.
-    """
-    counts = sorted((int(v) for v in votes), reverse=True) + [0, 0]
-    return bool(mode_probability(np.array(counts[0]), np.array(counts[1])) >= threshold)
 
 
 @dataclass
@@ -194,11 +179,6 @@ def esc_stop(codes: np.ndarray, valid: np.ndarray, window: int, n_available: np.
     unanimous = ((c == c[:, :, :1]) & v).all(axis=2)
     first = (unanimous.argmax(axis=1) + 1) * window
     return np.where(unanimous.any(axis=1), np.minimum(first, n_available), n_available).astype(np.int16)
-
-
-def esc_should_stop(window_answers: Sequence[object]) -> bool:
-    """Scalar ESC rule: True when every answer in the window is present (not None) and equal."""
-    return len(window_answers) > 0 and None not in window_answers and len(set(window_answers)) == 1
 
 
 # The feature a row's first pass sets from its structured choice's label distribution (``label_probs``):

@@ -41,7 +41,6 @@ def check_columns(schema: pa.Schema, required: dict[str, str], where: str) -> No
                 use = "be a reference answer" if field == "verifier.column" else "fill the template"
                 raise InputError(f"input column {col!r} ({field}) must be text or a number to {use}, got {t}")
         if field == "messages_column" and col is not None:
-            from pipelines.prompts import check_messages_type
             check_messages_type(schema.field(col).type, col)
         if field.startswith("policy.difficulty") and col is not None:
             t = schema.field(col).type
@@ -78,3 +77,19 @@ def row_errors(prompts: pl.Series) -> pl.Series:
         .when(pl.col("p").str.strip_chars() == "").then(pl.lit("prompt is empty"))
         .otherwise(pl.lit(None, pl.String))
     ).to_series()
+
+
+def check_messages_type(t: pa.DataType, column: str) -> None:
+    """A messages column must be a list of structs with string ``role`` and ``content`` fields.
+
+    Raises:
+        InputError: naming the column and its type.
+    """
+    ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type)
+    if ok:
+        names = {f.name: f.type for f in t.value_type}
+        ok = all(k in names and (pa.types.is_string(names[k]) or pa.types.is_large_string(names[k])
+                                 or pa.types.is_null(names[k])) for k in ("role", "content"))
+    if not ok:
+        raise InputError(f"input column {column!r} (input.messages_column) must be a list of "
+                         f"{{role: string, content: string}} structs, got {t}")

@@ -186,62 +186,55 @@ def check_steps(prompt: str, text: str | None) -> float:
     step-level search (``pipelines.search``) needs to rank partial traces.
     """
     ops = parse_prompt(prompt)
-    if ops is None:
+    if ops is None or not text:
         return 0.0
     a, b = ops
-    n_pos = max(len(a), len(b))
-    # The number of step lines a correct trace has (n_pos, +1 for a final carry).
-    expected = solution(prompt).count("\n")
-    if not text:
-        return 0.0
-
-    lines = text.split("\n")
-    step_lines: list[str] = []
-    answer_line: str | None = None
-    for line in lines:
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("A:"):
-            answer_line = line
-            break
-        step_lines.append(line)
-
-    valid = 0
-    prev_carry = 0
-    prev_partial = ""
-    for i, line in enumerate(step_lines):
-        m = _STEP_RE.match(line)
-        if m is None or i >= expected:
-            # Malformed or surplus line: counts as a failed step; keep going with
-            # whatever state we had.
-            continue
-        da, db, cin, s = (int(m.group(k)) for k in range(1, 5))
-        partial = m.group(5)
-        ok = (
-            da == _digit(a, i)
-            and db == _digit(b, i)
-            and cin == prev_carry
-            and s == da + db + cin
-            and partial == str(s % 10) + prev_partial
-        )
-        if i == n_pos:  # final-carry step: nothing left but the carry
-            ok = ok and da == 0 and db == 0 and cin == 1 and s == 1
-        if ok:
-            valid += 1
-        prev_carry = s // 10
-        prev_partial = partial
-
+    expected = solution(prompt).count("\n")  # the step lines of a correct trace (+1 for a final carry)
+    step_lines, answer_line = _split_trace(text)
+    valid, last_partial = _valid_steps(step_lines, a, b, expected)
     answer_ok = False
     if answer_line is not None:
         ans = extract_answer(answer_line)
-        answer_ok = ans is not None and prev_partial != "" and ans == _normalize_number(prev_partial)
+        answer_ok = ans is not None and last_partial != "" and ans == _normalize_number(last_partial)
         # A trace that stops with a pending carry did not finish the addition.
         answer_ok = answer_ok and len(step_lines) >= expected
-
     surplus = max(0, len(step_lines) - expected)
-    denom = expected + 1 + surplus
-    return (valid + int(answer_ok)) / denom
+    return (valid + int(answer_ok)) / (expected + 1 + surplus)
+
+
+def _split_trace(text: str) -> tuple[list[str], str | None]:
+    """The non-empty step lines before the first ``A:`` line, and that line (None without one)."""
+    step_lines: list[str] = []
+    for line in text.split("\n"):
+        line = line.strip()
+        if line.startswith("A:"):
+            return step_lines, line
+        if line:
+            step_lines.append(line)
+    return step_lines, None
+
+
+def _valid_steps(step_lines: list[str], a: str, b: str, expected: int) -> tuple[int, str]:
+    """How many of ``step_lines`` are valid steps of ``a + b``, and the last written partial.
+
+    A malformed or surplus line counts as a failed step; the carry and partial go on from the
+    last step that parsed.
+    """
+    n_pos = max(len(a), len(b))
+    valid, prev_carry, prev_partial = 0, 0, ""
+    for i, line in enumerate(step_lines):
+        m = _STEP_RE.match(line)
+        if m is None or i >= expected:
+            continue
+        da, db, cin, s = (int(m.group(k)) for k in range(1, 5))
+        partial = m.group(5)
+        ok = (da == _digit(a, i) and db == _digit(b, i) and cin == prev_carry and s == da + db + cin
+              and partial == str(s % 10) + prev_partial)
+        if i == n_pos:  # final-carry step: nothing left but the carry
+            ok = ok and da == 0 and db == 0 and cin == 1 and s == 1
+        valid += int(ok)
+        prev_carry, prev_partial = s // 10, partial
+    return valid, prev_partial
 
 
 def trace_prefix_ok(prompt: str, text: str) -> bool:

@@ -1,6 +1,7 @@
 import pytest
 
-from jobs.cli import build_parser, main, summary_line, tier_lines
+from jobs.cli import build_parser, main
+from jobs.cli_common import summary_line, tier_lines
 
 REPORT = {
     "rows": 3, "status": {"ok": 2, "skipped_budget": 1, "error": 0}, "spent": 90.0,

@@ -6,7 +6,7 @@ import logging
 import os
 
 from jobs import console
-from jobs.cli import tier_label, tier_lines
+from jobs.cli_common import tier_label, tier_lines
 from jobs.progress import Progress
 from ray_cluster.cluster import LOG_FILE_ENV, init_kwargs
 

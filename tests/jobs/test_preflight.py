@@ -19,7 +19,8 @@ import polars as pl
 import pytest
 import yaml
 
-from jobs.cli import EXIT_EVERY_ROW_FAILED, every_row_failed, main
+from jobs.cli import main
+from jobs.cli_common import EXIT_EVERY_ROW_FAILED, every_row_failed
 from jobs.preflight import check_job, check_model, hosts
 from jobs.runner import run_job
 from jobs.spec import SpecError, parse_spec

@@ -5,9 +5,9 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from jobs.runner import RowErrorsInStrictMode, run_job
+from jobs.runner import run_job
 from jobs.spec import parse_spec
-from pipelines.errors import InputError
+from pipelines.errors import InputError, RowErrorsInStrictMode
 from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
 
 ROWS = 64

@@ -64,7 +64,7 @@ def test_invalid_ladders_name_the_field(patch, message):
 def test_thinking_on_off_rungs_read_their_own_prompt_rendering():
     """A hybrid model's short mode for the pilot and sampling rungs (the job's chat_template_kwargs) and its long
     mode for the think rung (the rung's own over them): the think rung's requests name its rendering."""
-    from jobs.runner import prompt_config
+    from jobs.spec import prompt_config
     from pipelines.tiers import RowState
 
     spec = parse_spec(adaptive(ladder=["vote", "think"], rung_chat_template_kwargs={"think": {"enable_thinking": True}})

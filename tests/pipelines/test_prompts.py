@@ -6,7 +6,8 @@ import pytest
 
 from jobs.spec import SpecError, parse_spec
 from pipelines.errors import InputError
-from pipelines.prompts import PromptConfig, check_messages_type, message_errors, row_prompts, variant_ids
+from pipelines.prompts import PromptConfig, message_errors, row_prompts, variant_ids
+from pipelines.validation import check_messages_type
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 BASE = {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "budget": {"amount": 1000}}
