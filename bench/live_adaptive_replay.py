@@ -49,8 +49,8 @@ def live_run(df: pl.DataFrame, budget: float, *, estimators: tuple[str, ...], ca
     """
     from pipelines.adaptive import plan_draws, plan_from_calibration
     from pipelines.calibration import stable_hash01
-    from pipelines.replay import build_table
     from pipelines.replay_adaptive import AdaptiveConfig, round_cumcost, round_draws
+    from pipelines.replay_table import build_table
 
     table = build_table(df)
     q = table.shape[0]
@@ -124,7 +124,7 @@ def main() -> int:
     ap.add_argument("--mean", action="store_true", help="print only the mean gaps over the seeds")
     args = ap.parse_args()
 
-    from pipelines.replay import build_table, load_samples
+    from pipelines.replay_table import build_table, load_samples
 
     df = load_samples(args.samples)
     ids = df["query_id"].unique().sort()

@@ -145,7 +145,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from pipelines.replay import _finish, build_table, replay, uniform_draws
+    from pipelines.replay import _finish, replay, uniform_draws
+    from pipelines.replay_table import build_table
 
     budgets = [float(b) for b in args.budgets.split(",")]
     for name, objective, df in tables(args.tables.split(",")):

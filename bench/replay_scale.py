@@ -50,7 +50,8 @@ def main() -> int:
             subprocess.run([sys.executable, __file__, "--generate-only", path, "--queries", str(args.queries),
                             "--samples", str(args.samples), "--seed", str(args.seed)], check=True)
             print(f"generated {path} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        from pipelines.replay import build_table, load_samples, replay
+        from pipelines.replay import replay
+        from pipelines.replay_table import build_table, load_samples
 
         t0 = time.perf_counter()
         table = build_table(load_samples(path))

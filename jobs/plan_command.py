@@ -123,7 +123,7 @@ def expect(driver, pilot: Pilot, summaries: dict, n_rows: int, budget: float) ->
 
 def no_pilot(driver) -> tuple[Pilot, dict]:
     """``policy.calibration_from``: last night's samples, nothing spent (the run spends nothing on them)."""
-    from pipelines.replay import load_samples
+    from pipelines.replay_table import load_samples
 
     driver.cal_ids = set()
     return Pilot(0, 0.0, 0, 0, 0.0, 0.0, 0, load_samples(driver.pol.calibration_from)), {}

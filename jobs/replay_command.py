@@ -12,6 +12,8 @@ import json
 import math
 import sys
 
+from pipelines.objectives import OBJECTIVES
+
 
 def _budgets(text: str) -> list[float]:
     try:
@@ -30,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("samples", help="samples Parquet file (local path or s3:// URI)")
     p.add_argument("--budget", type=float, help="total budget for the whole table, in --budget-unit")
     p.add_argument("--budget-unit", choices=["samples", "tokens"], default="samples")
-    p.add_argument("--objective", choices=["accuracy", "coverage", "verified_yield"], default="accuracy",
+    p.add_argument("--objective", choices=OBJECTIVES, default="accuracy",
                    help="verified_yield: verified samples per query up to --yield-cap (needs verifier_score)")
     p.add_argument("--yield-cap", type=int, default=4, metavar="C",
                    help="verified_yield: verified samples worth keeping per query (default 4)")
@@ -53,7 +55,7 @@ def _say(msg: str) -> None:
 
 
 def _load(path: str):
-    from pipelines.replay import load_samples
+    from pipelines.replay_table import load_samples
 
     if "://" in path and not path.startswith("file://"):
         from pipelines import io
@@ -114,7 +116,7 @@ def _argument_error(args) -> str | None:
 
 def _read_table(args):
     """The samples as a ``ReplayTable``, or None and why it cannot be replayed."""
-    from pipelines.replay import build_table
+    from pipelines.replay_table import build_table
 
     try:
         _say(f"reading {args.samples}")

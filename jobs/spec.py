@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from pipelines.errors import TierwiseError
+from pipelines.objectives import Objective
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +352,7 @@ class AdaptivePolicy(_Strict):
         "sample one at a time while their gain per cost clears a price the pacer sets per part), the one "
         "`tierwise replay` runs; calibrated: a gold-calibrated plan of buckets and stop rules (needed for "
         "ladder rungs, calibration_from and learned difficulty models)")
-    objective: Literal["accuracy", "coverage", "verified_yield"] = "accuracy"
+    objective: Objective = "accuracy"
     yield_cap: int = Field(4, ge=1, description="verified_yield: verified samples worth keeping per row "
                                                 "(score min(verified, cap) / cap); other objectives ignore it")
     select: Literal["majority", "verifier"] = "majority"

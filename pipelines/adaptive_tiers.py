@@ -17,12 +17,12 @@ import polars as pl
 from pipelines.adaptive import VERIFIED, AdaptivePlan, StopRule, tier_name
 from pipelines.answers import Extractor
 from pipelines.generation import GenResult, SamplingConfig
-from pipelines.replay import ReplayTable
 from pipelines.replay_adaptive import (
     _pilot_features,
     rule_stops,
     stop_signal,
 )
+from pipelines.replay_table import ReplayTable
 from pipelines.rungs import RungRun
 from pipelines.stopping import LABEL_TOP_PROB, first_stop, label_confident
 from pipelines.tiers import RowState, Tier

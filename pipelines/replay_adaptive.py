@@ -10,7 +10,6 @@ over ``yield_cap``), optionally with a give-up check (``give_up_levels``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,10 +22,8 @@ from pipelines.calibration import (
     fit_difficulty_model,
     quantile_edges,
 )
+from pipelines.replay_table import ReplayTable
 from pipelines.stopping import first_stop
-
-if TYPE_CHECKING:
-    from pipelines.replay import ReplayTable
 
 
 @dataclass(frozen=True)
@@ -300,8 +297,6 @@ def _reordered(table: ReplayTable, rows: np.ndarray, copies: int, seed: int = 0,
     ``keep_order`` ([table rows] bool) marks rows replayed in their recorded order in every copy: rows
     whose sampling stopped on what it saw (a verified sample) are not exchangeable histories.
     """
-    from pipelines.replay import ReplayTable
-
     r = np.tile(rows, max(copies, 1))
     n_av, width = table.n_available[r], table.shape[1]
     keys = np.random.default_rng(seed).random((len(r), width))

@@ -54,7 +54,7 @@ def test_sample_records_a_replay_table(tmp_path, ray_cluster, capsys):
 
     import polars as pl
 
-    from pipelines.replay import build_table, load_samples
+    from pipelines.replay_table import build_table, load_samples
     from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
 
     generate_dataset(24, DEMO_MIX, seed=5).write_parquet(tmp_path / "in.parquet")

@@ -20,9 +20,9 @@ from pipelines.adaptive import (
 from pipelines.adaptive_tiers import AdaptiveTier, row_features
 from pipelines.calibration import DifficultyModel
 from pipelines.generation import GenResult, Sample
-from pipelines.replay import build_table
 from pipelines.replay_adaptive import AdaptiveConfig, _pilot_features, _stop_rules, stop_signal
 from pipelines.replay_synthetic import synthetic_samples
+from pipelines.replay_table import build_table
 from pipelines.stopping import LABEL_TOP_PROB, label_confident
 from pipelines.tiers import RowState
 

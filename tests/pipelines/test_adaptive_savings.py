@@ -17,9 +17,9 @@ from pipelines.adaptive import (
 from pipelines.adaptive_tiers import AdaptiveTier, CalibrationTier
 from pipelines.calibration import fit_difficulty_model
 from pipelines.generation import GenResult, Sample
-from pipelines.replay import build_table
 from pipelines.replay_adaptive import AdaptiveConfig, round_draws
 from pipelines.replay_synthetic import synthetic_samples
+from pipelines.replay_table import build_table
 from pipelines.tiers import RowState
 
 

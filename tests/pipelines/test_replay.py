@@ -7,16 +7,9 @@ import polars as pl
 import pytest
 
 from pipelines.calibration import stable_hash01
-from pipelines.replay import (
-    SamplesSchemaError,
-    build_table,
-    load_samples,
-    prepare,
-    replay,
-    replay_curve,
-    validate_samples,
-)
+from pipelines.replay import prepare, replay, replay_curve
 from pipelines.replay_synthetic import synthetic_samples
+from pipelines.replay_table import SamplesSchemaError, build_table, load_samples, validate_samples
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.replay import build_table, load_samples, replay
+from pipelines.replay import replay
+from pipelines.replay_table import build_table, load_samples
 
 RECORDED = Path(__file__).resolve().parents[2] / "bench" / "data" / "demo_samples.parquet"
 

@@ -6,8 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.replay import build_table, replay
+from pipelines.replay import replay
 from pipelines.replay_synthetic import synthetic_samples
+from pipelines.replay_table import build_table
 from pipelines.sequential import (
     GRID,
     RowModel,

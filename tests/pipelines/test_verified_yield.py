@@ -12,9 +12,10 @@ import polars as pl
 import pytest
 
 from pipelines.adaptive import AdaptivePlan, plan_draws, plan_from_calibration
-from pipelines.replay import build_table, load_samples, replay
+from pipelines.replay import replay
 from pipelines.replay_adaptive import AdaptiveConfig, give_up_levels, stop_signal
 from pipelines.replay_synthetic import synthetic_samples
+from pipelines.replay_table import build_table, load_samples
 
 RECORDED = Path(__file__).resolve().parents[2] / "bench" / "data" / "demo_samples.parquet"
 ROWS = 3000
