@@ -8,7 +8,7 @@ remaining budget over the remaining rows, assumed to fall in buckets as the (ran
 Live rows run the plan as ``pipelines.adaptive_tiers.AdaptiveTier`` (a row program); ``plan_draws`` drives
 the same plan columnar over a recorded table; tests check both agree.
 
-Three savings (issue 3's goals): ``CalibrationTier`` stops calibration rows at a verified sample (the
+Three savings: ``CalibrationTier`` stops calibration rows at a verified sample (the
 curves of every rule the plan then offers stay exact); ``RowGate`` lets rows whose features alone say
 "hopeless" skip the pilot; ``_spend_slack`` spends budget the allocator leaves past every bucket's peak.
 
@@ -21,12 +21,13 @@ when samples stop at a failed step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
 
-from pipelines.allocation import BucketOptions, allocate
+from pipelines.allocation import Allocation, BucketOptions, Option, allocate
 from pipelines.calibration import (
     BucketCalibration,
     CurveFit,
@@ -374,6 +375,23 @@ def label_calibration(samples: pl.DataFrame, verifier_pass: float = 0.5) -> tupl
     return out.drop("_majority") if "_majority" in out.columns else out, f"gold+{source}" if has_gold else source
 
 
+@dataclass(frozen=True)
+class PlanRequest:
+    """What a plan is for and how it may spend (the arguments of ``plan_from_calibration``)."""
+
+    rows_remaining: int
+    budget_remaining: float
+    unit: str
+    objective: str
+    price: float | None = None
+    round_size: int = 2
+    seed: int = 0
+    rungs: pl.DataFrame | None = None
+    sampling: bool = True
+    prompt_per_sample: bool = False
+    max_cap: int | None = None
+
+
 def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_remaining: float, unit: str,
                           objective: str, config: AdaptiveConfig | None = None, price: float | None = None,
                           round_size: int = 2, seed: int = 0, verifier_pass: float | None = None,
@@ -422,13 +440,57 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
             verified_yield without verifier scores.
         SamplesSchemaError: Samples not in the replay schema.
     """
-    if unit not in BUDGET_UNITS or objective not in OBJECTIVES:
-        raise ValueError(f"need unit in {BUDGET_UNITS} and objective in {OBJECTIVES}, got {unit!r}, {objective!r}")
-    if rows_remaining < 0 or not budget_remaining >= 0 or round_size < 1:
+    req = PlanRequest(rows_remaining, budget_remaining, unit, objective, price, round_size, seed, rungs, sampling,
+                      prompt_per_sample, max_cap)
+    return plan_for_request(samples, req, config, verifier_pass, model)
+
+
+def plan_for_request(samples: pl.DataFrame, req: PlanRequest, config: AdaptiveConfig | None = None,
+                     verifier_pass: float | None = None,
+                     model: DifficultyModel | None = None) -> tuple[AdaptivePlan, dict]:
+    """``plan_from_calibration`` with its budget and options as one ``PlanRequest``: label, pilot and gate,
+    calibrate buckets, bucket options, allocate, spend slack, report."""
+    _check_request(req)
+    cfg = _plan_config(config, verifier_pass)
+    table, labels, warnings = _calibration_table(samples, req.objective, cfg)
+    pilot = _pilot_and_gate(table, req, cfg, warnings)
+    buckets, rules = _calibrate(table, pilot, req, cfg, model)
+    options, measured = _bucket_options(buckets, rules, table, pilot, req, cfg)
+    per_row = max(pilot.extra_budget, 0.0) / pilot.rows_run if pilot.rows_run else 0.0
+    alloc, units = _allocate_shares(options, buckets.counts, per_row)
+    plans = _bucket_plans(options, alloc, units, buckets, rules)
+    slack = per_row - sum(b.share * b.expected_cost for b in plans)
+    if req.price is None and alloc.price == 0 and slack > 0:
+        plans = _spend_leftover(plans, buckets.curves, rules, slack, req.max_cap,
+                                lambda: _unsolved_sample_cost(table, pilot.rows, pilot.cumcost))
+    plan = AdaptivePlan(pilot.size, req.round_size, req.objective, req.unit, tuple(pilot.names), buckets.model,
+                        tuple(float(e) for e in buckets.edges), tuple(plans), rules.weighted, pilot.cost, labels,
+                        req.seed, cfg.yield_cap, cfg.verifier_pass, pilot.gate)
+    report = _plan_report(plan, req, cfg, table, pilot, buckets, labels, warnings) | {
+        "budget": _budget_report(plan, req, pilot, alloc.price),
+        "buckets": _bucket_reports(plans, buckets, measured, req.price, pilot.rows_run), "warnings": warnings}
+    return plan, report
+
+
+def _check_request(req: PlanRequest) -> None:
+    if req.unit not in BUDGET_UNITS or req.objective not in OBJECTIVES:
+        raise ValueError(f"need unit in {BUDGET_UNITS} and objective in {OBJECTIVES}, "
+                         f"got {req.unit!r}, {req.objective!r}")
+    if req.rows_remaining < 0 or not req.budget_remaining >= 0 or req.round_size < 1:
         raise ValueError("need rows_remaining >= 0, budget_remaining >= 0 and round_size >= 1")
-    cfg = config or AdaptiveConfig(estimators=("pilot",))  # live rows carry row features only when asked
+
+
+def _plan_config(config: AdaptiveConfig | None, verifier_pass: float | None) -> AdaptiveConfig:
+    """The config, default the pilot's signals only (live rows carry row features only when asked)."""
+    cfg = config or AdaptiveConfig(estimators=("pilot",))
     if verifier_pass is not None and verifier_pass != cfg.verifier_pass:
         cfg = replace(cfg, verifier_pass=verifier_pass)
+    return cfg
+
+
+def _calibration_table(samples: pl.DataFrame, objective: str,
+                       cfg: AdaptiveConfig) -> tuple[ReplayTable, str, list[str]]:
+    """Label the calibration samples and build their table: (table, label source, warnings)."""
     labelled, labels = label_calibration(samples, cfg.verifier_pass)
     table = build_table(labelled)
     q, width = table.shape
@@ -440,109 +502,230 @@ def plan_from_calibration(samples: pl.DataFrame, *, rows_remaining: int, budget_
     warnings = []
     if q < cfg.min_calibration_queries:
         warnings.append(f"only {q} calibration rows (< {cfg.min_calibration_queries}): curves are noisy")
+    return table, labels, warnings
+
+
+@dataclass
+class _Pilot:
+    """The pilot and the gate in front of it.
+
+    Attributes:
+        size: Pilot samples (shrunk while the budget cannot pay them for every row run).
+        names: The difficulty features (chosen for the initial pilot size).
+        gate: The features-only gate, or None.
+        rows: Calibration rows the gate lets through.
+        rows_run: Remaining rows expected through the gate.
+        cumcost: [rows, samples + 1] cumulative cost of the calibration samples, as live rows pay.
+        cost: Expected pilot cost per row run.
+        extra_budget: Budget left past the pilots (negative: not every row gets a pilot).
+    """
+
+    size: int
+    names: list[str]
+    gate: RowGate | None
+    rows: np.ndarray
+    rows_run: float
+    cumcost: np.ndarray
+    cost: float
+    extra_budget: float
+
+
+def _pilot_and_gate(table: ReplayTable, req: PlanRequest, cfg: AdaptiveConfig, warnings: list[str]) -> _Pilot:
+    """Gate the rows the features alone call hopeless, then fit the pilot to the budget."""
+    q, width = table.shape
     n_av = table.n_available
-    pilot = min(pilot_size(cfg, objective, table.verifier_score is not None), width)
+    pilot = min(pilot_size(cfg, req.objective, table.verifier_score is not None), width)
     names = feature_names(table, pilot, cfg)
-    # Rows the features alone call hopeless skip the pilot; the plan is for the others.
     gate = fit_gate(table, names, cfg.gate_min_rows)
     gated = gate.skips(_pilot_features(table, 0, np.zeros(q, np.int64), gate.model.names)[0]) if gate \
         else np.zeros(q, dtype=bool)
     rows = np.flatnonzero(~gated)
-    rows_run = rows_remaining * (1.0 - (gate.share if gate else 0.0))
-
-    cumcost = round_cumcost(table, unit, 1, 1) if prompt_per_sample else table.cumcost(unit)
+    rows_run = req.rows_remaining * (1.0 - (gate.share if gate else 0.0))
+    cumcost = round_cumcost(table, req.unit, 1, 1) if req.prompt_per_sample else table.cumcost(req.unit)
 
     def pilot_cost(p: int) -> float:
         return float(cumcost[rows, np.minimum(p, n_av[rows])].mean())
 
-    while pilot > 1 and rows_run * pilot_cost(pilot) > budget_remaining:
+    while pilot > 1 and rows_run * pilot_cost(pilot) > req.budget_remaining:
         pilot -= 1  # as replay: a smaller pilot before rows go without one
     pilot_row = pilot_cost(pilot)
-    extra_budget = budget_remaining - rows_run * pilot_row
+    extra_budget = req.budget_remaining - rows_run * pilot_row
     if extra_budget < 0:
         warnings.append("the budget cannot pay a pilot sample for every remaining row; the ledger will refuse some")
+    return _Pilot(pilot, names, gate, rows, rows_run, cumcost, pilot_row, extra_budget)
+
+
+@dataclass
+class _Buckets:
+    """What ``calibrate_buckets`` measured, with the buckets' calibration row counts.
+
+    Attributes:
+        counts: [buckets] calibration (row, order) pairs predicted into each bucket.
+        copies: Sample orders each calibration row was replayed in.
+    """
+
+    model: DifficultyModel
+    edges: np.ndarray
+    curves: list[BucketCalibration]
+    options: list[tuple]
+    difficulty: np.ndarray
+    cal: ReplayTable
+    counts: np.ndarray
+    copies: int
+
+
+@dataclass
+class _Rules:
+    """The stop-rule grid: option ``name`` (a grid index) is rule ``specs[grid_t[i]]`` with cap ``grid_c[i]``."""
+
+    specs: list
+    grid_t: np.ndarray
+    grid_c: np.ndarray
+    pilot: int
+    weighted: bool
+
+    def rule(self, name: str) -> StopRule:
+        """The rule of an allocator option: a stop rule of the grid, or a ladder rung after the pilot."""
+        if name in RUNGS:
+            return StopRule(math.inf, None, self.pilot, name, rung=name)
+        (t, g, below), cap = self.specs[self.grid_t[int(name)]], int(self.grid_c[int(name)])
+        return StopRule(float(t), g, cap, tier_name(cap, self.pilot, self.weighted), below)
+
+
+def _thresholds(table: ReplayTable, objective: str, cfg: AdaptiveConfig) -> tuple[tuple, np.ndarray | None]:
+    """The stop thresholds offered, and the rows that replay in their recorded order only (or None).
+
+    Calibration stopped rows at a verified sample (``CalibrationTier``): every finite threshold (a verifier
+    score, at most VERIFIED) stops them there too, so their curves are exact; "never stop early" would read
+    samples that were not drawn, so it is not offered. Such rows' samples are not exchangeable (the last
+    one verified), so they replay in their recorded order only.
+    """
     thresholds = _stop_signal(table, objective, cfg)[1]
-    keep_order = None
-    if verifier_driven(objective, table.verifier_score is not None) and (n_av < width).any():
-        # Calibration stopped rows at a verified sample (``CalibrationTier``): every finite threshold
-        # (a verifier score, at most VERIFIED) stops them there too, so their curves are exact; "never
-        # stop early" would read samples that were not drawn, so it is not offered. Such rows' samples
-        # are not exchangeable (the last one verified), so they replay in their recorded order only.
+    if verifier_driven(objective, table.verifier_score is not None) and (table.n_available < table.shape[1]).any():
         thresholds = tuple(t for t in thresholds if math.isfinite(t)) or thresholds
-        keep_order = (np.nan_to_num(table.verifier_score, nan=-np.inf) >= VERIFIED).any(axis=1)
-    levels = give_up_levels(table, objective, cfg, thresholds)
+        return thresholds, (np.nan_to_num(table.verifier_score, nan=-np.inf) >= VERIFIED).any(axis=1)
+    return thresholds, None
+
+
+def _calibrate(table: ReplayTable, pilot: _Pilot, req: PlanRequest, cfg: AdaptiveConfig,
+               model: DifficultyModel | None) -> tuple[_Buckets, _Rules]:
+    """Difficulty model, buckets and per-bucket curves over the stop-rule grid, from the pilot's rows."""
+    width = table.shape[1]
+    thresholds, keep_order = _thresholds(table, req.objective, cfg)
+    levels = give_up_levels(table, req.objective, cfg, thresholds)
     model, edges, curves, options, difficulty, cal = calibrate_buckets(
-        table, rows, pilot, unit, objective, cfg, thresholds, names, round_size, levels, model, keep_order,
-        prompt_per_sample)
+        table, pilot.rows, pilot.size, req.unit, req.objective, cfg, thresholds, pilot.names, req.round_size, levels,
+        model, keep_order, req.prompt_per_sample)
     counts = np.bincount(assign_buckets(difficulty, edges), minlength=len(curves)).astype(np.float64)
-    copies = max(len(difficulty) // len(rows), 1)
-    specs = rule_specs(thresholds, pilot, width, cfg.give_up_at, levels)
-    grid_t, grid_c = _grid(len(specs), _caps(pilot, width, cfg))
-    if price is not None:  # never buy past a bucket's knee at this price
-        options = [tuple(o for o in opts if o.cost <= c.curve.compute[c.curve.knee(price)]) or opts
-                   for opts, c in zip(options, curves)]
-    if not sampling:  # the ladder has no sampling rung: the pilot alone (cap = pilot) stays
-        options = [tuple(o for o in opts if grid_c[int(o.name)] <= pilot) for opts in options]
-    measured = rung_options(rungs if rungs is not None else pl.DataFrame(schema=MEASURE_SCHEMA), table.query_ids.gather(rows),
-                            difficulty, edges, pilot_score=cal.scores(objective, cfg.yield_cap)[
-                                np.arange(len(difficulty)), np.minimum(pilot, cal.n_available)].astype(np.float64),
+    copies = max(len(difficulty) // len(pilot.rows), 1)
+    specs = rule_specs(thresholds, pilot.size, width, cfg.give_up_at, levels)
+    grid_t, grid_c = _grid(len(specs), _caps(pilot.size, width, cfg))
+    return (_Buckets(model, edges, curves, options, difficulty, cal, counts, copies),
+            _Rules(specs, grid_t, grid_c, pilot.size, table.verifier_score is not None))
+
+
+def _bucket_options(buckets: _Buckets, rules: _Rules, table: ReplayTable, pilot: _Pilot, req: PlanRequest,
+                    cfg: AdaptiveConfig) -> tuple[list[tuple], list[dict]]:
+    """Per bucket, the allocator's options (the stop rules the price and ``sampling`` allow, then the rungs),
+    and the rungs' measured options (``rung_options``)."""
+    options = buckets.options
+    if req.price is not None:  # never buy past a bucket's knee at this price
+        options = [tuple(o for o in opts if o.cost <= c.curve.compute[c.curve.knee(req.price)]) or opts
+                   for opts, c in zip(options, buckets.curves)]
+    if not req.sampling:  # the ladder has no sampling rung: the pilot alone (cap = pilot) stays
+        options = [tuple(o for o in opts if rules.grid_c[int(o.name)] <= pilot.size) for opts in options]
+    cal, difficulty = buckets.cal, buckets.difficulty
+    pilot_score = cal.scores(req.objective, cfg.yield_cap)[
+        np.arange(len(difficulty)), np.minimum(pilot.size, cal.n_available)].astype(np.float64)
+    measured = rung_options(req.rungs if req.rungs is not None else pl.DataFrame(schema=MEASURE_SCHEMA),
+                            table.query_ids.gather(pilot.rows), difficulty, buckets.edges, pilot_score=pilot_score,
                             reference=[min(opts, key=lambda o: o.cost).score for opts in options])
-    options = [opts + tuple(o for o, _ in extra.values()
-                            if price is None or o.cost <= _knee_cost(opts) or o.score - price * o.cost
-                            >= max(p.score - price * p.cost for p in opts))
+    options = [opts + tuple(o for o, _ in extra.values() if _rung_on_offer(o, opts, req.price))
                for opts, extra in zip(options, measured)]
+    return options, measured
+
+
+def _rung_on_offer(rung: Option, options: tuple, price: float | None) -> bool:
+    """A rung is offered unless, at ``price``, it is dearer than every option and worth less than the best."""
+    return (price is None or rung.cost <= _knee_cost(options)
+            or rung.score - price * rung.cost >= max(p.score - price * p.cost for p in options))
+
+
+def _allocate_shares(options: list[tuple], counts: np.ndarray, per_row: float) -> tuple[Allocation, np.ndarray]:
+    """Allocate ``per_row`` over the buckets' shares, split finely (``_ALLOC_RESOLUTION`` rows in all):
+    (allocation, [buckets] allocator rows per bucket)."""
     scale = max(1, math.ceil(_ALLOC_RESOLUTION / counts.sum()))
     units = (counts * scale).astype(np.int64)
-    per_row = max(extra_budget, 0.0) / rows_run if rows_run else 0.0
-    alloc = allocate([BucketOptions(b, int(units[b]), options[b]) for b in range(len(curves))],
+    alloc = allocate([BucketOptions(b, int(units[b]), options[b]) for b in range(len(options))],
                      per_row * float(units.sum()))
-    weighted = table.verifier_score is not None
+    return alloc, units
 
-    def rule(name: str) -> StopRule:
-        if name in RUNGS:  # a ladder rung after the pilot, not a stop rule
-            return StopRule(math.inf, None, pilot, name, rung=name)
-        (t, g, below), cap = specs[grid_t[int(name)]], int(grid_c[int(name)])
-        return StopRule(float(t), g, cap, tier_name(cap, pilot, weighted), below)
 
-    plans, report_buckets = [], []
+def _bucket_plans(options: list[tuple], alloc: Allocation, units: np.ndarray, buckets: _Buckets,
+                  rules: _Rules) -> list[BucketPlan]:
+    """Each bucket's rule (and the richer rule of a split, with its share) from the allocation."""
+    counts, plans = buckets.counts, []
     for b, (opts, ba) in enumerate(zip(options, alloc.buckets)):
         by_name = {o.name: o for o in opts}  # every bucket has rows, so the cheaper option keeps some
         used = sorted(((by_name[k], v / units[b]) for k, v in ba.counts.items() if v), key=lambda ow: ow[0].cost)
-        alt = rule(used[1][0].name) if len(used) > 1 else None
-        bp = BucketPlan(b, float(counts[b] / copies), float(counts[b] / counts.sum()), rule(used[0][0].name),
-                        float(sum(o.cost * w for o, w in used)), float(sum(o.score * w for o, w in used)),
-                        alt, float(used[1][1]) if alt else 0.0)
-        plans.append(bp)
-    slack = per_row - sum(b.share * b.expected_cost for b in plans)
-    if price is None and alloc.price == 0 and slack > 0:
-        richest = _richest_option(specs, grid_t, grid_c)
-        if richest is not None:
-            plans, slack = _spend_slack(plans, curves, richest, rule(richest), slack)
-            if max_cap is not None and slack > 0:
-                plans = _extend_cap(plans, curves, richest, rule(richest), slack, max_cap,
-                                    _unsolved_sample_cost(table, rows, cumcost))
-    for b, (bp, bc) in enumerate(zip(plans, curves)):
-        report_buckets.append(_bucket_report(bp, bc.curve, price, rows_run, edges, bc.n_calibration_rows))
+        alt = rules.rule(used[1][0].name) if len(used) > 1 else None
+        plans.append(BucketPlan(b, float(counts[b] / buckets.copies), float(counts[b] / counts.sum()),
+                                rules.rule(used[0][0].name), float(sum(o.cost * w for o, w in used)),
+                                float(sum(o.score * w for o, w in used)), alt, float(used[1][1]) if alt else 0.0))
+    return plans
+
+
+def _spend_leftover(plans: list[BucketPlan], curves: list[BucketCalibration], rules: _Rules, slack: float,
+                    max_cap: int | None, sample_cost: Callable[[], float]) -> list[BucketPlan]:
+    """Budget past every bucket's peak: richer rules first (``_spend_slack``), then longer caps
+    (``_extend_cap``, up to ``max_cap``; ``sample_cost()`` gives an unsolved row's cost per sample)."""
+    richest = _richest_option(rules.specs, rules.grid_t, rules.grid_c)
+    if richest is None:
+        return plans
+    plans, slack = _spend_slack(plans, curves, richest, rules.rule(richest), slack)
+    if max_cap is not None and slack > 0:
+        plans = _extend_cap(plans, curves, richest, rules.rule(richest), slack, max_cap, sample_cost())
+    return plans
+
+
+def _bucket_reports(plans: list[BucketPlan], buckets: _Buckets, measured: list[dict], price: float | None,
+                    rows_run: float) -> list[dict]:
+    """Per bucket: its curve, knee, peak and chosen operating point, and the rungs' measured points."""
+    out = []
+    for b, (bp, bc) in enumerate(zip(plans, buckets.curves)):
+        out.append(_bucket_report(bp, bc.curve, price, rows_run, buckets.edges, bc.n_calibration_rows))
         if measured[b]:  # the rungs' measured points, beside the stop rules' curve
-            report_buckets[-1]["rungs"] = [{"label": k, "cost": o.cost, "score": o.score, "rows": n}
-                                           for k, (o, n) in measured[b].items()]
-    plan = AdaptivePlan(pilot, round_size, objective, unit, tuple(names), model, tuple(float(e) for e in edges),
-                        tuple(plans), weighted, pilot_row, labels, seed, cfg.yield_cap, cfg.verifier_pass, gate)
-    extra_spend = rows_run * sum(b.share * b.expected_cost for b in plans)
-    money = {"budget_remaining": budget_remaining, "rows_remaining": rows_remaining, "rows_gated": rows_remaining - rows_run,
-             "pilot_cost_per_row": pilot_row,
-             "pilot_total": rows_run * pilot_row, "extra_budget": max(extra_budget, 0.0),
-             "expected_extra_total": extra_spend, "expected_total": rows_run * pilot_row + extra_spend,
-             "expected_cost_per_row": plan.expected_cost_per_row, "price": alloc.price, "knee_price": price,
-             "expected_score_per_row": sum(b.share * b.expected_score for b in plans)}
-    return plan, {"unit": unit, "objective": objective, "labels": labels, "pilot": pilot, "round_size": round_size,
-                  "calibration_rows": q, "calibration_samples_per_row": width, "calibration_orders": copies,
-                  "gate": gate and {"below": gate.below, "calibration_rows": gate.calibration_rows,
-                                    "share": gate.share, "features": list(gate.model.names)},
-                  "signal": plan.signal, "weighted": weighted,
-                  **({"rungs": sorted(set(rungs["rung"].to_list()))} if rungs is not None and rungs.height else {}),
-                  **({"yield_cap": cfg.yield_cap} if objective == "verified_yield" else {}), "feature_names": list(names), "budget": money,
-                  "buckets": report_buckets, "warnings": warnings}
+            out[-1]["rungs"] = [{"label": k, "cost": o.cost, "score": o.score, "rows": n}
+                                for k, (o, n) in measured[b].items()]
+    return out
+
+
+def _budget_report(plan: AdaptivePlan, req: PlanRequest, pilot: _Pilot, alloc_price: float) -> dict:
+    """The budget math: pilots, the extra budget, expected spend and score."""
+    rows_run, pilot_row = pilot.rows_run, pilot.cost
+    extra_spend = rows_run * sum(b.share * b.expected_cost for b in plan.buckets)
+    return {"budget_remaining": req.budget_remaining, "rows_remaining": req.rows_remaining,
+            "rows_gated": req.rows_remaining - rows_run, "pilot_cost_per_row": pilot_row,
+            "pilot_total": rows_run * pilot_row, "extra_budget": max(pilot.extra_budget, 0.0),
+            "expected_extra_total": extra_spend, "expected_total": rows_run * pilot_row + extra_spend,
+            "expected_cost_per_row": plan.expected_cost_per_row, "price": alloc_price, "knee_price": req.price,
+            "expected_score_per_row": sum(b.share * b.expected_score for b in plan.buckets)}
+
+
+def _plan_report(plan: AdaptivePlan, req: PlanRequest, cfg: AdaptiveConfig, table: ReplayTable, pilot: _Pilot,
+                 buckets: _Buckets, labels: str, warnings: list[str]) -> dict:
+    """The report's head: what was planned, on what calibration, with which gate and signal."""
+    q, width = table.shape
+    gate, rungs = pilot.gate, req.rungs
+    return {"unit": req.unit, "objective": req.objective, "labels": labels, "pilot": pilot.size,
+            "round_size": req.round_size, "calibration_rows": q, "calibration_samples_per_row": width,
+            "calibration_orders": buckets.copies,
+            "gate": gate and {"below": gate.below, "calibration_rows": gate.calibration_rows,
+                              "share": gate.share, "features": list(gate.model.names)},
+            "signal": plan.signal, "weighted": plan.weighted,
+            **({"rungs": sorted(set(rungs["rung"].to_list()))} if rungs is not None and rungs.height else {}),
+            **({"yield_cap": cfg.yield_cap} if req.objective == "verified_yield" else {}),
+            "feature_names": list(pilot.names)}
 
 
 def _richest_option(specs: list, grid_t: np.ndarray, grid_c: np.ndarray) -> int | None:

@@ -6,7 +6,7 @@ letting a bucket split its rows between two adjacent options (the LP relaxation 
 knapsack, rounded down to whole rows). The solution is the classic convex-hull greedy: only options on
 a bucket's upper concave hull can be optimal, and hull segments are bought in decreasing order of
 marginal score per unit cost. The ratio of the segment where the budget runs out is the Lagrangian price;
-a replica given that price picks ``argmax(score - price * cost)`` per row (see ``choose_at_price``).
+a row given that price would pick ``argmax(score - price * cost)``.
 
 The objective (accuracy, coverage, verified yield) only changes what ``score`` means.
 """
@@ -133,9 +133,25 @@ def _rising_hull(options: tuple[Option, ...]) -> list[int]:
     return [int(i) for i in hull[: peak + 1]]
 
 
-def choose_at_price(options: tuple[Option, ...], price: float) -> Option:
-    """The option a row takes at a given price: max ``score - price * cost``, cheapest on ties."""
-    return max(options, key=lambda o: (o.score - price * o.cost, -o.cost))
+@dataclass(frozen=True)
+class _Segment:
+    """One hull segment of a bucket: moving a row from hull vertex ``index`` to the next one."""
+
+    ratio: float  # marginal score per unit cost (inf for a free gain)
+    bucket: int
+    index: int
+    dcost: float  # cost per row of the move
+    dscore: float  # score per row of the move
+
+
+@dataclass
+class _Greedy:
+    """Where the greedy left each bucket: all rows at hull vertex ``level``, ``moved`` rows one further."""
+
+    level: list[int]
+    moved: list[int]
+    price: float = 0.0
+    split_done: bool = False
 
 
 def allocate(buckets: list[BucketOptions], budget: float) -> Allocation:
@@ -152,56 +168,92 @@ def allocate(buckets: list[BucketOptions], budget: float) -> Allocation:
         InfeasibleBudgetError: The budget is below the cost of every row's cheapest option.
         ValueError: A bucket has no options, negative rows or a negative cost.
     """
-    hulls, base_cost = [], 0.0
-    for b in buckets:
-        if not b.options or b.n_rows < 0 or any(o.cost < 0 for o in b.options):
-            raise ValueError(f"bucket {b.bucket_id!r}: needs options with cost >= 0 and n_rows >= 0")
-        hulls.append(_rising_hull(b.options))
-        base_cost += b.n_rows * b.options[hulls[-1][0]].cost
+    hulls = [_checked_rising_hull(b) for b in buckets]
+    left = _budget_above_cheapest(buckets, hulls, budget)
+    greedy = _buy_segments(buckets, _sorted_segments(buckets, hulls), left)
+    out = [_bucket_allocation(b, hull, greedy.level[bi], greedy.moved[bi])
+           for bi, (b, hull) in enumerate(zip(buckets, hulls))]
+    total_cost, total_score = 0.0, 0.0
+    for ba in out:
+        total_cost += ba.cost
+        total_score += ba.score
+    lp_score = _lp_score(buckets, hulls, budget) if greedy.split_done else total_score
+    return Allocation(out, budget, total_cost, total_score, greedy.price, lp_score)
+
+
+def _checked_rising_hull(b: BucketOptions) -> list[int]:
+    """The bucket's rising hull, after checking it has options, rows >= 0 and costs >= 0."""
+    if not b.options or b.n_rows < 0 or any(o.cost < 0 for o in b.options):
+        raise ValueError(f"bucket {b.bucket_id!r}: needs options with cost >= 0 and n_rows >= 0")
+    return _rising_hull(b.options)
+
+
+def _budget_above_cheapest(buckets: list[BucketOptions], hulls: list[list[int]], budget: float) -> float:
+    """Budget left once every row takes its cheapest option; raises when that does not fit."""
+    base_cost = 0.0
+    for b, hull in zip(buckets, hulls):
+        base_cost += b.n_rows * b.options[hull[0]].cost
     left = budget - base_cost
     if left < -_EPS * max(1.0, abs(budget)):
         raise InfeasibleBudgetError(f"budget {budget} < {base_cost}, the cost of the cheapest option of every row")
-    left = max(left, 0.0)
-    segments = []  # (ratio, bucket index, segment index, delta cost per row, delta score per row)
+    return max(left, 0.0)
+
+
+def _sorted_segments(buckets: list[BucketOptions], hulls: list[list[int]]) -> list[_Segment]:
+    """All hull segments, best marginal ratio first (ties: bucket order, then along the hull)."""
+    segments = []
     for bi, (b, hull) in enumerate(zip(buckets, hulls)):
         for si in range(len(hull) - 1):
             o0, o1 = b.options[hull[si]], b.options[hull[si + 1]]
             dc, ds = o1.cost - o0.cost, o1.score - o0.score
-            segments.append((ds / dc if dc > 0 else math.inf, bi, si, dc, ds))
-    segments.sort(key=lambda t: (-t[0], t[1], t[2]))
-    level = [0] * len(buckets)  # hull vertex reached by all rows of each bucket
-    moved = [0] * len(buckets)  # rows of a blocked bucket moved one vertex further
+            segments.append(_Segment(ds / dc if dc > 0 else math.inf, bi, si, dc, ds))
+    segments.sort(key=lambda t: (-t.ratio, t.bucket, t.index))
+    return segments
+
+
+def _buy_segments(buckets: list[BucketOptions], segments: list[_Segment], left: float) -> _Greedy:
+    """Buy segments in order while the budget lasts; a segment that does not fit moves what rows it can.
+
+    A bucket whose segment did not fit is blocked: its later segments are skipped. The ratio of the
+    first segment that does not fit is the LP's marginal price.
+    """
+    greedy = _Greedy(level=[0] * len(buckets), moved=[0] * len(buckets))
     blocked = [False] * len(buckets)
-    price, split_done = 0.0, False
-    for ratio, bi, si, dc, _ds in segments:
+    for seg in segments:
+        bi = seg.bucket
         n = buckets[bi].n_rows
-        if blocked[bi] or level[bi] != si or n == 0:
+        if blocked[bi] or greedy.level[bi] != seg.index or n == 0:
             continue
-        if n * dc <= left + _EPS * max(1.0, left):
-            left = max(left - n * dc, 0.0)
-            level[bi] += 1
+        if n * seg.dcost <= left + _EPS * max(1.0, left):
+            left = max(left - n * seg.dcost, 0.0)
+            greedy.level[bi] += 1
             continue
-        m = min(n, int(math.floor(left / dc + _EPS)))
-        while m > 0 and m * dc > left + _EPS * max(1.0, left):
-            m -= 1
-        if not split_done:  # first segment that does not fit: the LP's marginal segment
-            split_done, price = True, ratio
-        moved[bi], blocked[bi] = m, True
-        left = max(left - m * dc, 0.0)
-    out, total_cost, total_score = [], 0.0, 0.0
-    for bi, (b, hull) in enumerate(zip(buckets, hulls)):
-        lo = b.options[hull[level[bi]]]
-        counts = {lo.name: b.n_rows - moved[bi]}
-        if moved[bi]:
-            counts[b.options[hull[level[bi] + 1]].name] = moved[bi]
-        by_name = {o.name: o for o in b.options}
-        cost = sum(by_name[k].cost * v for k, v in counts.items())
-        score = sum(by_name[k].score * v for k, v in counts.items())
-        out.append(BucketAllocation(b.bucket_id, counts, cost, score))
-        total_cost += cost
-        total_score += score
-    lp_score = _lp_score(buckets, hulls, budget) if split_done else total_score
-    return Allocation(out, budget, total_cost, total_score, price, lp_score)
+        m = _rows_that_fit(n, seg.dcost, left)
+        if not greedy.split_done:
+            greedy.split_done, greedy.price = True, seg.ratio
+        greedy.moved[bi], blocked[bi] = m, True
+        left = max(left - m * seg.dcost, 0.0)
+    return greedy
+
+
+def _rows_that_fit(n: int, dcost: float, left: float) -> int:
+    """Most rows (<= n) whose move at ``dcost`` each fits in ``left``."""
+    m = min(n, int(math.floor(left / dcost + _EPS)))
+    while m > 0 and m * dcost > left + _EPS * max(1.0, left):
+        m -= 1
+    return m
+
+
+def _bucket_allocation(b: BucketOptions, hull: list[int], level: int, moved: int) -> BucketAllocation:
+    """Row counts, cost and score of a bucket with its rows at hull vertex ``level``, ``moved`` one further."""
+    lo = b.options[hull[level]]
+    counts = {lo.name: b.n_rows - moved}
+    if moved:
+        counts[b.options[hull[level + 1]].name] = moved
+    by_name = {o.name: o for o in b.options}
+    cost = sum(by_name[k].cost * v for k, v in counts.items())
+    score = sum(by_name[k].score * v for k, v in counts.items())
+    return BucketAllocation(b.bucket_id, counts, cost, score)
 
 
 def _lp_score(buckets: list[BucketOptions], hulls: list[list[int]], budget: float) -> float:

@@ -81,40 +81,58 @@ def rung_measures(output: pl.DataFrame, rung: str, *, objective: str, unit: str 
     if output.is_empty():
         return pl.DataFrame(schema=MEASURE_SCHEMA), "gold" if gold is not None else "verifier"
     scored = "verifier_scores" in output.columns and output["verifier_scores"].is_not_null().any()
-    rows = output.select(
+    rows = _rung_rows(output, scored)
+    source, ref = _label_reference(gold, scored, majority)
+    if ref is not None:
+        rows = rows.join(ref, on="query_id", how="left", maintain_order="left")
+    rows = rows.join(_rights_per_row(rows, ref is not None, scored, verifier_pass),
+                     on="query_id", how="left", maintain_order="left").with_columns(
+        pl.col("n_right").fill_null(0), pl.col("answer_right").fill_null(False))
+    return rows.select("query_id", pl.lit(rung).alias("rung"), pl.col(unit).alias("cost"),
+                       _objective_score(objective, yield_cap).alias("score")), source
+
+
+def _rung_rows(output: pl.DataFrame, scored: bool) -> pl.DataFrame:
+    """``query_id, answer, tokens, samples, sample_answers`` (and ``scores`` when verifier-scored) per row."""
+    return output.select(
         pl.col("id").cast(pl.String).alias("query_id"), "answer",
         (pl.col("prompt_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)).cast(pl.Float64).alias("tokens"),
         pl.col("n_samples").fill_null(0).cast(pl.Float64).alias("samples"),
         pl.col("sample_answers").fill_null([]),
         *([pl.col("verifier_scores").fill_null([]).alias("scores")] if scored else []))
+
+
+def _label_reference(gold: pl.DataFrame | None, scored: bool,
+                     majority: pl.DataFrame | None) -> tuple[str, pl.DataFrame | None]:
+    """The label source (gold, else verifier, else majority) and its ``query_id, ref`` answers (None: verifier)."""
     if gold is not None:
-        source, ref = "gold", gold.select(pl.col("id").cast(pl.String).alias("query_id"),
-                                          pl.col("gold").cast(pl.String).str.strip_chars().alias("ref"))
-    elif scored:
-        source, ref = "verifier", None
-    elif majority is not None:
-        source, ref = "majority", majority.select("query_id", pl.col("majority").alias("ref"))
-    else:
-        raise ValueError("rung_measures: no gold, verifier scores or majority answers to label samples with")
-    if ref is not None:
-        rows = rows.join(ref, on="query_id", how="left", maintain_order="left")
+        return "gold", gold.select(pl.col("id").cast(pl.String).alias("query_id"),
+                                   pl.col("gold").cast(pl.String).str.strip_chars().alias("ref"))
+    if scored:
+        return "verifier", None
+    if majority is not None:
+        return "majority", majority.select("query_id", pl.col("majority").alias("ref"))
+    raise ValueError("rung_measures: no gold, verifier scores or majority answers to label samples with")
+
+
+def _rights_per_row(rows: pl.DataFrame, has_ref: bool, scored: bool, verifier_pass: float) -> pl.DataFrame:
+    """``query_id, n_right, answer_right``: right answered samples per row, and whether the row's answer is one."""
     per_sample = [pl.col("sample_answers").alias("s_answer")] + ([pl.col("scores").alias("s_score")] if scored else [])
-    samples = rows.select("query_id", "answer", *(["ref"] if ref is not None else []), *per_sample)
+    samples = rows.select("query_id", "answer", *(["ref"] if has_ref else []), *per_sample)
     samples = samples.explode([c.meta.output_name() for c in per_sample]).filter(pl.col("s_answer").is_not_null())
-    right = (pl.col("s_answer") == pl.col("ref")) if ref is not None else (pl.col("s_score") >= verifier_pass)
-    per_row = samples.with_columns(right=right.fill_null(False)).group_by("query_id").agg(
+    right = (pl.col("s_answer") == pl.col("ref")) if has_ref else (pl.col("s_score") >= verifier_pass)
+    return samples.with_columns(right=right.fill_null(False)).group_by("query_id").agg(
         n_right=pl.col("right").sum(),
         answer_right=(pl.col("right") & (pl.col("s_answer") == pl.col("answer"))).any())
-    rows = rows.join(per_row, on="query_id", how="left", maintain_order="left").with_columns(
-        pl.col("n_right").fill_null(0), pl.col("answer_right").fill_null(False))
+
+
+def _objective_score(objective: str, yield_cap: int) -> pl.Expr:
+    """A row's score under the objective, from its ``n_right`` and ``answer_right``."""
     if objective == "accuracy":
-        score = pl.col("answer_right").cast(pl.Float64)
-    elif objective == "coverage":
-        score = (pl.col("n_right") > 0).cast(pl.Float64)
-    else:
-        score = pl.min_horizontal(pl.col("n_right"), yield_cap).cast(pl.Float64) / yield_cap
-    return rows.select("query_id", pl.lit(rung).alias("rung"), pl.col(unit).alias("cost"),
-                       score.alias("score")), source
+        return pl.col("answer_right").cast(pl.Float64)
+    if objective == "coverage":
+        return (pl.col("n_right") > 0).cast(pl.Float64)
+    return pl.min_horizontal(pl.col("n_right"), yield_cap).cast(pl.Float64) / yield_cap
 
 
 def rung_options(measures: pl.DataFrame, query_ids: pl.Series, difficulty: np.ndarray, edges: np.ndarray,

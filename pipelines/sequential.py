@@ -730,46 +730,86 @@ def sequential_draws(rows: RowSamples, cumcost: np.ndarray, n_available: np.ndar
     Returns:
         SequentialRun.
     """
-    q, width = rows.codes.shape
-    drawn = np.zeros(q, dtype=np.int64)
+    q = rows.codes.shape[0]
     first = cumcost[:, 1]
-    if budget < first.sum():  # not even one sample each: first samples in order while they fit
-        fits = np.cumsum(first[order]) <= budget
-        drawn[order[fits]] = np.minimum(1, n_available[order[fits]])
-        return SequentialRun(drawn, [math.inf], 0, 1, None, np.full(q, "budget", dtype=object))
-    parts = parts if parts is not None else [order[i:i + pacing_rows(q, cfg)]
-                                             for i in range(0, q, pacing_rows(q, cfg))]
+    if budget < first.sum():
+        return _first_samples_only(first, order, n_available, budget)
+    if parts is None:
+        step = pacing_rows(q, cfg)
+        parts = [order[i:i + step] for i in range(0, q, step)]
     guess = float(first.mean()) if cost_guess is None else cost_guess
     pacer = Pacer(q, budget, cfg, guess, rows.verifier_score is not None)
-    lam, cap = np.full(q, math.inf), np.full(q, 1)
-    pri = np.full((q, width), -np.inf)
-    spent, sent = 0.0, set()
-    later_first = np.concatenate([np.cumsum(first[np.concatenate(parts)][::-1])[::-1][1:], [0.0]])
-    offset = np.cumsum([0] + [len(p) for p in parts])
-
-    def send(i: int) -> None:
-        nonlocal spent
-        idx = parts[i]
-        plan = pacer.plan(i, len(idx))
-        part_rows = _take(rows, idx)
-        n = run_part(part_rows, plan, cfg, n_available[idx])
-        # The ledger's refusals: first samples of the rows still to come are not spent here.
-        n = _fit_budget(n, cumcost[idx], budget - spent - later_first[offset[i + 1] - 1])
-        drawn[idx], lam[idx], cap[idx] = n, plan.price, plan.cap
-        pri[idx] = row_priority(part_rows, cfg, plan.model)
-        spent += float(cumcost[idx, n].sum())
-        sent.add(i)
-
-    def done(i: int) -> None:
-        idx = parts[i]
-        pacer.observe(i, _take(rows, idx), drawn[idx], float(cumcost[idx, drawn[idx]].sum()))
-
+    replay = _PartReplay.start(rows, cumcost, n_available, budget, cfg, parts, pacer)
     if events is None:
-        events = _pool_events(len(parts), pacer, in_flight, send, done)
+        events = _pool_events(len(parts), pacer, in_flight, replay.send, replay.done)
     for kind, i in events:
-        (send if kind == "send" else done)(i)
-    reason = stop_reasons(pri, drawn, lam, cap, np.minimum(np.minimum(cap, n_available), width))
-    return SequentialRun(drawn, pacer.prices, pacer.details()["slice_rows"], pacer.depth, pacer.model, reason)
+        (replay.send if kind == "send" else replay.done)(i)
+    return replay.result()
+
+
+def _first_samples_only(first: np.ndarray, order: np.ndarray, n_available: np.ndarray,
+                        budget: float) -> SequentialRun:
+    """Not even one sample each fits: first samples in order while they fit, no pricing."""
+    q = len(first)
+    drawn = np.zeros(q, dtype=np.int64)
+    fits = np.cumsum(first[order]) <= budget
+    drawn[order[fits]] = np.minimum(1, n_available[order[fits]])
+    return SequentialRun(drawn, [math.inf], 0, 1, None, np.full(q, "budget", dtype=object))
+
+
+@dataclass
+class _PartReplay:
+    """The replayed job: parts sent (planned, decided, trimmed by the ledger) and done (observed)."""
+
+    rows: RowSamples
+    cumcost: np.ndarray
+    n_available: np.ndarray
+    budget: float
+    cfg: SequentialConfig
+    parts: list[np.ndarray]
+    pacer: Pacer
+    drawn: np.ndarray  # [rows] samples drawn
+    lam: np.ndarray  # [rows] the price its part ran at
+    cap: np.ndarray  # [rows] its part's sample cap
+    pri: np.ndarray  # [rows, samples] its priorities under its part's model
+    later_first: np.ndarray  # per position in sending order: first samples' cost of the rows after it
+    offset: np.ndarray  # per part: its first position in sending order
+    spent: float = 0.0
+
+    @classmethod
+    def start(cls, rows: RowSamples, cumcost: np.ndarray, n_available: np.ndarray, budget: float,
+              cfg: SequentialConfig, parts: list[np.ndarray], pacer: Pacer) -> _PartReplay:
+        q, width = rows.codes.shape
+        first = cumcost[:, 1]
+        later_first = np.concatenate([np.cumsum(first[np.concatenate(parts)][::-1])[::-1][1:], [0.0]])
+        return cls(rows, cumcost, n_available, budget, cfg, parts, pacer,
+                   drawn=np.zeros(q, dtype=np.int64), lam=np.full(q, math.inf), cap=np.full(q, 1),
+                   pri=np.full((q, width), -np.inf), later_first=later_first,
+                   offset=np.cumsum([0] + [len(p) for p in parts]))
+
+    def send(self, i: int) -> None:
+        """Part ``i`` is sent: planned by the pacer, its rows decided, the ledger's refusals applied."""
+        idx = self.parts[i]
+        plan = self.pacer.plan(i, len(idx))
+        part_rows = _take(self.rows, idx)
+        n = run_part(part_rows, plan, self.cfg, self.n_available[idx])
+        # The ledger's refusals: first samples of the rows still to come are not spent here.
+        n = _fit_budget(n, self.cumcost[idx], self.budget - self.spent - self.later_first[self.offset[i + 1] - 1])
+        self.drawn[idx], self.lam[idx], self.cap[idx] = n, plan.price, plan.cap
+        self.pri[idx] = row_priority(part_rows, self.cfg, plan.model)
+        self.spent += float(self.cumcost[idx, n].sum())
+
+    def done(self, i: int) -> None:
+        """Part ``i`` is done: the pacer observes its rows and what they spent."""
+        idx = self.parts[i]
+        self.pacer.observe(i, _take(self.rows, idx), self.drawn[idx], float(self.cumcost[idx, self.drawn[idx]].sum()))
+
+    def result(self) -> SequentialRun:
+        width = self.rows.codes.shape[1]
+        limit = np.minimum(np.minimum(self.cap, self.n_available), width)
+        reason = stop_reasons(self.pri, self.drawn, self.lam, self.cap, limit)
+        pacer = self.pacer
+        return SequentialRun(self.drawn, pacer.prices, pacer.details()["slice_rows"], pacer.depth, pacer.model, reason)
 
 
 def _pool_events(n_parts: int, pacer: Pacer, in_flight: int, send, done) -> list:
