@@ -37,26 +37,27 @@ from pipelines.calibration import (
     plot_curves,
     stable_hash01,
 )
-from pipelines.replay import BUDGET_UNITS, OBJECTIVES, ReplayTable, build_table
+from pipelines.objectives import OBJECTIVES
 from pipelines.replay_adaptive import (
     PILOT_SIGNALS,
     AdaptiveConfig,
-    _caps,
-    _grid,
-    _pilot_features,
-    _stop_signal,
     calibrate_buckets,
     feature_names,
     give_up_levels,
+    pilot_features,
     pilot_size,
     round_cumcost,
     round_draws,
+    rule_grid,
     rule_label,
     rule_specs,
     rule_stops,
+    sample_caps,
     stop_signal,
+    stop_signal_and_thresholds,
     verifier_driven,
 )
+from pipelines.replay_table import BUDGET_UNITS, ReplayTable, build_table
 from pipelines.rungs import MEASURE_SCHEMA, RUNGS, rung_options
 from pipelines.stopping import first_stop
 
@@ -165,7 +166,7 @@ class AdaptivePlan:
         round_size: Samples per later round.
         objective / unit: What the curves score (accuracy, coverage, verified_yield) and count (tokens,
             samples).
-        feature_names: Pilot features the model reads, in order (``replay_adaptive._pilot_features``).
+        feature_names: Pilot features the model reads, in order (``replay_adaptive.pilot_features``).
         model: Maps pilot features to expected success; difficulty = 1 - success.
         edges: Inner bucket edges on difficulty (``calibration.assign_buckets``).
         buckets: Per bucket, its rule(s) and expectations.
@@ -220,7 +221,7 @@ class AdaptivePlan:
         if self.gate is None:
             return np.zeros(table.shape[0], dtype=bool), np.full(table.shape[0], np.nan)
         success = self.gate.model.predict(
-            _pilot_features(table, 0, np.zeros(table.shape[0], np.int64), self.gate.model.names)[0])
+            pilot_features(table, 0, np.zeros(table.shape[0], np.int64), self.gate.model.names)[0])
         return success <= self.gate.below, 1.0 - success
 
     def classify(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -319,7 +320,7 @@ def fit_gate(table: ReplayTable, names: list[str] | tuple[str, ...], min_rows: i
     q = table.shape[0]
     if min_rows is None or not free or q == 0:
         return None
-    feats = _pilot_features(table, 0, np.zeros(q, np.int64), free)[0]
+    feats = pilot_features(table, 0, np.zeros(q, np.int64), free)[0]
     hits, n_av = table.correct.sum(axis=1), table.n_available
     model = fit_difficulty_model(feats, hits / np.maximum(n_av, 1), free, weights=n_av)
     pred = model.predict(feats)
@@ -537,7 +538,7 @@ def _pilot_and_gate(table: ReplayTable, req: PlanRequest, cfg: AdaptiveConfig, w
     pilot = min(pilot_size(cfg, req.objective, table.verifier_score is not None), width)
     names = feature_names(table, pilot, cfg)
     gate = fit_gate(table, names, cfg.gate_min_rows)
-    gated = gate.skips(_pilot_features(table, 0, np.zeros(q, np.int64), gate.model.names)[0]) if gate \
+    gated = gate.skips(pilot_features(table, 0, np.zeros(q, np.int64), gate.model.names)[0]) if gate \
         else np.zeros(q, dtype=bool)
     rows = np.flatnonzero(~gated)
     rows_run = req.rows_remaining * (1.0 - (gate.share if gate else 0.0))
@@ -600,7 +601,7 @@ def _thresholds(table: ReplayTable, objective: str, cfg: AdaptiveConfig) -> tupl
     samples that were not drawn, so it is not offered. Such rows' samples are not exchangeable (the last
     one verified), so they replay in their recorded order only.
     """
-    thresholds = _stop_signal(table, objective, cfg)[1]
+    thresholds = stop_signal_and_thresholds(table, objective, cfg)[1]
     if verifier_driven(objective, table.verifier_score is not None) and (table.n_available < table.shape[1]).any():
         thresholds = tuple(t for t in thresholds if math.isfinite(t)) or thresholds
         return thresholds, (np.nan_to_num(table.verifier_score, nan=-np.inf) >= VERIFIED).any(axis=1)
@@ -619,7 +620,7 @@ def _calibrate(table: ReplayTable, pilot: _Pilot, req: PlanRequest, cfg: Adaptiv
     counts = np.bincount(assign_buckets(difficulty, edges), minlength=len(curves)).astype(np.float64)
     copies = max(len(difficulty) // len(pilot.rows), 1)
     specs = rule_specs(thresholds, pilot.size, width, cfg.give_up_at, levels)
-    grid_t, grid_c = _grid(len(specs), _caps(pilot.size, width, cfg))
+    grid_t, grid_c = rule_grid(len(specs), sample_caps(pilot.size, width, cfg))
     return (_Buckets(model, edges, curves, options, difficulty, cal, counts, copies),
             _Rules(specs, grid_t, grid_c, pilot.size, table.verifier_score is not None))
 
@@ -862,7 +863,7 @@ def plan_draws(plan: AdaptivePlan, samples: pl.DataFrame | ReplayTable) -> pl.Da
             correct=pl.col("correct").fill_null(False) if "correct" in df.columns else pl.lit(False)))
     pilot, n_av = plan.pilot, table.n_available
     p_n = np.minimum(pilot, n_av)
-    feats = _pilot_features(table, pilot, p_n, plan.feature_names)[0]
+    feats = pilot_features(table, pilot, p_n, plan.feature_names)[0]
     difficulty, bucket = plan.classify(feats)
     alt = plan.takes_alt(table.query_ids, bucket)
     signal = stop_signal(table, plan.objective, plan.yield_cap, plan.verifier_pass)

@@ -18,7 +18,7 @@ from pipelines.adaptive import VERIFIED, AdaptivePlan, StopRule, tier_name
 from pipelines.answers import Extractor
 from pipelines.generation import GenResult, SamplingConfig
 from pipelines.replay_adaptive import (
-    _pilot_features,
+    pilot_features,
     rule_stops,
     stop_signal,
 )
@@ -59,9 +59,9 @@ def row_table(state: RowState, plan: AdaptivePlan, n_available: int | None = Non
 
 
 def row_features(state: RowState, plan: AdaptivePlan) -> np.ndarray:
-    """[1, k] pilot features of a live row: ``replay_adaptive._pilot_features`` on its pilot samples."""
+    """[1, k] pilot features of a live row: ``replay_adaptive.pilot_features`` on its pilot samples."""
     table = row_table(state, plan)
-    return _pilot_features(table, plan.pilot, np.minimum(plan.pilot, table.n_available), plan.feature_names)[0]
+    return pilot_features(table, plan.pilot, np.minimum(plan.pilot, table.n_available), plan.feature_names)[0]
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ PILOT_SIGNALS = ("agreement", "parsed", "log_tokens", "mean_logprob", "verifier_
 PROMPT_FEATURE = "log_prompt_tokens"
 
 
-def _pilot_features(table: ReplayTable, pilot: int, p_n: np.ndarray,
+def pilot_features(table: ReplayTable, pilot: int, p_n: np.ndarray,
                     names: list[str] | tuple[str, ...] | None = None) -> tuple[np.ndarray, list[str]]:
     """[Q, k] difficulty signals visible after the pilot samples (never reads ``correct``).
 
@@ -150,7 +150,7 @@ def _pilot_features(table: ReplayTable, pilot: int, p_n: np.ndarray,
 def feature_names(table: ReplayTable, pilot: int, cfg: AdaptiveConfig) -> list[str]:
     """The signals a difficulty model reads: the table's, less the pilot signals without the
     ``pilot`` estimator and less ``log_prompt_tokens`` without ``features`` (``cfg.estimators``)."""
-    names = _pilot_features(table, pilot, np.minimum(pilot, table.n_available))[1]
+    names = pilot_features(table, pilot, np.minimum(pilot, table.n_available))[1]
     est = cfg.estimators
     return [n for n in names if not ((n in PILOT_SIGNALS and "pilot" not in est)
                                      or (n == "difficulty_hint" and "column" not in est)
@@ -193,7 +193,7 @@ def stop_signal(table: ReplayTable, objective: str, yield_cap: int = 4, verifier
     return table.votes().mode_probability()
 
 
-def _stop_signal(table: ReplayTable, objective: str, cfg: AdaptiveConfig,
+def stop_signal_and_thresholds(table: ReplayTable, objective: str, cfg: AdaptiveConfig,
                  thresholds: tuple[float, ...] | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
     """[Q, S] signal after each prefix (``stop_signal``), and the thresholds offered (given, or from
     ``cfg``; for coverage with a verifier, quantiles of all verifier scores, which are policy-visible;
@@ -318,11 +318,12 @@ def _reordered(table: ReplayTable, rows: np.ndarray, copies: int, seed: int = 0,
         row_features={k: v[r] for k, v in table.row_features.items()})
 
 
-def _caps(pilot: int, width: int, cfg: AdaptiveConfig) -> np.ndarray:
+def sample_caps(pilot: int, width: int, cfg: AdaptiveConfig) -> np.ndarray:
+    """About ``cfg.n_caps`` sample caps (pilot included), geometric from the pilot to all samples."""
     return np.unique(np.round(np.geomspace(max(pilot, 1), max(width, 1), cfg.n_caps)).astype(np.int64))
 
 
-def _grid(n_rules: int, caps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rule_grid(n_rules: int, caps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Option grid: (stop rule index, cap) for every pair."""
     return np.repeat(np.arange(n_rules), len(caps)), np.tile(caps, n_rules)
 
@@ -355,8 +356,8 @@ def _bucket_curves(cal: ReplayTable, n_queries: int, unit: str, objective: str, 
     by_difficulty = np.argsort(difficulty, kind="stable")
     rank_bucket = assign_buckets(difficulty, edges)[by_difficulty]
     window = min(window * copies, rows)
-    caps = _caps(pilot, width, cfg)
-    grid_t, grid_c = _grid(len(rules), caps)
+    caps = sample_caps(pilot, width, cfg)
+    grid_t, grid_c = rule_grid(len(rules), caps)
     labels = [f"{rules[t]},cap={c}" for t, c in zip(grid_t, grid_c)]
     curves, options = [], []
     for b in range(len(edges) + 1):
@@ -420,13 +421,13 @@ def calibrate_buckets(table: ReplayTable, deep_rows: np.ndarray, pilot: int, uni
     """
     cal = _reordered(table, deep_rows, cfg.calibration_orders, keep_order=keep_order)
     p_n = np.minimum(pilot, cal.n_available)
-    cal_feats = _pilot_features(cal, pilot, p_n, names)[0]
+    cal_feats = pilot_features(cal, pilot, p_n, names)[0]
     success = cal.correct.sum(axis=1) / np.maximum(cal.n_available, 1)  # calibration rows only
     if model is None:  # weighted by samples: the binomial likelihood, exact when calibration stopped rows early
         model = fit_difficulty_model(cal_feats, success, names, weights=cal.n_available)
     elif list(model.names) != list(names):
         raise ValueError(f"the learned difficulty model reads {list(model.names)}; this run has {list(names)}")
-    cal_stops = _stop_rules(cal, _stop_signal(cal, objective, cfg, thresholds)[0], thresholds, pilot, cfg, levels)[0]
+    cal_stops = _stop_rules(cal, stop_signal_and_thresholds(cal, objective, cfg, thresholds)[0], thresholds, pilot, cfg, levels)[0]
     cost = None
     if round_size is not None:
         cal_stops = round_draws(cal_stops, p_n[None, :], round_size, cal.n_available[None, :])

@@ -26,6 +26,8 @@ import polars as pl
 
 from pipelines.allocation import Option
 from pipelines.calibration import assign_buckets
+from pipelines.objectives import OBJECTIVES
+from pipelines.replay_table import BUDGET_UNITS
 from pipelines.tiers import RowState, Tier
 
 RUNGS = ("think", "search")
@@ -75,7 +77,7 @@ def rung_measures(output: pl.DataFrame, rung: str, *, objective: str, unit: str 
     Raises:
         ValueError: Unknown unit or objective, or nothing to label the samples with.
     """
-    if unit not in ("tokens", "samples") or objective not in ("accuracy", "coverage", "verified_yield"):
+    if unit not in BUDGET_UNITS or objective not in OBJECTIVES:
         raise ValueError(f"rung_measures: unknown unit {unit!r} or objective {objective!r}")
     output = output.filter(pl.col("status") == "ok") if "status" in output.columns else output
     if output.is_empty():

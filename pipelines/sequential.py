@@ -38,9 +38,8 @@ import numpy as np
 
 from pipelines import answer_urn as urn
 from pipelines.answers import verifier_weights
+from pipelines.objectives import OBJECTIVES
 from pipelines.stopping import mode_probability, prefix_votes
-
-OBJECTIVES = ("accuracy", "coverage", "verified_yield")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pipelines.adaptive import (
 from pipelines.adaptive_tiers import AdaptiveTier, row_features
 from pipelines.calibration import DifficultyModel
 from pipelines.generation import GenResult, Sample
-from pipelines.replay_adaptive import AdaptiveConfig, _pilot_features, _stop_rules, stop_signal
+from pipelines.replay_adaptive import AdaptiveConfig, _stop_rules, pilot_features, stop_signal
 from pipelines.replay_synthetic import synthetic_samples
 from pipelines.replay_table import build_table
 from pipelines.stopping import LABEL_TOP_PROB, label_confident
@@ -278,7 +278,7 @@ def test_live_features_equal_replay_features(estimators, extra):
     pilot_signals = ("agreement", "parsed", "log_tokens", "mean_logprob", "verifier_score")
     assert plan.pilot == 3 and plan.feature_names == (pilot_signals if "pilot" in estimators else ()) + extra
     table = build_table(samples)
-    replayed = _pilot_features(table, 3, np.minimum(3, table.n_available), plan.feature_names)[0]
+    replayed = pilot_features(table, 3, np.minimum(3, table.n_available), plan.feature_names)[0]
     rows = _feed_rows(samples)
     for i, qid in enumerate(table.query_ids):
         first = rows[qid].row(0, named=True)
