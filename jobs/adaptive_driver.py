@@ -24,6 +24,8 @@ import logging
 import math
 import os
 import tempfile
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -92,68 +94,56 @@ class AdaptiveDriver:
 
     def run(self, session) -> int:
         cal_cap = self.pol.calibration_budget_share * self.spec.budget.amount
-        todo = [p for p in self.parts if p.part_id in self.cal_ids and p.part_id not in session.summaries]
-
-        def calibration_full() -> bool:
-            # One part at a time; the next is sent only if a part of average cost still fits.
-            done = [session.summaries[i] for i in self.cal_ids if i in session.summaries]
-            spent = sum(d["cost"] for d in done)
-            per_part = spent / len(done) if done else 0.0
-            enough = self.pol.calibration_rows is not None and sum(d["rows"] for d in done) >= self.pol.calibration_rows
-            return enough or spent + per_part > cal_cap
-
-        session.run_parts(todo, tier=lambda _part: self.calibration_tier, stop_when=calibration_full, max_inflight=1)
+        self._calibrate(session, cal_cap)
         main = [p for p in self.parts if p.part_id not in session.summaries]
         if session.stopping:
             return len(main)
         # The slice's parts that calibration did not reach (budget share or calibration_rows) run as
         # ordinary parts: from here on they are not calibration, in the plan's samples nor its report.
         self.cal_ids &= set(session.summaries)
-        cal_parts = [p for p in self.parts if p.part_id in self.cal_ids]
-        out, so = self.spec.output.path, self.spec.output.storage_options
+        measured_rungs = self._gather_samples(session, [p for p in self.parts if p.part_id in self.cal_ids], cal_cap)
+        if measured_rungs and session.stopping:
+            return len(main)
+        first = self._adaptive_tier(self._plan(session, main, write=True))
+        pacing = _Pacing(self, session, main, first, before=session.snapshot["spent"])  # spend before main parts
+        unsent = session.run_parts(main, tier=pacing.tier, on_part=pacing.on_part, on_sent=pacing.on_sent)
+        self.report["adaptive"] |= {"replans": self.replans}
+        return unsent
+
+    def _calibrate(self, session, cal_cap: float) -> None:
+        """Runs the calibration slice's parts not yet committed, one at a time, within ``cal_cap``."""
+        todo = [p for p in self.parts if p.part_id in self.cal_ids and p.part_id not in session.summaries]
+        session.run_parts(todo, tier=lambda _part: self.calibration_tier,
+                          stop_when=partial(self._calibration_full, session, cal_cap), max_inflight=1)
+
+    def _calibration_full(self, session, cal_cap: float) -> bool:
+        """Whether calibration has its rows, or the next part of average cost would pass ``cal_cap``."""
+        done = [session.summaries[i] for i in self.cal_ids if i in session.summaries]
+        spent = sum(d["cost"] for d in done)
+        per_part = spent / len(done) if done else 0.0
+        enough = self.pol.calibration_rows is not None and sum(d["rows"] for d in done) >= self.pol.calibration_rows
+        return enough or spent + per_part > cal_cap
+
+    def _gather_samples(self, session, cal_parts: list[io.Part], cal_cap: float) -> bool:
+        """The plan's samples: last night's (``calibration_from``) or the calibration parts' (written
+        beside the output), and the ladder's rungs measured on a sub-slice of them; whether rungs were
+        measured (parts ran)."""
         if self.pol.calibration_from:
             from pipelines.replay import load_samples
             self._samples = load_samples(self.pol.calibration_from)
-        else:
-            self._samples = self._calibration_samples(cal_parts)
-            fs, root = io.filesystem(out, so)
-            with fs.open(f"{root.rstrip('/')}/calibration_samples.parquet", "wb") as fh:
-                self._samples.write_parquet(fh)
-            if self.pol.rungs:  # the ladder's think / search rungs, measured on a sub-slice of these rows
-                from jobs.rung_calibration import calibrate_rungs
+            return False
+        self._samples = self._calibration_samples(cal_parts)
+        fs, root = io.filesystem(self.spec.output.path, self.spec.output.storage_options)
+        with fs.open(f"{root.rstrip('/')}/calibration_samples.parquet", "wb") as fh:
+            self._samples.write_parquet(fh)
+        if self.pol.rungs:  # the ladder's think / search rungs, measured on a sub-slice of these rows
+            from jobs.rung_calibration import calibrate_rungs
 
-                spent = sum(session.summaries[p.part_id]["cost"] for p in cal_parts)
-                self._rungs, self._rung_summary = calibrate_rungs(self.spec, session, cal_parts, self._samples,
-                                                                  cal_cap, spent)
-                if session.stopping:
-                    return len(main)
-        current = [self._adaptive_tier(self._plan(session, main, write=True))]
-        before = session.snapshot["spent"]  # spend before the first main part
-        sent: dict[int, float] = {}  # main part -> its expected cost (tokens) under the plan it was sent with
-        done = [0]
-
-        def on_sent(part: io.Part) -> None:
-            sent[part.part_id] = part.length * current[0].plan.expected_cost_per_row
-
-        def in_flight_tokens(spent: float) -> float:
-            """What the parts in flight are still expected to spend: their expected cost less
-            what they spent so far (main spend less that of the main parts committed)."""
-            flying = [i for i in sent if i not in session.summaries]
-            committed = sum(session.summaries[i]["cost"] for i in sent if i in session.summaries)
-            spent_flying = max(0.0, spent - before - committed) / self.cpt
-            return max(0.0, sum(sent[i] for i in flying) - spent_flying)
-
-        def on_part(summary: dict) -> None:
-            done[0] += 1
-            if done[0] % self.pol.replan_every_parts == 0:
-                unsent = [p for p in main if p.part_id not in sent and p.part_id not in session.summaries]
-                if unsent:
-                    current[0] = self._adaptive_tier(self._plan(session, unsent, in_flight=in_flight_tokens))
-                    self.replans += 1
-
-        unsent = session.run_parts(main, tier=lambda _part: current[0], on_part=on_part, on_sent=on_sent)
-        self.report["adaptive"] |= {"replans": self.replans}
-        return unsent
+            spent = sum(session.summaries[p.part_id]["cost"] for p in cal_parts)
+            self._rungs, self._rung_summary = calibrate_rungs(self.spec, session, cal_parts, self._samples,
+                                                              cal_cap, spent)
+            return True
+        return False
 
     def _calibration_samples(self, cal_parts: list[io.Part]) -> pl.DataFrame:
         from pipelines.samples import output_to_samples
@@ -237,3 +227,44 @@ class AdaptiveDriver:
                 log.warning("calibration plot not written: %s", exc)
                 return
             io.with_retries(lambda: fs.put(local, f"{root.rstrip('/')}/calibration.png"), "write calibration.png")
+
+
+@dataclass
+class _Pacing:
+    """The main phase's pacing: the tier parts are sent with (``current``), what each main part sent is
+    expected to cost under the plan it was sent with (tokens), and a re-plan every
+    ``replan_every_parts`` committed parts for the rows not yet sent and the budget left, less what
+    the parts in flight are still expected to spend."""
+
+    driver: AdaptiveDriver
+    session: object
+    main: list[io.Part]
+    current: Tier
+    before: float  # spend before the first main part
+    sent: dict[int, float] = field(default_factory=dict)
+    done: int = 0
+
+    def tier(self, _part: io.Part) -> Tier:
+        return self.current
+
+    def on_sent(self, part: io.Part) -> None:
+        self.sent[part.part_id] = part.length * self.current.plan.expected_cost_per_row
+
+    def in_flight_tokens(self, spent: float) -> float:
+        """What the parts in flight are still expected to spend: their expected cost less
+        what they spent so far (main spend less that of the main parts committed)."""
+        summaries = self.session.summaries
+        flying = [i for i in self.sent if i not in summaries]
+        committed = sum(summaries[i]["cost"] for i in self.sent if i in summaries)
+        spent_flying = max(0.0, spent - self.before - committed) / self.driver.cpt
+        return max(0.0, sum(self.sent[i] for i in flying) - spent_flying)
+
+    def on_part(self, summary: dict) -> None:
+        self.done += 1
+        if self.done % self.driver.pol.replan_every_parts == 0:
+            summaries = self.session.summaries
+            unsent = [p for p in self.main if p.part_id not in self.sent and p.part_id not in summaries]
+            if unsent:
+                plan = self.driver._plan(self.session, unsent, in_flight=self.in_flight_tokens)
+                self.current = self.driver._adaptive_tier(plan)
+                self.driver.replans += 1

@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from jobs import preflight, resume, skipping
@@ -312,31 +313,12 @@ class Session:
                   on_part: Callable[[dict], None] | None = None, max_inflight: int | None = None,
                   on_sent: Callable[[io.Part], None] | None = None) -> int:
         """Streams ``parts`` through the pool; returns how many were left unsent."""
-
-        def on_done(summary: dict) -> None:
-            self.summaries[summary["part_id"]] = summary
-            self.progress.part_done(summary)
-            self.ledger.record_part.remote(self._tier_of.get(summary["part_id"], ""), summary)
-            if on_part is not None:
-                on_part(summary)
-
-        def on_failed(part: io.Part, reason: str) -> None:
-            lost = self.ray.get(self.ledger.spent_on.remote((self.spec.output.path, part.part_id)))
-            on_done(_commit_failed_part(self.spec, part, reason, lost))
-
-        def sent(part: io.Part) -> None:
-            self._tier_of[part.part_id] = getattr(tier(part), "name", "")
-            self._mark_sent(part, on_sent)
-
         if parts:
             self.progress.phase("calibrating" if getattr(tier(parts[0]), "name", "") == "calibration" else "running")
         t0 = time.monotonic()
         with self._saving_ledger(t0):
-            return self.pool.run(self.job, self.ledger, parts, tier, on_done, on_failed,
-                                 poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
-                                 stopping=lambda: self.stopping or stop_when(), max_inflight=max_inflight,
-                                 on_sent=sent,
-                                 parts_per_replica=self.spec.replicas.parts_per_replica)
+            return self.pool.run(self.job, self.ledger, parts, _JobParts(self, tier, stop_when, on_part, on_sent),
+                                 max_inflight=max_inflight, parts_per_replica=self.spec.replicas.parts_per_replica)
 
     def _mark_sent(self, part: io.Part, then: Callable[[io.Part], None] | None) -> None:
         self.sent.append(part)
@@ -368,24 +350,79 @@ class Session:
         same pool and ledger, with their own ``job`` context (its output location); returns their
         summaries. They never enter ``summaries`` or the progress rows; a part whose retries are exhausted
         is left out (logged)."""
-        done: dict[int, dict] = {}
-
-        def on_done(summary: dict) -> None:
-            done[summary["part_id"]] = summary
-            if on_part is not None:
-                on_part(summary)
-
-        def on_failed(part: io.Part, reason: str) -> None:
-            log.warning("side part %d (%s) failed: %s", part.part_id, job.output_uri, reason)
-
         self.progress.phase("calibrating rungs")
+        handler = _SideParts(self, tier, stop_when, on_part, job=job)
         t0 = time.monotonic()
         with self._saving_ledger(t0):
-            self.pool.run(job, self.ledger, parts, tier, on_done, on_failed,
-                          poll=lambda: self.progress.spent(self.save_ledger()["spent"]),
-                          stopping=lambda: self.stopping or stop_when(),
-                          parts_per_replica=self.spec.replicas.parts_per_replica)
-        return done
+            self.pool.run(job, self.ledger, parts, handler, parts_per_replica=self.spec.replicas.parts_per_replica)
+        return handler.summaries
+
+
+@dataclass
+class _SessionParts:
+    """A session's side of a pool run (``ray_cluster.pool.PartHandler``): each part's row program
+    (``tiers``), the ledger saved as the pool polls, and the session's stop (or ``stop_when``)."""
+
+    session: Session
+    tiers: Callable[[io.Part], Tier]
+    stop_when: Callable[[], bool] = lambda: False
+    on_part: Callable[[dict], None] | None = None
+
+    def tier(self, part: io.Part) -> Tier:
+        return self.tiers(part)
+
+    def poll(self) -> None:
+        self.session.progress.spent(self.session.save_ledger()["spent"])
+
+    def stopping(self) -> bool:
+        return self.session.stopping or self.stop_when()
+
+    def sent(self, part: io.Part) -> None:
+        pass
+
+    def done(self, summary: dict) -> None:
+        if self.on_part is not None:
+            self.on_part(summary)
+
+
+@dataclass
+class _JobParts(_SessionParts):
+    """The job's own parts: committed into the session's summaries, progress and metrics; a part whose
+    retries are exhausted is written as error rows carrying what its attempts spent."""
+
+    on_sent: Callable[[io.Part], None] | None = None
+
+    def sent(self, part: io.Part) -> None:
+        self.session._tier_of[part.part_id] = getattr(self.tier(part), "name", "")
+        self.session._mark_sent(part, self.on_sent)
+
+    def done(self, summary: dict) -> None:
+        s = self.session
+        s.summaries[summary["part_id"]] = summary
+        s.progress.part_done(summary)
+        s.ledger.record_part.remote(s._tier_of.get(summary["part_id"], ""), summary)
+        super().done(summary)
+
+    def failed(self, part: io.Part, reason: str) -> None:
+        s = self.session
+        lost = s.ray.get(s.ledger.spent_on.remote((s.spec.output.path, part.part_id)))
+        self.done(_commit_failed_part(s.spec, part, reason, lost))
+
+
+@dataclass
+class _SideParts(_SessionParts):
+    """Parts that are not the job's rows (``Session.run_side_parts``): their summaries kept here; a part
+    whose retries are exhausted is left out (logged)."""
+
+    job: object = None
+    summaries: dict[int, dict] = field(default_factory=dict)
+
+    def done(self, summary: dict) -> None:
+        self.summaries[summary["part_id"]] = summary
+        super().done(summary)
+
+    def failed(self, part: io.Part, reason: str) -> None:
+        log.warning("side part %d (%s) failed: %s", part.part_id, self.job.output_uri, reason)
 
 
 def run_job(spec: JobSpec, address: str | None = None, show_progress: bool = True,
@@ -430,73 +467,106 @@ def _run(spec: JobSpec, start: resume.Start, lease: OutputLease, t0: float, addr
     """Runs the parts ``start`` leaves to do; writes and returns the report (``_signum``,
     ``_unsent``: how it ended)."""
     out, so = spec.output.path, spec.output.storage_options
-    parts, done, prior_spent = start.parts, start.done, start.prior_spent
     # Fails fast (StorageError) on an output location that cannot be written.
-    io.write_json(ledger_record(prior_spent, spec.budget.amount, start.prior_parts), out, LEDGER_FILE, so)
-    todo = [p for p in parts if p.part_id not in done]
-    log.info("%d rows in %d parts; %d done, %d to do, %.6g spent before", start.n_rows, len(parts), len(done),
-             len(todo), prior_spent)
-    extra: dict = {}
-    summaries, snapshot, generate_wall_s, signum, unsent = dict(done), {"spent": prior_spent}, 0.0, None, 0
-    deadline = skipping.job_deadline(spec, time.time() - (time.monotonic() - t0),
-                                     sum(p.length for p in todo))
-    if todo and prior_spent >= spec.budget.amount:  # nothing left to spend: no engine starts
-        summaries |= preflight.commit_skipped(spec, todo, start.prior_parts)
+    io.write_json(ledger_record(start.prior_spent, spec.budget.amount, start.prior_parts), out, LEDGER_FILE, so)
+    todo = [p for p in start.parts if p.part_id not in start.done]
+    log.info("%d rows in %d parts; %d done, %d to do, %.6g spent before", start.n_rows, len(start.parts),
+             len(start.done), len(todo), start.prior_spent)
+    deadline = skipping.job_deadline(spec, time.time() - (time.monotonic() - t0), sum(p.length for p in todo))
+    ran = _Ran(dict(start.done), {"spent": start.prior_spent})
+    if todo and start.prior_spent >= spec.budget.amount:  # nothing left to spend: no engine starts
+        ran.summaries |= preflight.commit_skipped(spec, todo, start.prior_parts)
     elif todo and deadline is not None and deadline.due():  # no time left: no engine starts
-        summaries |= skipping.commit_bulk(spec, todo, "skipped_deadline", lost=start.prior_parts)
+        ran.summaries |= skipping.commit_bulk(spec, todo, "skipped_deadline", lost=start.prior_parts)
     elif todo:
-        if spec.policy.kind == "adaptive" and spec.policy.planner == "sequential":
-            from jobs.sequential_driver import SequentialDriver
-
-            driver = SequentialDriver(spec, parts, done)
-        elif spec.policy.kind == "adaptive":
-            from jobs.adaptive_driver import AdaptiveDriver
-
-            driver = AdaptiveDriver(spec, parts, done)
-        else:
-            driver = None
-            tier = policy_tier(spec.policy, spec.sampling)
-        session = Session(spec, start.n_rows, done, prior_spent, address, show_progress, pool, lease,
-                          prior_parts=start.prior_parts, deadline=deadline)
-        try:
-            with session:
-                first = skipping.first_round(tier) if driver is None else driver.first_round()
-                session.floor_for = lambda: _budget_floor(session, todo, first)
-                if driver is None:
-                    unsent = session.run_parts(todo, lambda _part: tier)
-                else:
-                    unsent = driver.run(session)
-                    extra = driver.report
-                session.progress.phase("writing")
-                unsent = _commit_left_over(session, parts, unsent)
-                extra["metering"] = _metering(spec, session.meters(), session.save_ledger(force=True))
-                extra["bulk_written"] = session.bulk_written
-                summaries, snapshot = session.summaries, session.snapshot
-                generate_wall_s = session.generate_wall_s
-                extra = extra | {"engines": session.engine_report()}
-        except StartInterrupted:  # a signal while the engines started: nothing ran, nothing was spent
-            unsent = len(todo)
-        signum = session.stop.signum
+        ran = _run_session(spec, start, todo, deadline, lease, address, show_progress, pool)
     elif spec.policy.kind == "adaptive":
         extra = io.read_json(out, "calibration.json", so) or {}
-        extra = {"adaptive": extra.get("summary", {})} if extra else {}
+        ran.extra = {"adaptive": extra.get("summary", {})} if extra else {}
+    report = _write_report(spec, start, ran, deadline, t0)
+    return report | {"_signum": ran.signum, "_unsent": ran.unsent}
+
+
+@dataclass
+class _Ran:
+    """What a run's parts came to: the summaries of every committed part, the ledger's last snapshot,
+    the time spent generating, how it ended (a signal, parts unsent) and the report's extra sections."""
+
+    summaries: dict[int, dict]
+    snapshot: dict
+    generate_wall_s: float = 0.0
+    signum: int | None = None
+    unsent: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _policy_driver(spec: JobSpec, parts: list[io.Part], done: dict[int, dict]):
+    """The adaptive policy's driver (sequential or plan-based), or None for a uniform policy."""
+    if spec.policy.kind == "adaptive" and spec.policy.planner == "sequential":
+        from jobs.sequential_driver import SequentialDriver
+
+        return SequentialDriver(spec, parts, done)
+    if spec.policy.kind == "adaptive":
+        from jobs.adaptive_driver import AdaptiveDriver
+
+        return AdaptiveDriver(spec, parts, done)
+    return None
+
+
+def _run_session(spec: JobSpec, start: resume.Start, todo: list[io.Part], deadline: skipping.Deadline | None,
+                 lease: OutputLease, address: str | None, show_progress: bool, pool) -> _Ran:
+    """Starts the session (ledger, replicas) and runs ``todo`` through its policy; the parts the budget
+    floor or the deadline left are written in bulk."""
+    driver = _policy_driver(spec, start.parts, start.done)
+    tier = policy_tier(spec.policy, spec.sampling) if driver is None else None
+    ran = _Ran(dict(start.done), {"spent": start.prior_spent})
+    session = Session(spec, start.n_rows, start.done, start.prior_spent, address, show_progress, pool, lease,
+                      prior_parts=start.prior_parts, deadline=deadline)
+    try:
+        with session:
+            first = skipping.first_round(tier) if driver is None else driver.first_round()
+            session.floor_for = lambda: _budget_floor(session, todo, first)
+            extra: dict = {}
+            if driver is None:
+                unsent = session.run_parts(todo, lambda _part: tier)
+            else:
+                unsent = driver.run(session)
+                extra = driver.report
+            session.progress.phase("writing")
+            ran.unsent = _commit_left_over(session, start.parts, unsent)
+            extra["metering"] = _metering(spec, session.meters(), session.save_ledger(force=True))
+            extra["bulk_written"] = session.bulk_written
+            ran.summaries, ran.snapshot = session.summaries, session.snapshot
+            ran.generate_wall_s = session.generate_wall_s
+            ran.extra = extra | {"engines": session.engine_report()}
+    except StartInterrupted:  # a signal while the engines started: nothing ran, nothing was spent
+        ran.unsent = len(todo)
+    ran.signum = session.stop.signum
+    return ran
+
+
+def _write_report(spec: JobSpec, start: resume.Start, ran: _Ran, deadline: skipping.Deadline | None,
+                  t0: float) -> dict:
+    """Finishes the output's manifest for this attempt and writes ``run_report.json``; returns the report."""
+    out, so = spec.output.path, spec.output.storage_options
+    summaries, done = ran.summaries, start.done
     attempt = [s for pid, s in summaries.items() if done.get(pid) is not s]
     resume.finish(spec, start, attempt)
-    report = build_report(spec, list(summaries.values()), snapshot, start.n_rows, len(parts),
+    report = build_report(spec, list(summaries.values()), ran.snapshot, start.n_rows, len(start.parts),
                           resumed_parts=len(done), wall_s=time.monotonic() - t0,
-                          generate_wall_s=generate_wall_s, attempt=attempt, prior_spent=prior_spent)
+                          generate_wall_s=ran.generate_wall_s, attempt=attempt, prior_spent=start.prior_spent)
     report["output_path"] = out  # placeholders filled in
     report["redone_parts"] = start.check.redone()
     if start.archived:
         report["archived_output"] = start.archived
-    report |= extra
+    report |= ran.extra
     report["by_tier"] = breakdown(io.read_output(out, so, ["tier", "bucket", "cost", "n_samples", "correct"]))
-    report["complete"] = unsent == 0 and len(summaries) == len(parts)
+    report["complete"] = ran.unsent == 0 and len(summaries) == len(start.parts)
     if deadline is not None:
         report["deadline"] = {"at": datetime.fromtimestamp(deadline.at, UTC).isoformat(),
                               "finished_s_before": round(deadline.at - time.time(), 3)}
     io.write_json(report, out, "run_report.json", so)
-    return report | {"_signum": signum, "_unsent": unsent}
+    return report
 
 
 def _budget_floor(session: Session, todo: list[io.Part], first: list[tuple[int, int]] | None):

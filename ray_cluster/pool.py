@@ -31,7 +31,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Protocol
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
@@ -56,6 +58,60 @@ class PoolConfig:
     retry_backoff_s: float = 1.0
     max_rows_in_flight: int | None = None  # None: 1.5 x the engine's max_num_seqs
     max_engine_restarts: int = 2  # in-place engine restarts per replica before it gives itself up
+
+
+class PartHandler(Protocol):
+    """The job's side of ``ReplicaPool.run``: what each part is sent with, and what becomes of it."""
+
+    def tier(self, part: Part) -> object:
+        """The row program sent with ``part``."""
+
+    def sent(self, part: Part) -> None:
+        """``part`` was sent (a retry is a send too)."""
+
+    def done(self, summary: dict) -> None:
+        """A part was committed (``summary``: its ``summarize``)."""
+
+    def failed(self, part: Part, reason: str) -> None:
+        """``part``'s retries are exhausted."""
+
+    def poll(self) -> None:
+        """Called about once a second while parts run."""
+
+    def stopping(self) -> bool:
+        """True once no new part is to be sent."""
+
+
+@dataclass
+class _Run:
+    """One ``ReplicaPool.run``: its parts queued (with their tries) and in flight (by replica), the
+    storage error that stopped it, and what the stop left uncommitted."""
+
+    job: JobContext
+    ledger: object
+    handler: PartHandler
+    queue: deque[tuple[Part, int]]
+    max_inflight: int | None = None
+    parts_per_replica: int | None = None
+    inflight: dict[ray.ObjectRef, tuple[str, Part, int]] = field(default_factory=dict)
+    halt: StorageError | None = None
+    stats: dict = field(default_factory=lambda: {"unwritten": 0, "halted": 0, "halted_cost": 0.0,
+                                                  "unwritten_cost": 0.0})
+
+    def stopped(self) -> bool:
+        return self.halt is not None or self.handler.stopping()
+
+    def halted_error(self) -> StorageError:
+        """The error ``run`` raises once a storage error stopped the job, with what it left."""
+        s = self.stats
+        err = StorageError(
+            f"{self.halt}; the job stopped at once: {s['unwritten']} finished part(s) "
+            f"({s['unwritten_cost']:.6g} spent) could not be committed and {s['halted']} part(s) in "
+            f"flight stopped ({s['halted_cost']:.6g} spent), {len(self.queue)} part(s) unsent; re-run the same "
+            f"spec once the output location is writable")
+        # In the ledger, not in the output: committed rows' cost + this = what the job spent.
+        err.uncommitted_cost = s["unwritten_cost"] + s["halted_cost"]
+        return err
 
 
 def takes_part(held: list[int], rows_in_flight: int, parts_per_replica: int | None = None) -> bool:
@@ -141,94 +197,85 @@ class ReplicaPool:
         if not self._start([new], stopping):
             ray.kill(self.actors.pop(new), no_restart=True)
 
-    def run(self, job: JobContext, ledger, parts: Iterable[Part], tier: Callable[[Part], object],
-            on_done: Callable[[dict], None], on_failed: Callable[[Part, str], None],
-            poll: Callable[[], None] | None = None, stopping: Callable[[], bool] = lambda: False,
-            max_inflight: int | None = None, on_sent: Callable[[Part], None] | None = None,
-            parts_per_replica: int | None = None) -> int:
-        """Processes ``parts`` of ``job``; calls ``on_done(summary)`` per committed part
-        and ``on_failed(part, reason)`` for a part whose retries are exhausted.
+    def run(self, job: JobContext, ledger, parts: Iterable[Part], handler: PartHandler,
+            max_inflight: int | None = None, parts_per_replica: int | None = None) -> int:
+        """Processes ``parts`` of ``job``; calls ``handler.done(summary)`` per committed part
+        and ``handler.failed(part, reason)`` for a part whose retries are exhausted.
 
-        ``tier(part)`` is the row program sent with the part (the runner may re-plan
-        between parts); ``on_sent(part)`` follows each send (a retry is a send too).
-        Once ``stopping()`` is true no new part is sent and the parts in flight drain
-        (finish and commit). ``max_inflight`` caps the parts in flight across the pool
-        (calibration sends one at a time to keep to its budget share).
-        ``parts_per_replica``: parts each replica holds at once (None: by rows, see
-        ``takes_part``). Returns the parts left unsent.
+        ``handler.tier(part)`` is the row program sent with the part (the runner may re-plan
+        between parts); ``handler.sent(part)`` follows each send (a retry is a send too);
+        ``handler.poll()`` runs about once a second. Once ``handler.stopping()`` is true no new
+        part is sent and the parts in flight drain (finish and commit). ``max_inflight`` caps
+        the parts in flight across the pool (calibration sends one at a time to keep to its
+        budget share). ``parts_per_replica``: parts each replica holds at once (None: by rows,
+        see ``takes_part``). Returns the parts left unsent.
 
         Raises:
             StorageError: the job's output (or its ledger file, written by ``poll``) cannot
                 be written; raised once the parts in flight have stopped.
         """
-        queue: deque[tuple[Part, int]] = deque((p, 0) for p in parts)
-        inflight: dict[ray.ObjectRef, tuple[str, Part, int]] = {}
-        halt: list[StorageError] = []  # the storage error that stopped the job
-        stats = {"unwritten": 0, "halted": 0, "halted_cost": 0.0, "unwritten_cost": 0.0}
-
-        def stop(exc: StorageError) -> None:
-            if not halt:
-                log.error("stopping the job: %s", exc)
-                halt.append(exc)
-                for name in {n for n, _, _ in inflight.values()}:
-                    if name in self.actors:
-                        self.actors[name].halt.remote(ledger)
-
-        def stopped() -> bool:
-            return bool(halt) or stopping()
-
-        while (queue and not stopped()) or inflight:
-            for name in list(self.actors) if not stopped() else []:
-                held = [p.length for n, p, _ in inflight.values() if n == name]  # in the order sent
-                while queue and takes_part(held, self.rows_in_flight[name], parts_per_replica) and (
-                        max_inflight is None or len(inflight) < max_inflight) and not stopped():
-                    part, tries = queue.popleft()
-                    ref = self.actors[name].process_part.remote(part, job, tier(part), ledger)
-                    inflight[ref] = (name, part, tries)
-                    held.append(part.length)
-                    if on_sent is not None:
-                        on_sent(part)
-            done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-            if poll is not None:
-                try:
-                    poll()
-                except StorageError as exc:  # the ledger file: without it a crash would forget the spend
-                    stop(exc)
+        run = _Run(job, ledger, handler, deque((p, 0) for p in parts), max_inflight, parts_per_replica)
+        while (run.queue and not run.stopped()) or run.inflight:
+            self._send(run)
+            done, _ = ray.wait(list(run.inflight), num_returns=1, timeout=1.0)
+            try:
+                handler.poll()
+            except StorageError as exc:  # the ledger file: without it a crash would forget the spend
+                self._stop(run, exc)
             for ref in done:
-                name, part, tries = inflight.pop(ref)
-                try:
-                    result = ray.get(ref)
-                    if result.get("halted"):
-                        stats["halted"] += 1
-                        stats["halted_cost"] += result["cost"]
-                    elif result.get("unwritten"):
-                        self._commit_held(job, result, on_done, stop, stats)
-                    else:
-                        on_done(result)
-                except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
-                    log.warning("replica %s lost while on part %d: %s", name, part.part_id, exc)
-                    if name in self.actors:
-                        # Its other parts fail too and are requeued as they surface.
-                        self._replace(name, ledger, stopped)
-                    self._retry(queue, part, tries, f"replica lost: {exc}", on_failed, stop)
-                except RayTaskError as exc:
-                    cause = getattr(exc, "cause", exc)
-                    log.warning("part %d failed on %s: %s", part.part_id, name, cause)
-                    if isinstance(cause, EngineDead) and name in self.actors:
-                        self._replace(name, ledger, stopped)  # it ends itself; this covers one that could not
-                    self._retry(queue, part, tries, str(cause), on_failed, stop)
-                except StorageError as exc:  # from on_done / on_failed
-                    stop(exc)
-        if halt:
-            err = StorageError(
-                f"{halt[0]}; the job stopped at once: {stats['unwritten']} finished part(s) "
-                f"({stats['unwritten_cost']:.6g} spent) could not be committed and {stats['halted']} part(s) in "
-                f"flight stopped ({stats['halted_cost']:.6g} spent), {len(queue)} part(s) unsent; re-run the same "
-                f"spec once the output location is writable")
-            # In the ledger, not in the output: committed rows' cost + this = what the job spent.
-            err.uncommitted_cost = stats["unwritten_cost"] + stats["halted_cost"]
-            raise err from halt[0]
-        return len(queue)
+                self._receive(run, ref)
+        if run.halt is not None:
+            raise run.halted_error() from run.halt
+        return len(run.queue)
+
+    def _send(self, run: _Run) -> None:
+        """Sends each replica parts while it takes them (``takes_part``) and the pool's cap allows."""
+        for name in list(self.actors) if not run.stopped() else []:
+            held = [p.length for n, p, _ in run.inflight.values() if n == name]  # in the order sent
+            while run.queue and takes_part(held, self.rows_in_flight[name], run.parts_per_replica) and (
+                    run.max_inflight is None or len(run.inflight) < run.max_inflight) and not run.stopped():
+                part, tries = run.queue.popleft()
+                ref = self.actors[name].process_part.remote(part, run.job, run.handler.tier(part), run.ledger)
+                run.inflight[ref] = (name, part, tries)
+                held.append(part.length)
+                run.handler.sent(part)
+
+    def _receive(self, run: _Run, ref: ray.ObjectRef) -> None:
+        """Takes a finished part's answer: commits it, counts it halted, or retries it where its
+        replica was lost or it failed."""
+        name, part, tries = run.inflight.pop(ref)
+        try:
+            result = ray.get(ref)
+            if result.get("halted"):
+                run.stats["halted"] += 1
+                run.stats["halted_cost"] += result["cost"]
+            elif result.get("unwritten"):
+                self._commit_held(run.job, result, run.handler.done, partial(self._stop, run), run.stats)
+            else:
+                run.handler.done(result)
+        except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+            log.warning("replica %s lost while on part %d: %s", name, part.part_id, exc)
+            if name in self.actors:
+                # Its other parts fail too and are requeued as they surface.
+                self._replace(name, run.ledger, run.stopped)
+            self._retry(run, part, tries, f"replica lost: {exc}")
+        except RayTaskError as exc:
+            cause = getattr(exc, "cause", exc)
+            log.warning("part %d failed on %s: %s", part.part_id, name, cause)
+            if isinstance(cause, EngineDead) and name in self.actors:
+                self._replace(name, run.ledger, run.stopped)  # it ends itself; this covers one that could not
+            self._retry(run, part, tries, str(cause))
+        except StorageError as exc:  # from handler.done / handler.failed
+            self._stop(run, exc)
+
+    def _stop(self, run: _Run, exc: StorageError) -> None:
+        """Stops the job at its first storage error: the replicas holding its parts halt them."""
+        if run.halt is None:
+            log.error("stopping the job: %s", exc)
+            run.halt = exc
+            for name in {n for n, _, _ in run.inflight.values()}:
+                if name in self.actors:
+                    self.actors[name].halt.remote(run.ledger)
 
     def _commit_held(self, job: JobContext, result: dict, on_done, stop, stats: dict) -> None:
         """Commits a finished part whose replica could not write it, from here, retrying only
@@ -249,15 +296,15 @@ class ReplicaPool:
         stats["unwritten_cost"] += summary["cost"]
         stop(StorageError(error))
 
-    def _retry(self, queue, part: Part, tries: int, reason: str, on_failed, stop) -> None:
+    def _retry(self, run: _Run, part: Part, tries: int, reason: str) -> None:
         if tries + 1 > self.cfg.max_part_retries:
             try:
-                on_failed(part, reason)
+                run.handler.failed(part, reason)
             except StorageError as exc:
-                stop(exc)
+                self._stop(run, exc)
             return
         time.sleep(min(30.0, self.cfg.retry_backoff_s * 2 ** tries))
-        queue.append((part, tries + 1))
+        run.queue.append((part, tries + 1))
 
     def shutdown(self) -> None:
         for a in self.actors.values():

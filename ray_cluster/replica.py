@@ -149,7 +149,20 @@ class ReplicaActor:
         engine that died for good ends this actor (``_give_up``): the pool replaces it and
         retries its parts."""
         t0 = time.monotonic()
-        cfg = job
+        rows = self._read_rows(part, job)
+        scorer = self._part_scorer(part, job, rows)
+        halt = self._halt_flag(ledger)
+        recs, part_spent = await self._run_rows(part, job, tier, ledger, rows, scorer, halt)
+        if scorer is None:  # the job's configuration failed these rows, not their input: redone on resume
+            for r, own in zip(recs, rows.own_errors):
+                r["error_cause"] = r["error_cause"] if own else "job"
+        if halt.stopped:
+            return {"part_id": part.part_id, "halted": True, "cost": float(sum(r.get("cost") or 0.0 for r in recs))}
+        return self._commit(part, job, recs, rows.golds, part_spent, t0)
+
+    def _read_rows(self, part: io.Part, cfg: JobContext) -> _PartRows:
+        """The part's rows as its row runner reads them: ids, golds, difficulty features, prompts (token ids),
+        per-row sampling and references, each row's own input error, and a job-level error if any."""
         feats = dict(cfg.row_features)
         cols = [cfg.id_column] + cfg.prompt.columns() + ([cfg.gold_column] if cfg.gold_column else [])
         cols += list(dict(cfg.sampling_columns).values())
@@ -165,35 +178,45 @@ class ReplicaActor:
         sampling, sampling_errors = row_sampling(frame, dict(cfg.sampling_columns))
         references, ref_errors = reference_answers(frame, ref_col)
         errors = [e or s or r for e, s, r in zip(errors, sampling_errors, ref_errors)]
-        own_errors = errors
+        return _PartRows(ids, golds, features, prompts, errors, errors, token_ids, sampling, references, job_error)
+
+    def _part_scorer(self, part: io.Part, cfg: JobContext, rows: _PartRows) -> Scorer | None:
+        """The job's scorer; None with a job-level error (a judge this replica does not host, prompts
+        it cannot render), which then fails every row (``rows.errors``)."""
+        scorer, job_error = None, rows.job_error
         try:
             scorer = self._scoring(cfg)
         except ValueError as exc:  # a judge this replica does not host: every row reports it
             job_error = job_error or f"{type(exc).__name__}: {exc}"
         if job_error:
             log.error("part %s: %s", part.part_id, job_error)
-            scorer, errors = None, [e or job_error for e in errors]
-        halt = self._halt_flag(ledger)
+            rows.errors = [e or job_error for e in rows.errors]
+            return None
+        return scorer
+
+    async def _run_rows(self, part: io.Part, cfg: JobContext, tier: Tier, ledger, rows: _PartRows,
+                        scorer: Scorer | None, halt: _Halt) -> tuple[list[dict], float]:
+        """Runs every row of the part (``RowRunner``); returns their records and what the ledger holds
+        spent on the part (this attempt's and any lost one's). An engine dead for good ends the actor."""
         key = (cfg.output_uri, part.part_id)
         async with self._ledger_client(ledger) as client:
-            rows = RowRunner(self.engine, self._sem, tier, client.for_part(key), scorer, cfg.seed,
-                             self._pricer(ledger, cfg), cfg.keep_samples, cfg.abort_failed_steps, halt,
-                             cfg.rows_stop_at, cfg.structured, cfg.reasoning)
+            runner = RowRunner(self.engine, self._sem, tier, client.for_part(key), scorer, cfg.seed,
+                               self._pricer(ledger, cfg), cfg.keep_samples, cfg.abort_failed_steps, halt,
+                               cfg.rows_stop_at, cfg.structured, cfg.reasoning)
             # Every row runs to its end (a row raises only EngineDead), so no row is left spending.
-            recs = await asyncio.gather(*(rows.run(rid, p, e, f, t, o, r) for rid, p, e, f, t, o, r
-                                          in zip(ids, prompts, errors, features, token_ids, sampling, references)),
-                                        return_exceptions=True)
+            recs = await asyncio.gather(*(runner.run(*row) for row in rows.runner_args()), return_exceptions=True)
             if lost := next((r for r in recs if isinstance(r, EngineDead)), None):
                 await self._give_up(part, lost)
             if other := next((r for r in recs if isinstance(r, BaseException)), None):
                 raise other
             await client.drain()  # every settlement is in the ledger before the part commits
-            part_spent = await ledger.spent_on.remote(key)  # this attempt's and any lost one's
-        if scorer is None:  # the job's configuration failed these rows, not their input: redone on resume
-            for r, own in zip(recs, own_errors):
-                r["error_cause"] = r["error_cause"] if own else "job"
-        if halt.stopped:
-            return {"part_id": part.part_id, "halted": True, "cost": float(sum(r.get("cost") or 0.0 for r in recs))}
+            part_spent = await ledger.spent_on.remote(key)
+        return recs, part_spent
+
+    def _commit(self, part: io.Part, cfg: JobContext, recs: list[dict], golds: list, part_spent: float,
+                t0: float) -> dict:
+        """Grades the records, adds what lost attempts spent (``lost_cost``) and writes the part; returns
+        its summary, or, when the write fails, the finished table for the driver to write."""
         for r, g in zip(recs, golds):
             if g is not None:  # rows without an answer (skipped, error) count as wrong
                 r["correct"] = r.get("answer") is not None and r["answer"] == g.strip()
@@ -285,6 +308,28 @@ class ReplicaActor:
 
     async def shutdown(self) -> None:
         self.engine.shutdown()
+
+
+@dataclass
+class _PartRows:
+    """A part's rows, column by column, as ``RowRunner.run`` takes them. ``errors``: each row's error
+    (its own, or the job's once a job-level error fails every row); ``own_errors``: its own only."""
+
+    ids: list[str]
+    golds: list[str | None]
+    features: list[dict]
+    prompts: list
+    errors: list[str | None]
+    own_errors: list[str | None]
+    token_ids: list
+    sampling: list
+    references: list
+    job_error: str | None
+
+    def runner_args(self):
+        """Each row's arguments to ``RowRunner.run``."""
+        return zip(self.ids, self.prompts, self.errors, self.features, self.token_ids, self.sampling,
+                   self.references)
 
 
 class _Halt:

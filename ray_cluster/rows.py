@@ -15,6 +15,7 @@ import json
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -105,109 +106,134 @@ class RowRunner:
     async def _generate(self, row_id: str, prompt: str, features: dict[str, float | None],
                         token_ids: list[int] | dict, spent: _Spent, sampling: dict | None = None,
                         reference: str | None = None) -> dict:
-        engine, tier, ledger, price, meter = self.engine, self.tier, self.ledger, self.price, self.price.meter
         renderings = token_ids if isinstance(token_ids, dict) else {None: token_ids}
-        token_ids = renderings[None]
-        extract = self.scorer.extract
-        n_prompt = len(token_ids)
-        max_len = engine.max_model_len
+        n_prompt, max_len = len(renderings[None]), self.engine.max_model_len
         if n_prompt >= max_len:
             return records.empty_record(
                 row_id, "error", f"prompt has {n_prompt} tokens; the model's context is {max_len}", n_prompt)
-        state = spent.state = RowState(row_id, n_prompt, features={k: v for k, v in features.items() if v is not None})
-        cost, prompt_spent = 0.0, 0
-        label_probs = None
-        # A seed from the row id makes reruns reproducible whatever replica or part size
-        # serves the row. vLLM seeds sample i of a request with seed + i, so each round
-        # starts past the samples already drawn: every sample of the row has its own seed.
-        seed = (self.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
-        scoring = spent.scoring = self.scorer.for_row(row_id, prompt, seed, price.per_token(), reference)
-        keep_going = partial(self.prefix_ok, prompt) if self.prefix_ok else None
-        while (asked := tier.next_request(state, seed + len(state.samples))) is not None:
+        row = self._begin_row(row_id, prompt, n_prompt, features, renderings, spent, sampling, reference)
+        state = row.state
+        while (asked := self.tier.next_request(state, row.seed + len(state.samples))) is not None:
             if self.halt.stopped:
                 return spent.error_record(row_id, "the job stopped")
             if self.rows_stop_at is not None and time.time() >= self.rows_stop_at:
                 state.stop_reason = "deadline"
                 break
-            requests = asked if isinstance(asked, list) else [asked]
-            if sampling:  # the row's own max_tokens / temperature / top_p (input.sampling_columns)
-                requests = [replace(r, **sampling) for r in requests]
-            ids = [renderings[r.prompt_variant] for r in requests]  # the prompt each request reads
-            inputs = [len(engine.input_ids(t, r)) for t, r in zip(ids, requests)]  # prompt + prefix tokens
-            requests = [_clip(r, k, max_len) for r, k in zip(requests, inputs)]
-            if self.structured:
-                requests = [replace(r, structured=self.structured) for r in requests]
-            if self.forcing:
-                requests = [self.reasoning.thinking_request(r) for r in requests]
-            if self.labels and state.rounds == 0:  # the row's label distribution, once (label_probs)
-                requests[0] = replace(requests[0], top_logprobs=max(requests[0].top_logprobs, LABEL_TOP_LOGPROBS))
-            # The worst case of this round: each request's input plus n samples of max_tokens.
-            # A round is reserved whole: if it cannot be, the row stops with what it has.
-            # Samples that stop at a failed step are requests of their own: each pays its input.
-            checks = [keep_going if not r.top_logprobs else None for r in requests]
-            worst = price.reserve(sum(k * (r.n if c else 1) for r, k, c in zip(requests, inputs, checks)),
-                                  sum(r.n * r.max_tokens + r.n * self._answer_room(r, k) for r, k in zip(requests, inputs)))
-            if await ledger.reserve(worst) == DENIED:
+            step = self._round_requests(row, asked)
+            if not await self._reserve(step):
                 state.stop_reason = "budget"
                 break
-            tag = f"{row_id}#{state.rounds}"
-            meter.begin()  # the replica's devices are held for the job while any of its requests runs
-            if len(requests) == 1:  # most rounds: no task or gather of its own
-                try:
-                    outcomes = [await self._request(tag, ids[0], requests[0], checks[0])]
-                except Exception as exc:
-                    outcomes = [exc]
-            else:
-                outcomes = await asyncio.gather(
-                    *(self._request(f"{tag}.{i}", t, r, c) for i, (t, r, c) in enumerate(zip(ids, requests, checks))),
-                    return_exceptions=True)
-            results = [o for o in outcomes if not isinstance(o, BaseException)]
-            if self.labels and label_probs is None and results and results[0].samples:
-                label_probs = label_distribution(results[0].samples[0].top_logprobs, self.labels)
-                if label_probs:  # a free difficulty signal for the tier (AdaptiveTier.label_confidence)
-                    state.features[LABEL_TOP_PROB] = max(label_probs.values())
-            if self.reasoning:  # answers are read, voted and verified after the end marker
-                results = [replace(r, samples=[split_sample(x, self.reasoning) for x in r.samples]) for r in results]
-            n_in, n_out = sum(r.prompt_tokens for r in results), sum(r.output_tokens for r in results)
-            meter.end(price.spec.weighted(n_in, n_out))
-            actual = price.settle(n_in, n_out, worst)
-            # One settlement for the round: what did run is spent, the rest returns.
-            await ledger.settle(worst, actual)
-            cost += actual
-            prompt_spent += sum(r.prompt_tokens for r in results)
-            spent.add(actual, results)
+            outcomes = await self._run_round(step)
+            results = await self._settle(row, step, outcomes)
             if failed := next((o for o in outcomes if isinstance(o, BaseException)), None):
                 if isinstance(failed, EngineDead):
                     raise failed  # the replica is lost: the pool retries the part elsewhere
                 return spent.error_record(row_id, f"generation failed: {failed}")
-            # Verifiers score the whole trace: a request's prefix, then its sample. A judge's
-            # requests reserve and settle their own cost (scoring.cost).
-            scores = [await scoring.score([replace(s, text=q.prefix + s.text) for s in r.samples]
-                                          if q.prefix else r.samples, ledger)
-                      for q, r in zip(requests, results)]
-            tier.absorb(state, requests, results, extract, scores)
+            await self._absorb(row, step, results)
+        return self._record(row)
+
+    def _begin_row(self, row_id: str, prompt: str, n_prompt: int, features: dict[str, float | None],
+                   renderings: dict, spent: _Spent, sampling: dict | None, reference: str | None) -> _Row:
+        """The row's state, seed and scoring, before its first round (``spent`` keeps them for an error record)."""
+        spent.state = RowState(row_id, n_prompt, features={k: v for k, v in features.items() if v is not None})
+        # A seed from the row id makes reruns reproducible whatever replica or part size
+        # serves the row. vLLM seeds sample i of a request with seed + i, so each round
+        # starts past the samples already drawn: every sample of the row has its own seed.
+        seed = (self.seed * 1_000_003 + zlib.crc32(row_id.encode()) * 1_009) % 2**62
+        spent.scoring = self.scorer.for_row(row_id, prompt, seed, self.price.per_token(), reference)
+        keep_going = partial(self.prefix_ok, prompt) if self.prefix_ok else None
+        return _Row(row_id, n_prompt, renderings, sampling, spent, seed, keep_going)
+
+    def _round_requests(self, row: _Row, asked) -> _Round:
+        """The round's requests as the engine gets them: the row's own sampling fields, cut to the
+        context, the job's constraint and thinking budget; each with the prompt it reads."""
+        requests = asked if isinstance(asked, list) else [asked]
+        if row.sampling:  # the row's own max_tokens / temperature / top_p (input.sampling_columns)
+            requests = [replace(r, **row.sampling) for r in requests]
+        ids = [row.renderings[r.prompt_variant] for r in requests]  # the prompt each request reads
+        inputs = [len(self.engine.input_ids(t, r)) for t, r in zip(ids, requests)]  # prompt + prefix tokens
+        requests = [_clip(r, k, self.engine.max_model_len) for r, k in zip(requests, inputs)]
+        if self.structured:
+            requests = [replace(r, structured=self.structured) for r in requests]
+        if self.forcing:
+            requests = [self.reasoning.thinking_request(r) for r in requests]
+        if self.labels and row.state.rounds == 0:  # the row's label distribution, once (label_probs)
+            requests[0] = replace(requests[0], top_logprobs=max(requests[0].top_logprobs, LABEL_TOP_LOGPROBS))
+        checks = [row.keep_going if not r.top_logprobs else None for r in requests]
+        return _Round(f"{row.id}#{row.state.rounds}", requests, ids, inputs, checks)
+
+    async def _reserve(self, step: _Round) -> bool:
+        """Reserves the round's worst case whole (``step.worst``): each request's input plus n samples of
+        max_tokens. Samples that stop at a failed step are requests of their own: each pays its input.
+        False when the ledger denies it (the row stops with what it has)."""
+        n_in = sum(k * (r.n if c else 1) for r, k, c in zip(step.requests, step.inputs, step.checks))
+        n_out = sum(r.n * r.max_tokens + r.n * self._answer_room(r, k) for r, k in zip(step.requests, step.inputs))
+        step.worst = self.price.reserve(n_in, n_out)
+        return await self.ledger.reserve(step.worst) != DENIED
+
+    async def _run_round(self, step: _Round) -> list:
+        """The round's outcomes, one per request: its ``GenResult`` or the exception it raised."""
+        self.price.meter.begin()  # the replica's devices are held for the job while any of its requests runs
+        if len(step.requests) == 1:  # most rounds: no task or gather of its own
+            try:
+                return [await self._request(step.tag, step.ids[0], step.requests[0], step.checks[0])]
+            except Exception as exc:
+                return [exc]
+        return await asyncio.gather(
+            *(self._request(f"{step.tag}.{i}", t, r, c)
+              for i, (t, r, c) in enumerate(zip(step.ids, step.requests, step.checks))),
+            return_exceptions=True)
+
+    async def _settle(self, row: _Row, step: _Round, outcomes: list) -> list:
+        """The round's results (samples split into thought and answer with ``reasoning``), its label
+        distribution read; one settlement for the round: what did run is spent, the rest returns."""
+        results = [o for o in outcomes if not isinstance(o, BaseException)]
+        if self.labels and row.label_probs is None and results and results[0].samples:
+            row.label_probs = label_distribution(results[0].samples[0].top_logprobs, self.labels)
+            if row.label_probs:  # a free difficulty signal for the tier (AdaptiveTier.label_confidence)
+                row.state.features[LABEL_TOP_PROB] = max(row.label_probs.values())
+        if self.reasoning:  # answers are read, voted and verified after the end marker
+            results = [replace(r, samples=[split_sample(x, self.reasoning) for x in r.samples]) for r in results]
+        n_in, n_out = sum(r.prompt_tokens for r in results), sum(r.output_tokens for r in results)
+        self.price.meter.end(self.price.spec.weighted(n_in, n_out))
+        actual = self.price.settle(n_in, n_out, step.worst)
+        await self.ledger.settle(step.worst, actual)
+        row.spent.add(actual, results)
+        return results
+
+    async def _absorb(self, row: _Row, step: _Round, results: list) -> None:
+        """Scores the round's samples and hands them to the tier. Verifiers score the whole trace: a
+        request's prefix, then its sample. A judge's requests reserve and settle their own cost (scoring.cost)."""
+        scores = [await row.scoring.score([replace(s, text=q.prefix + s.text) for s in r.samples]
+                                          if q.prefix else r.samples, self.ledger)
+                  for q, r in zip(step.requests, results)]
+        self.tier.absorb(row.state, step.requests, results, self.scorer.extract, scores)
+
+    def _record(self, row: _Row) -> dict:
+        """The row's output record (``records.OUTPUT_SCHEMA``) once its rounds are over."""
+        state, scoring, spent = row.state, row.scoring, row.spent
         if not state.samples and state.stop_reason != "gated":  # gated: the tier chose no sample (adaptive)
             status = "skipped_deadline" if state.stop_reason == "deadline" else "skipped_budget"
-            return records.empty_record(row_id, status, None, n_prompt)
-        answer, votes = tier.select(state)
+            return records.empty_record(row.id, status, None, row.n_prompt)
+        answer, votes = self.tier.select(state)
         samples = state.samples
         lps = [s.mean_logprob for s in samples if s.mean_logprob is not None]
         return {
-            "id": row_id, "answer": answer, "status": "ok", "error": None, "tier": state.tier or tier.name,
+            "id": row.id, "answer": answer, "status": "ok", "error": None, "tier": state.tier or self.tier.name,
             "difficulty": state.difficulty, "bucket": state.bucket,
-            "n_samples": len(samples), "prompt_tokens": prompt_spent,
-            "output_tokens": sum(s.output_tokens for s in samples), "cost": cost + scoring.cost,
+            "n_samples": len(samples), "prompt_tokens": spent.prompt_tokens,
+            "output_tokens": sum(s.output_tokens for s in samples), "cost": spent.cost + scoring.cost,
             "votes": votes, "agreement": _share(votes, answer),
             "verifier_scores": state.scores if self.scorer.scores else None, **scoring.columns(),
             "mean_logprob": sum(lps) / len(lps) if lps else None,
             "stop_reason": state.stop_reason,
-            "aborted_samples": sum(s.finish_reason == "abort" for s in samples) if keep_going else None,
+            "aborted_samples": sum(s.finish_reason == "abort" for s in samples) if row.keep_going else None,
             "sample_answers": state.answers,
             "sample_output_tokens": [s.output_tokens for s in samples],
             "sample_mean_logprobs": [s.mean_logprob for s in samples],
             "samples": [s.text for s in samples] if self.keep_samples else None,
             "reasoning": [s.reasoning for s in samples] if self.reasoning else None,
-            "label_probs": label_probs,
+            "label_probs": row.label_probs,
         }
 
     def _answer_room(self, request, n_input: int) -> int:
@@ -268,6 +294,42 @@ class _Spent:
             return rec
         return rec | {"n_samples": self.n_samples, "output_tokens": self.output_tokens,
                       "cost": self.cost + self.scoring.cost} | self.scoring.columns()
+
+
+@dataclass
+class _Row:
+    """One row's run: its prompt renderings and sampling fields, its seed, its samples' step check,
+    what it spent (``spent``: its state and scoring too) and its label distribution."""
+
+    id: str
+    n_prompt: int
+    renderings: dict
+    sampling: dict | None
+    spent: _Spent
+    seed: int
+    keep_going: Callable | None
+    label_probs: dict[str, float] | None = None
+
+    @property
+    def state(self) -> RowState:
+        return self.spent.state
+
+    @property
+    def scoring(self) -> RowScorer:
+        return self.spent.scoring
+
+
+@dataclass
+class _Round:
+    """One round of a row: its requests, the prompt each reads and its input length, each one's step
+    check, and the worst case reserved for it."""
+
+    tag: str
+    requests: list
+    ids: list
+    inputs: list[int]
+    checks: list
+    worst: float = 0.0
 
 
 def _share(votes: dict[str, float], answer: str | None) -> float:
