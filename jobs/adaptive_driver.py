@@ -129,7 +129,7 @@ class AdaptiveDriver:
         beside the output), and the ladder's rungs measured on a sub-slice of them; whether rungs were
         measured (parts ran)."""
         if self.pol.calibration_from:
-            from pipelines.replay import load_samples
+            from pipelines.replay_table import load_samples
             self._samples = load_samples(self.pol.calibration_from)
             return False
         self._samples = self._calibration_samples(cal_parts)
@@ -206,7 +206,7 @@ class AdaptiveDriver:
         return plan
 
     def _adaptive_tier(self, plan) -> Tier:
-        from jobs.rung_calibration import rung_tiers
+        from jobs.row_programs import rung_tiers
         from pipelines.adaptive_tiers import AdaptiveTier
 
         s = self.spec.sampling

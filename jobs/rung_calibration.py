@@ -16,31 +16,13 @@ from dataclasses import replace
 
 import polars as pl
 
+from jobs.row_programs import rung_tiers
 from jobs.spec import JobSpec
 from pipelines import io
-from pipelines.search import SearchTier
-from pipelines.tiers import Tier, think_tier
 
 log = logging.getLogger(__name__)
 
 RUNG_DIR = "_tierwise/rungs"
-
-
-def rung_tiers(spec: JobSpec) -> tuple[Tier, ...]:
-    """The row programs of the spec's extra rungs, in ladder order (empty for the default ladder)."""
-    pol, s = spec.policy, spec.sampling
-    tiers: list[Tier] = []
-    for rung in pol.rungs:
-        if rung == "think":
-            own = "think" in (pol.rung_chat_template_kwargs or {})  # its own prompt rendering (PromptConfig.variants)
-            tiers.append(think_tier(pol.think_samples, s.temperature, s.top_p, pol.think_max_tokens or 4 * s.max_tokens,
-                                    pol.select == "verifier", bool(s.logprobs), "think" if own else None))
-        else:
-            b = pol.search_spec
-            tiers.append(SearchTier(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                                    beam_width=b.beam_width, expansions=b.expansions, max_steps=b.max_steps,
-                                    step_stop=b.step_stop, allocate=b.allocate))
-    return tuple(tiers)
 
 
 def rung_parts(cal_parts: list[io.Part], rows: int) -> list[io.Part]:

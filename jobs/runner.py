@@ -32,13 +32,12 @@ from datetime import UTC, datetime
 from jobs import preflight, resume, skipping
 from jobs.progress import Progress
 from jobs.resume import LEDGER_FILE, JobChanged, ledger_record  # noqa: F401  (JobChanged: re-exported for callers)
+from jobs.row_programs import policy_tier
 from jobs.spec import (
     JobSpec,
     JudgeSpec,
     ReferenceSpec,
-    SamplingSpec,
     SpecError,
-    UniformPolicy,
     aborts_failed_steps,
     difficulty_columns,
     prompt_columns,
@@ -52,8 +51,7 @@ from pipelines.errors import JobInterrupted, RowErrorsInStrictMode, StartInterru
 from pipelines.lease import LeaseLost, OutputLease, OutputLeased  # noqa: F401  (OutputLeased: re-exported)
 from pipelines.pricing import price_spec
 from pipelines.report import breakdown, build_report
-from pipelines.search import SearchTier
-from pipelines.tiers import Tier, think_tier, uniform_tier
+from pipelines.tiers import Tier
 from pipelines.validation import check_columns, check_unique_ids
 
 log = logging.getLogger(__name__)
@@ -74,20 +72,6 @@ def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int, list]:
     id_chunks = list(io.iter_column(files, inp.id_column, inp.storage_options))
     n_rows = check_unique_ids(id_chunks, inp.id_column)
     return files, n_rows, id_chunks
-
-
-def policy_tier(policy: UniformPolicy, s: SamplingSpec) -> Tier:
-    """The row program of a uniform policy: its ``tier`` (sample / think / search)."""
-    weighted, logprobs = policy.select == "verifier", bool(s.logprobs)
-    if policy.tier == "think":
-        return think_tier(policy.n, s.temperature, s.top_p, policy.think_max_tokens or 4 * s.max_tokens, weighted,
-                          logprobs)
-    if policy.tier == "search":
-        b = policy.search_spec
-        return SearchTier(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                          beam_width=b.beam_width, expansions=b.expansions, max_steps=b.max_steps,
-                          step_stop=b.step_stop, allocate=b.allocate)
-    return uniform_tier(policy.n, s.temperature, s.top_p, s.max_tokens, weighted, logprobs)
 
 
 def job_context(spec: JobSpec, rows_stop_at: float | None = None):

@@ -104,7 +104,7 @@ def test_unknown_verifier_name_fails_at_the_spec():
 
 
 def test_tiers_of_the_uniform_policy():
-    from jobs.runner import policy_tier
+    from jobs.row_programs import policy_tier
 
     assert parse_spec(BASE).policy.tier == "sample"
     think = parse_spec(BASE | {"policy": {"n": 4, "tier": "think"}, "sampling": {"max_tokens": 50}})

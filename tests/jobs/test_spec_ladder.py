@@ -2,7 +2,8 @@
 
 import pytest
 
-from jobs.rung_calibration import rung_parts, rung_tiers
+from jobs.row_programs import rung_tiers
+from jobs.rung_calibration import rung_parts
 from jobs.spec import SpecError, parse_spec
 from pipelines import io
 
