@@ -32,9 +32,9 @@ def main() -> None:
     ap.add_argument("--rung-rows", type=int, default=32)
     args = ap.parse_args()
 
-    from jobs.runner import run_job, start_pool
-    from jobs.spec import parse_spec
-    from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+    from tierwise.jobs.runner import run_job, start_pool
+    from tierwise.jobs.spec import parse_spec
+    from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="tw-ladder-"))
     data = tmp / "heldout.parquet"

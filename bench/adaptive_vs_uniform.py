@@ -41,9 +41,9 @@ def main() -> None:
                     "their first failed step (what that saving alone buys; not one of the goals' baselines)")
     args = ap.parse_args()
 
-    from jobs.runner import run_job, start_pool
-    from jobs.spec import parse_spec
-    from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+    from tierwise.jobs.runner import run_job, start_pool
+    from tierwise.jobs.spec import parse_spec
+    from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="tw-bench-"))
     data = tmp / "heldout.parquet"

@@ -1,7 +1,7 @@
 """The label job (``jobs/examples/label.yaml``): adaptive with the label distribution's free difficulty signal
 vs uniform n=3 majority vote, same model, same data, one after the other, through the ``tierwise run`` path.
 
-Data: ``tierwise example-data label`` (``jobs.example_data.label_rows``). Both runs constrain every sample to
+Data: ``tierwise example-data label`` (``tierwise.jobs.example_data.label_rows``). Both runs constrain every sample to
 the job's labels (structured choice). Uniform draws 3 samples per row and votes; adaptive (budget: what
 uniform spent) draws one sample per row first, stops rows whose first-token label distribution puts at
 least ``--threshold`` on one label (``policy.label_confidence``) and plans the rest from its calibration slice
@@ -39,9 +39,9 @@ def main() -> None:
     ap.add_argument("--nightly", action="store_true", help="also run adaptive planned from last night's samples")
     args = ap.parse_args()
 
-    from jobs.example_data import label_rows
-    from jobs.runner import run_job, start_pool
-    from jobs.spec import parse_spec
+    from tierwise.jobs.example_data import label_rows
+    from tierwise.jobs.runner import run_job, start_pool
+    from tierwise.jobs.spec import parse_spec
 
     tmp = Path(tempfile.mkdtemp(prefix="tw-label-bench-"))
     data = tmp / "label.parquet"

@@ -1,7 +1,7 @@
 """The live adaptive driver replayed on recorded samples: what ``adaptive_vs_uniform`` would measure.
 
-``jobs.adaptive_driver`` runs a calibration slice (rows at K samples, one request each), plans with
-``pipelines.adaptive.plan_from_calibration`` and runs the rest with the plan (``plan_draws`` is the
+``tierwise.jobs.adaptive_driver`` runs a calibration slice (rows at K samples, one request each), plans with
+``tierwise.pipelines.plan.adaptive.plan_from_calibration`` and runs the rest with the plan (``plan_draws`` is the
 columnar twin of the live ``AdaptiveTier``), re-planning from actual spend as parts commit. This
 bench does the same over ``bench/data/demo_samples.parquet`` in seconds, so a change to the plan can
 be measured before the 25-minute live bench:
@@ -47,10 +47,10 @@ def live_run(df: pl.DataFrame, budget: float, *, estimators: tuple[str, ...], ca
         prior: Samples of other queries to plan from instead of calibrating (nightly); cal_rows ignored.
         plan_kw: Passed to ``plan_from_calibration`` (e.g. ``round_size``).
     """
-    from pipelines.adaptive import plan_draws, plan_from_calibration
-    from pipelines.calibration import stable_hash01
-    from pipelines.replay_adaptive import AdaptiveConfig, round_cumcost, round_draws
-    from pipelines.replay_table import build_table
+    from tierwise.pipelines.plan.adaptive import plan_draws, plan_from_calibration
+    from tierwise.pipelines.plan.calibration import stable_hash01
+    from tierwise.pipelines.plan.rules import AdaptiveConfig, round_cumcost, round_draws
+    from tierwise.pipelines.replay.table import build_table
 
     table = build_table(df)
     q = table.shape[0]
@@ -124,7 +124,7 @@ def main() -> int:
     ap.add_argument("--mean", action="store_true", help="print only the mean gaps over the seeds")
     args = ap.parse_args()
 
-    from pipelines.replay_table import build_table, load_samples
+    from tierwise.pipelines.replay.table import build_table, load_samples
 
     df = load_samples(args.samples)
     ids = df["query_id"].unique().sort()

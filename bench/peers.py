@@ -57,7 +57,7 @@ def load_rows(data: Path) -> tuple[list[str], list[str]]:
 
 def accuracy(texts: list[str], golds: list[str]) -> float:
     """The share of rows whose arithmetic answer is the gold one (tierwise's ``correct``)."""
-    from pipelines.answers import make_extractor
+    from tierwise.pipelines.tiers.answers import make_extractor
 
     extract = make_extractor("arithmetic")
     return sum(a is not None and a == g.strip() for a, g in zip(map(extract, texts), golds)) / len(golds)
@@ -116,7 +116,7 @@ def run_tierwise(data: Path, work: Path, policy: dict, budget: float) -> dict:
     """``tierwise run`` of the spec (the CLI, as a user runs it); its run report's figures."""
     spec_path, out = work / f"{policy['kind']}.json", work / f"out-{policy['kind']}"
     spec_path.write_text(json.dumps(tierwise_spec(data, out, policy, budget)))
-    subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--quiet"], check=True, cwd=REPO)
+    subprocess.run([sys.executable, "-m", "tierwise.jobs.cli", "run", str(spec_path), "--quiet"], check=True, cwd=REPO)
     rep = json.loads((out / "run_report.json").read_text())
     busy = {name: e["busy_fraction"] for name, e in rep.get("engines", {}).items()}
     return {"rows": rep["rows"], "generated_tokens": rep["output_tokens"], "prompt_tokens": rep["prompt_tokens"],
@@ -182,7 +182,7 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="tw-peers-"))
     data = work / "demo.parquet"
-    subprocess.run([sys.executable, "-m", "jobs.cli", "demo-data", str(data), "--rows", str(args.rows),
+    subprocess.run([sys.executable, "-m", "tierwise.jobs.cli", "demo-data", str(data), "--rows", str(args.rows),
                     "--seed", str(args.seed)], check=True, cwd=REPO)
     if args.out:
         Path(args.out).write_text("")  # each system's line is added as it finishes

@@ -26,8 +26,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from pipelines.allocation import BucketOptions, Option, allocate
-    from pipelines.calibration import assign_buckets, fit_difficulty_model, quantile_edges
+    from tierwise.pipelines.plan.allocation import BucketOptions, Option, allocate
+    from tierwise.pipelines.plan.calibration import assign_buckets, fit_difficulty_model, quantile_edges
 
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ SPEC = ROOT / "jobs/examples/demo.yaml"
 
 def cli(*args: str) -> str:
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "tierwise.jobs.cli", *args], cwd=ROOT, env=env, capture_output=True,
                          text=True, check=True)
     return out.stdout
 

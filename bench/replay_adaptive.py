@@ -34,7 +34,7 @@ def smallest_matching_budget(table, target: float, hi: float, unit: str, objecti
     Returns:
         (budget, adaptive score there), or (None, None) when even ``hi`` falls short.
     """
-    from pipelines.replay import replay
+    from tierwise.pipelines.replay.run import replay
 
     def score(b: float) -> float:
         return replay(table, b, unit, objective, "adaptive", seed=seed, progress=lambda m: None).score
@@ -71,11 +71,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from pipelines.replay import prepare, replay
+    from tierwise.pipelines.replay.run import prepare, replay
 
     t0 = time.perf_counter()
     if args.synthetic:
-        from pipelines.replay_synthetic import synthetic_samples
+        from tierwise.pipelines.replay.synthetic import synthetic_samples
 
         source = f"synthetic:{args.queries}x{args.n}:seed{args.seed}"
         table = prepare(synthetic_samples(args.queries, args.n, seed=args.seed))

@@ -3,7 +3,7 @@
 For every samples table it knows and every per-query budget (in samples' worth of tokens: the budget at
 b is what uniform sampling of b samples per query costs, interpolated between whole b), it replays:
 
-* ``uniform``: b samples per query (``pipelines.replay.uniform_draws``);
+* ``uniform``: b samples per query (``tierwise.pipelines.replay.run.uniform_draws``);
 * ``esc``: ESC (arXiv 2401.10480), windows of ``--esc-window`` samples, a query stops after its first
   unanimous window;
 * ``adaptive_consistency``: Adaptive-Consistency (arXiv 2305.11860), a query stops once P(leader is the
@@ -43,8 +43,7 @@ BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 16, 32)
 def tables(names: list[str]):
     """Yields (name, objective, polars frame) for each known table that is present."""
     import polars as pl
-
-    from pipelines.replay_synthetic import synthetic_samples
+    from tierwise.pipelines.replay.synthetic import synthetic_samples
 
     for name in names:
         if name.startswith("math"):
@@ -100,7 +99,7 @@ def round_robin(table, budget: float, unit: str, order: np.ndarray, step: int, s
 
 def baselines(table, objective: str, budget: float, unit: str, order: np.ndarray, esc_window: int,
               verifier_pass: float, yield_cap: int) -> dict[str, np.ndarray]:
-    from pipelines.stopping import mode_probability
+    from tierwise.pipelines.plan.stopping import mode_probability
 
     q = table.shape[0]
     ar = np.arange(q)
@@ -145,8 +144,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from pipelines.replay import _finish, replay, uniform_draws
-    from pipelines.replay_table import build_table
+    from tierwise.pipelines.replay.run import _finish, replay, uniform_draws
+    from tierwise.pipelines.replay.table import build_table
 
     budgets = [float(b) for b in args.budgets.split(",")]
     for name, objective, df in tables(args.tables.split(",")):

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _generate(path: str, queries: int, samples: int, seed: int) -> None:
-    from pipelines.replay_synthetic import synthetic_samples
+    from tierwise.pipelines.replay.synthetic import synthetic_samples
 
     synthetic_samples(queries, samples, seed=seed).drop("population").write_parquet(path)
 
@@ -50,8 +50,8 @@ def main() -> int:
             subprocess.run([sys.executable, __file__, "--generate-only", path, "--queries", str(args.queries),
                             "--samples", str(args.samples), "--seed", str(args.seed)], check=True)
             print(f"generated {path} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        from pipelines.replay import replay
-        from pipelines.replay_table import build_table, load_samples
+        from tierwise.pipelines.replay.run import replay
+        from tierwise.pipelines.replay.table import build_table, load_samples
 
         t0 = time.perf_counter()
         table = build_table(load_samples(path))

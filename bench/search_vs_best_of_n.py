@@ -28,10 +28,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import polars as pl
-
-    from jobs.runner import run_job, start_pool
-    from jobs.spec import parse_spec
-    from pipelines.tasks.arithmetic import generate_dataset
+    from tierwise.jobs.runner import run_job, start_pool
+    from tierwise.jobs.spec import parse_spec
+    from tierwise.pipelines.tiers.tasks.arithmetic import generate_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="tw-search-"))
     data = tmp / "rows.parquet"

@@ -1,10 +1,10 @@
 """Skip at scale: a 2,000,000-row job whose budget covers about 1% of its rows.
 
 Uniform n=1 on ``embedded:tiny-adder``; the input is ids + short addition prompts (one or two
-digits, written columnar with numpy/polars, the format of ``pipelines.tasks.arithmetic``). The
+digits, written columnar with numpy/polars, the format of ``tierwise.pipelines.tiers.tasks.arithmetic``). The
 budget is 1% of the rows at their worst case (prompt + ``max_tokens``), so the rows it covers are
 a little more than 1%. Once no part left can afford its cheapest row, the driver writes the rest
-``skipped_budget`` in bulk (``jobs.skipping``). Checks every input id is in the output exactly
+``skipped_budget`` in bulk (``tierwise.jobs.skipping``). Checks every input id is in the output exactly
 once and ``spent <= budget``, and prints JSON lines:
 
 - ``skip_scale``: rows, covered (ok) and skipped rows, the job's wall time (engine start
@@ -44,7 +44,7 @@ def write_input(path: Path, rows: int, seed: int = 0) -> None:
 
 
 def spec_for(inp: Path, out: Path, budget: float, part_rows: int, max_tokens: int):
-    from jobs.spec import parse_spec
+    from tierwise.jobs.spec import parse_spec
 
     return parse_spec({
         "name": "bench-skip-scale", "input": {"path": str(inp), "gold_column": "gold"},
@@ -82,8 +82,8 @@ def main() -> None:
     ap.add_argument("--baseline-rows", type=int, default=4000)
     args = ap.parse_args()
 
-    import jobs.runner as runner
-    from jobs.runner import run_job, start_pool
+    import tierwise.jobs.runner as runner
+    from tierwise.jobs.runner import run_job, start_pool
 
     tmp = Path(tempfile.mkdtemp(prefix="tw-skip-"))
     inp, out = tmp / "in.parquet", tmp / "out"
@@ -115,7 +115,7 @@ def main() -> None:
 
 def baseline(tmp: Path, args, pool, runner) -> dict:
     """Rows skipped one by one through the replica and the ledger (the bulk floor turned off)."""
-    from jobs.runner import run_job
+    from tierwise.jobs.runner import run_job
 
     inp, out = tmp / "base.parquet", tmp / "base-out"
     write_input(inp, args.baseline_rows, seed=1)

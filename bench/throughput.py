@@ -51,8 +51,8 @@ def plain_vllm(prompts: list[str], model: str, max_tokens: int, max_model_len: i
 
 def tierwise_runs(data: Path, warmup: Path, out: Path, max_tokens: int, max_model_len: int, repeats: int,
                   engine: dict | None = None, replicas: dict | None = None) -> list[dict]:
-    from jobs.runner import run_job, start_pool
-    from jobs.spec import parse_spec
+    from tierwise.jobs.runner import run_job, start_pool
+    from tierwise.jobs.spec import parse_spec
 
     def spec(inp: Path, name: str):
         return parse_spec({
@@ -89,8 +89,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
-    from ray_cluster.engine import resolve_model
+    from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
+    from tierwise.ray_cluster.engine import resolve_model
 
     with tempfile.TemporaryDirectory() as tmp:
         data, warmup = Path(tmp) / "prompts.parquet", Path(tmp) / "warmup.parquet"

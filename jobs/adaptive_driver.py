@@ -6,7 +6,7 @@
    ``calibration_rows`` rows.
    These rows are ordinary output rows too (their answer is a K-sample vote).
 2. Plan: their samples (graded by gold when present, else by the verifier or the
-   K-sample majority) go to ``pipelines.adaptive.plan_from_calibration``, the same
+   K-sample majority) go to ``tierwise.pipelines.plan.adaptive.plan_from_calibration``, the same
    machinery ``tierwise replay`` uses; ``calibration.json`` and ``calibration.png``
    are written beside the output.
 3. Run: the other parts run the ``AdaptiveTier`` row program with the plan.
@@ -29,12 +29,11 @@ from functools import partial
 
 import numpy as np
 import polars as pl
-
-from jobs.spec import JobSpec, aborts_failed_steps, difficulty_columns
-from pipelines import io
-from pipelines.budget import cost_per_token
-from pipelines.calibration import stable_hash01
-from pipelines.tiers import Tier
+from tierwise.jobs.spec import JobSpec, aborts_failed_steps, difficulty_columns
+from tierwise.pipelines.data import io
+from tierwise.pipelines.plan.budget import cost_per_token
+from tierwise.pipelines.plan.calibration import stable_hash01
+from tierwise.pipelines.tiers.base import Tier
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,8 @@ def load_difficulty_model(path: str):
     """The difficulty model an earlier run saved: its ``difficulty_model.json`` or ``calibration.json``."""
     import json
 
-    from pipelines.calibration import DifficultyModel
-    from pipelines.errors import InputError
+    from tierwise.pipelines.data.errors import InputError
+    from tierwise.pipelines.plan.calibration import DifficultyModel
 
     try:
         fs, p = io.filesystem(path)
@@ -57,8 +56,8 @@ def load_difficulty_model(path: str):
 
 class AdaptiveDriver:
     def __init__(self, spec: JobSpec, parts: list[io.Part], committed: dict[int, dict]):
-        from pipelines.adaptive_tiers import CalibrationTier
-        from pipelines.replay_adaptive import AdaptiveConfig, pilot_size
+        from tierwise.pipelines.plan.rules import AdaptiveConfig, pilot_size
+        from tierwise.pipelines.tiers.adaptive_tiers import CalibrationTier
 
         self.spec, self.parts, self.pol = spec, parts, spec.policy
         s, pol = spec.sampling, spec.policy
@@ -88,7 +87,7 @@ class AdaptiveDriver:
 
     # -------------------------------------------------------------- phases
     def first_round(self) -> None:
-        """None: rows' first rounds differ by tier (no ``jobs.skipping.BudgetFloor``; the ledger
+        """None: rows' first rounds differ by tier (no ``tierwise.jobs.skipping.BudgetFloor``; the ledger
         refuses rows the budget cannot cover one by one)."""
         return None
 
@@ -129,7 +128,7 @@ class AdaptiveDriver:
         beside the output), and the ladder's rungs measured on a sub-slice of them; whether rungs were
         measured (parts ran)."""
         if self.pol.calibration_from:
-            from pipelines.replay_table import load_samples
+            from tierwise.pipelines.replay.table import load_samples
             self._samples = load_samples(self.pol.calibration_from)
             return False
         self._samples = self._calibration_samples(cal_parts)
@@ -137,7 +136,7 @@ class AdaptiveDriver:
         with fs.open(f"{root.rstrip('/')}/calibration_samples.parquet", "wb") as fh:
             self._samples.write_parquet(fh)
         if self.pol.rungs:  # the ladder's think / search rungs, measured on a sub-slice of these rows
-            from jobs.rung_calibration import calibrate_rungs
+            from tierwise.jobs.rung_calibration import calibrate_rungs
 
             spent = sum(session.summaries[p.part_id]["cost"] for p in cal_parts)
             self._rungs, self._rung_summary = calibrate_rungs(self.spec, session, cal_parts, self._samples,
@@ -146,7 +145,7 @@ class AdaptiveDriver:
         return False
 
     def _calibration_samples(self, cal_parts: list[io.Part]) -> pl.DataFrame:
-        from pipelines.samples import output_to_samples
+        from tierwise.pipelines.data.samples import output_to_samples
 
         output = io.read_output(self.spec.output.path, self.spec.output.storage_options,
                                 part_ids=[p.part_id for p in cal_parts])
@@ -168,7 +167,7 @@ class AdaptiveDriver:
     def _plan(self, session, left: list[io.Part], write: bool = False, in_flight=None):
         """A plan for the rows of ``left`` and the budget left, less ``in_flight(spent)`` tokens
         (what the parts in flight are still expected to spend)."""
-        from pipelines.adaptive import plan_from_calibration
+        from tierwise.pipelines.plan.adaptive import plan_from_calibration
 
         snap = session.save_ledger()
         rows_left = sum(p.length for p in left)
@@ -206,8 +205,8 @@ class AdaptiveDriver:
         return plan
 
     def _adaptive_tier(self, plan) -> Tier:
-        from jobs.row_programs import rung_tiers
-        from pipelines.adaptive_tiers import AdaptiveTier
+        from tierwise.jobs.row_programs import rung_tiers
+        from tierwise.pipelines.tiers.adaptive_tiers import AdaptiveTier
 
         s = self.spec.sampling
         return AdaptiveTier(plan=plan, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
@@ -216,7 +215,7 @@ class AdaptiveDriver:
 
     @staticmethod
     def _write_plot(report: dict, out: str, so: dict) -> None:
-        from pipelines.adaptive import plot_plan
+        from tierwise.pipelines.plan.adaptive import plot_plan
 
         fs, root = io.filesystem(out, so)
         with tempfile.TemporaryDirectory() as tmp:

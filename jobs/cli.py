@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from jobs.cli_common import (
+from tierwise.jobs.cli_common import (
     EXIT_INTERRUPTED,
     EXIT_JOB_ERROR,
     EXIT_STRICT,
@@ -16,11 +16,11 @@ from jobs.cli_common import (
     summary_line,
     tier_lines,
 )
-from pipelines.errors import TierwiseError
+from tierwise.pipelines.data.errors import TierwiseError
 
 
 def cmd_run(args) -> int:
-    from jobs.runner import run_job
+    from tierwise.jobs.runner import run_job
 
     spec = load_job_spec(args.spec, args.set)
     log_to_file(spec, args.verbose)
@@ -36,15 +36,15 @@ def cmd_run(args) -> int:
         print(line)
     if not args.brief:
         print(json.dumps(report))
-    from jobs.export_command import run_exports
+    from tierwise.jobs.export_command import run_exports
     for line in run_exports(spec, report):
         print(line)
     return every_row_failed(report, spec)
 
 
 def cmd_demo_data(args) -> int:
-    from pipelines import io
-    from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+    from tierwise.pipelines.data import io
+    from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
     df = generate_dataset(args.rows, DEMO_MIX, args.seed)
     fs, path = io.filesystem(args.out)
@@ -56,8 +56,8 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_export_batch(args) -> int:
-    from pipelines import io
-    from pipelines.export import batch_lines
+    from tierwise.pipelines.data import io
+    from tierwise.pipelines.data.export import batch_lines
 
     spec = load_job_spec(args.spec, args.set)
     out = spec.output
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     export.set_defaults(func=cmd_export_batch)
 
-    from jobs import example_data, export_command, plan_command, replay_command, sample_command
+    from tierwise.jobs import example_data, export_command, plan_command, replay_command, sample_command
     example_data.register(sub)
     plan_command.register(sub)
     export_command.register(sub)
@@ -113,14 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from jobs import console
+    from tierwise.jobs import console
 
     console.setup(args.verbose)
     try:
         return args.func(args)
     except TierwiseError as exc:
         print(f"tierwise: error: {exc}", file=sys.stderr)
-        from pipelines.errors import JobInterrupted, RowErrorsInStrictMode
+        from tierwise.pipelines.data.errors import JobInterrupted, RowErrorsInStrictMode
         if isinstance(exc, JobInterrupted):
             return EXIT_INTERRUPTED
         return EXIT_STRICT if isinstance(exc, RowErrorsInStrictMode) else EXIT_JOB_ERROR

@@ -18,7 +18,7 @@ def set_overrides(pairs: list[str]) -> dict:
     Raises:
         SpecError: a pair without ``=`` or a key, or a value that is not YAML.
     """
-    from jobs.spec import SpecError
+    from tierwise.jobs.spec import SpecError
 
     out = {}
     for pair in pairs:
@@ -35,8 +35,8 @@ def set_overrides(pairs: list[str]) -> dict:
 
 
 def log_to_file(spec, verbose: bool) -> None:
-    """Sends the job's vLLM and Ray lines to its log file (``jobs.console``), named on stderr."""
-    from jobs import console
+    """Sends the job's vLLM and Ray lines to its log file (``tierwise.jobs.console``), named on stderr."""
+    from tierwise.jobs import console
 
     path = console.log_path(spec.output.path, spec.name)
     console.setup(verbose, path)
@@ -46,7 +46,7 @@ def log_to_file(spec, verbose: bool) -> None:
 def every_row_failed(report: dict, spec) -> int:
     """``EXIT_EVERY_ROW_FAILED`` (with the most common errors on stderr) when every row of the
     job ended ``error``: a job that produced nothing must not look like a success. Else 0."""
-    from pipelines import io
+    from tierwise.pipelines.data import io
 
     rows, errors = report["rows"], report["status"].get("error", 0)
     if not rows or errors < rows:
@@ -61,8 +61,8 @@ def every_row_failed(report: dict, spec) -> int:
 
 def load_job_spec(path: str, pairs: list[str], extra: dict | None = None, last: dict | None = None):
     """The spec at ``path`` with ``extra`` overrides, then the ``--set`` pairs, then ``last``, its
-    output path resolved (``jobs.spec.resolve_output_path``)."""
-    from jobs.spec import load_spec, resolve_output_path
+    output path resolved (``tierwise.jobs.spec.resolve_output_path``)."""
+    from tierwise.jobs.spec import load_spec, resolve_output_path
 
     return resolve_output_path(load_spec(path, (extra or {}) | set_overrides(pairs) | (last or {})))
 

@@ -8,7 +8,7 @@ import logging
 import os
 import tempfile
 
-from ray_cluster.cluster import LOG_FILE_ENV
+from tierwise.ray_cluster.cluster import LOG_FILE_ENV
 
 LOG_NAME = "_tierwise/tierwise.log"
 OWN = ("jobs", "pipelines", "ray_cluster", "tierwise", "__main__")
@@ -18,7 +18,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def log_path(output_path: str, name: str) -> str:
     """The job's log file: ``<output>/_tierwise/tierwise.log`` for a local output; for a remote one
     (s3://) a local file under the temporary folder, named by the job."""
-    from pipelines import io
+    from tierwise.pipelines.data import io
 
     fs, path = io.filesystem(output_path)
     if "file" in fs.protocol or "local" in fs.protocol:
@@ -33,7 +33,7 @@ def _own_or_error(record: logging.LogRecord) -> bool:
 def setup(verbose: bool, log_file: str | None = None) -> None:
     """Routes the process's logging: the console shows tierwise's own warnings (``verbose``: every
     logger's INFO); ``log_file`` (when given) gets every record at INFO, and the Ray workers' output
-    (``ray_cluster.cluster.redirect_worker_output``) unless ``verbose`` echoes it on the console."""
+    (``tierwise.ray_cluster.cluster.redirect_worker_output``) unless ``verbose`` echoes it on the console."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

@@ -1,6 +1,6 @@
 """``tierwise example-data {label,traces,bulk} OUT``: the input of each example job (``jobs/examples/``).
 
-All three are built on the shipped model's task, multi-digit addition (``pipelines.tasks.arithmetic``):
+All three are built on the shipped model's task, multi-digit addition (``tierwise.pipelines.tiers.tasks.arithmetic``):
 
 - ``label``: Parquet rows to label with their units-column sum (0-18, the first step the model writes),
   the columns the label prompt's template reads (``prompt``, ``units_a``, ``units_b``) and the ``gold`` label;
@@ -14,8 +14,7 @@ from __future__ import annotations
 import sys
 
 import polars as pl
-
-from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
 # Traces: rows where a sample or two more is worth drawing (1-5 digits easy, 6 headroom, 7 hopeless).
 TRACE_MIX = {3: 0.2, 4: 0.2, 5: 0.2, 6: 0.3, 7: 0.1}
@@ -59,7 +58,7 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
-    from pipelines import io
+    from tierwise.pipelines.data import io
 
     df = KINDS[args.kind](args.rows, args.seed)
     fs, path = io.filesystem(args.out)

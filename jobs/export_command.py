@@ -1,6 +1,6 @@
 """``tierwise export-traces SPEC DEST``: a job's verified traces as an SFT-ready table.
 
-One row per verified trace (``pipelines.export.verified_traces``): the row's conversation as the
+One row per verified trace (``tierwise.pipelines.data.export.verified_traces``): the row's conversation as the
 job sent it (its messages column, or its system prompt and user turn), the sample (its thought and
 answer, with ``reasoning``) as the assistant's turn, the sample's answer and tokens. The spec names both the output (the samples, kept with
 ``output.keep_samples``) and the input (the conversations); a spec's ``export: {traces: DEST}``
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
-    from jobs.cli_common import load_job_spec
+    from tierwise.jobs.cli_common import load_job_spec
 
     spec = load_job_spec(args.spec, args.set)
     min_score = args.min_score if args.min_score is not None else (spec.export.min_score if spec.export else 1.0)
@@ -51,9 +51,9 @@ def export_traces(spec, dest: str, min_score: float = 1.0) -> int:
     Raises:
         SpecError: the output holds no sample texts or verifier scores (the message says what to set).
     """
-    from jobs.spec import SpecError, prompt_config
-    from pipelines import io
-    from pipelines.export import verified_traces, write_table
+    from tierwise.jobs.spec import SpecError, prompt_config
+    from tierwise.pipelines.data import io
+    from tierwise.pipelines.data.export import verified_traces, write_table
 
     out, r = spec.output, spec.reasoning
     cols = ["id", "status", "samples", "sample_answers", "sample_output_tokens", "verifier_scores"]
@@ -69,9 +69,9 @@ def export_traces(spec, dest: str, min_score: float = 1.0) -> int:
 
 def conversations(inp, cfg) -> pl.DataFrame:
     """``id, messages``: each input row's conversation as the job sent it (null for a row that had none)."""
-    from pipelines import io
-    from pipelines.export import TRACE_MESSAGES
-    from pipelines.prompts import row_prompts
+    from tierwise.pipelines.data import io
+    from tierwise.pipelines.data.export import TRACE_MESSAGES
+    from tierwise.pipelines.data.prompts import row_prompts
 
     files = io.list_input_files(inp.path, inp.storage_options)
     cols = list(dict.fromkeys([inp.id_column] + cfg.columns()))

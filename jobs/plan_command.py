@@ -1,7 +1,7 @@
 """``tierwise plan SPEC``: what a job will spend and buy, before the full run.
 
 It reads the input's Parquet footers (rows, parts), runs the adaptive policy's calibration on the
-same slice a run would calibrate on (``jobs.adaptive_driver.AdaptiveDriver``: same parts, same
+same slice a run would calibrate on (``tierwise.jobs.adaptive_driver.AdaptiveDriver``: same parts, same
 calibration tier, one part at a time), capped at ``--pilot-budget`` and ``--pilot-rows``, into a
 scratch output; or, with ``policy.calibration_from``, reads last night's samples and spends nothing.
 Then it asks the run's own planner (``AdaptiveDriver._plan``, i.e. ``plan_from_calibration`` with
@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from jobs.spec import JobSpec, SpecError
+from tierwise.jobs.spec import JobSpec, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def run_pilot(spec: JobSpec, driver, pilot_rows: int | None, cap: float, scratch
               show_progress: bool) -> tuple[Pilot, dict]:
     """Runs the calibration slice of ``driver`` (at most ``pilot_rows`` rows, ``cap`` spent) on the
     replicas, writing into ``scratch``; returns what it measured and its parts' summaries."""
-    from jobs.runner import Session
+    from tierwise.jobs.runner import Session
 
     pilot_spec = spec.model_copy(update={
         "output": spec.output.model_copy(update={"path": scratch}),
@@ -85,7 +85,7 @@ def run_pilot(spec: JobSpec, driver, pilot_rows: int | None, cap: float, scratch
         session.run_parts(cal, tier=lambda _part: driver.calibration_tier, stop_when=full, max_inflight=1)
         summaries = dict(session.summaries)
         generate_s = session.generate_wall_s
-    from jobs.adaptive_driver import AdaptiveDriver
+    from tierwise.jobs.adaptive_driver import AdaptiveDriver
 
     ran = [p for p in cal if p.part_id in summaries]
     samples = AdaptiveDriver(pilot_spec, driver.parts, {})._calibration_samples(ran)
@@ -123,7 +123,7 @@ def expect(driver, pilot: Pilot, summaries: dict, n_rows: int, budget: float) ->
 
 def no_pilot(driver) -> tuple[Pilot, dict]:
     """``policy.calibration_from``: last night's samples, nothing spent (the run spends nothing on them)."""
-    from pipelines.replay_table import load_samples
+    from tierwise.pipelines.replay.table import load_samples
 
     driver.cal_ids = set()
     return Pilot(0, 0.0, 0, 0, 0.0, 0.0, 0, load_samples(driver.pol.calibration_from)), {}
@@ -157,7 +157,7 @@ def lines(spec: JobSpec, n_rows: int, pilot: Pilot, at: dict, curve: list[dict])
            f"at budget {spec.budget.amount:,.6g} {unit}: expected spend {at['expected_spend']:,.6g} {unit} "
            f"({at['expected_spend'] / spec.budget.amount:.1%}), expected accuracy {at['expected_accuracy']:.3f}, "
            f"expected wall {wall}"]
-    from jobs.cli_common import tier_label
+    from tierwise.jobs.cli_common import tier_label
 
     out += [f"  bucket {b['bucket']}: {b['share']:.0%} of rows, {tier_label(b['tier'], b['cap'])}, "
             f"expected score {b['expected_score']:.3f}" for b in at["buckets"]]
@@ -169,9 +169,9 @@ def lines(spec: JobSpec, n_rows: int, pilot: Pilot, at: dict, curve: list[dict])
 def cmd_plan(args) -> int:
     import json
 
-    from jobs.adaptive_driver import AdaptiveDriver
-    from jobs.cli_common import load_job_spec, log_to_file
-    from pipelines import io
+    from tierwise.jobs.adaptive_driver import AdaptiveDriver
+    from tierwise.jobs.cli_common import load_job_spec, log_to_file
+    from tierwise.pipelines.data import io
 
     spec = load_job_spec(args.spec, args.set)
     check_plannable(spec)

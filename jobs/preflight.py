@@ -1,6 +1,6 @@
 """Pre-flight: what the driver can know before any engine starts, checked before anything is spent.
 
-The spec's own validation (``jobs.spec``) does no I/O. What needs the driver's file system, its
+The spec's own validation (``tierwise.jobs.spec``) does no I/O. What needs the driver's file system, its
 Python path or the cluster is checked here, on the driver, in seconds:
 
 - ``check_job``: a ``module:function`` verifier imports and is callable (and has a prefix check
@@ -26,8 +26,8 @@ import threading
 import time
 from pathlib import Path
 
-from jobs.spec import JobSpec, JudgeSpec, SpecError, aborts_failed_steps
-from pipelines import io
+from tierwise.jobs.spec import JobSpec, JudgeSpec, SpecError, aborts_failed_steps
+from tierwise.pipelines.data import io
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def check_job(spec: JobSpec) -> None:
             directory that does not exist or holds no ``config.json``.
     """
     if isinstance(spec.verifier, str):
-        from pipelines.verifiers import make_verifier
+        from tierwise.pipelines.tiers.verifiers import make_verifier
 
         try:
             make_verifier(spec.verifier)
@@ -50,7 +50,7 @@ def check_job(spec: JobSpec) -> None:
             raise SpecError(f"verifier: {exc}") from None
     aborts_failed_steps(spec)  # a prefix check asked for and missing
     if spec.structured is not None:
-        from ray_cluster.engine import check_structured
+        from tierwise.ray_cluster.engine import check_structured
 
         kind, _ = constraint = spec.structured.constraint()
         try:
@@ -72,7 +72,7 @@ def check_model(field: str, model: str) -> None:
         SpecError: the path does not exist, or is a directory without ``config.json``.
     """
     if model.startswith("embedded:"):
-        from ray_cluster.engine import resolve_model
+        from tierwise.ray_cluster.engine import resolve_model
         model = resolve_model(model)  # the name is checked by the spec; the shipped directory by the tests
     path = Path(model).expanduser()
     if not (model.startswith(("/", "./", "../", "~")) or path.exists()):
@@ -100,7 +100,7 @@ def check_chat_template(spec: JobSpec) -> None:
         return
     model = spec.model.path
     if model.startswith("embedded:"):
-        from ray_cluster.engine import resolve_model
+        from tierwise.ray_cluster.engine import resolve_model
         model = resolve_model(model)
     path = Path(model).expanduser()
     if not path.is_dir():
@@ -212,7 +212,7 @@ def _shortfall(spec: JobSpec, need: dict[str, float], nodes: list[dict[str, floa
 @contextlib.contextmanager
 def _stop_on_signal(what: str):
     """SIGINT/SIGTERM stop the job at once (nothing runs yet, nothing to drain); main thread only."""
-    from pipelines.errors import JobInterrupted
+    from tierwise.pipelines.data.errors import JobInterrupted
 
     def stop(signum, frame):
         raise JobInterrupted(f"stopped by signal {signum} {what}; nothing was spent")
@@ -234,9 +234,9 @@ def commit_skipped(spec: JobSpec, parts: list[io.Part], lost: dict[int, float] |
     """Commits ``parts`` from the driver, every row ``skipped_budget`` (cost 0, ``correct`` false where
     a gold column grades it, ``prompt_tokens`` null: no tokenizer ran; a prompt that cannot be sent is
     a row error, as on a replica): the budget left is zero, so no engine starts. Each part commits
-    atomically as the replicas' do (``jobs.skipping.commit_bulk``), carrying what earlier lost attempts
+    atomically as the replicas' do (``tierwise.jobs.skipping.commit_bulk``), carrying what earlier lost attempts
     at it spent (``lost``, by part id: ``lost_cost``); returns their summaries.
     """
-    from jobs.skipping import commit_bulk
+    from tierwise.jobs.skipping import commit_bulk
 
     return commit_bulk(spec, parts, "skipped_budget", lost=lost)

@@ -1,6 +1,6 @@
 """``tierwise replay SAMPLES --budget B``: what would budget B have bought on recorded samples?
 
-Replays a samples table (see ``pipelines.replay``) through the ``uniform`` or ``adaptive`` policy at a
+Replays a samples table (see ``tierwise.pipelines.replay.run``) through the ``uniform`` or ``adaptive`` policy at a
 budget, or at several budgets with ``--curve`` (both policies, plotted with ``--plot``). Progress goes
 to stderr; the last line of stdout is one JSON object.
 """
@@ -12,7 +12,7 @@ import json
 import math
 import sys
 
-from pipelines.objectives import OBJECTIVES
+from tierwise.pipelines.plan.objectives import OBJECTIVES
 
 
 def _budgets(text: str) -> list[float]:
@@ -55,10 +55,10 @@ def _say(msg: str) -> None:
 
 
 def _load(path: str):
-    from pipelines.replay_table import load_samples
+    from tierwise.pipelines.replay.table import load_samples
 
     if "://" in path and not path.startswith("file://"):
-        from pipelines import io
+        from tierwise.pipelines.data import io
 
         fs, p = io.filesystem(path)
         with fs.open(p, "rb") as fh:
@@ -87,7 +87,7 @@ def _plot_curve(results: list, path: str) -> None:
 
 def main(args) -> int:
     """Run the replay; returns the exit status (2 for unusable input or arguments)."""
-    from pipelines.replay import POLICIES, replay, replay_curve
+    from tierwise.pipelines.replay.run import POLICIES, replay, replay_curve
 
     if (error := _argument_error(args)) is None:
         table, error = _read_table(args)
@@ -116,7 +116,7 @@ def _argument_error(args) -> str | None:
 
 def _read_table(args):
     """The samples as a ``ReplayTable``, or None and why it cannot be replayed."""
-    from pipelines.replay_table import build_table
+    from tierwise.pipelines.replay.table import build_table
 
     try:
         _say(f"reading {args.samples}")
@@ -147,7 +147,7 @@ def _print_curve(results, args) -> None:
 def _print_result(result, args) -> None:
     if args.plot:
         if result.calibration:
-            from pipelines.calibration import plot_curves
+            from tierwise.pipelines.plan.calibration import plot_curves
 
             plot_curves(result.calibration, args.plot, x_label=f"extra {args.budget_unit} per query",
                         title=f"{args.objective} vs compute per difficulty bucket")

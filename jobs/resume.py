@@ -1,9 +1,9 @@
 """A run's start on its output: is this the job that wrote it, and which of its parts are done?
 
-Runs on the driver, under the output's lease (``pipelines.lease``), before any Ray or
+Runs on the driver, under the output's lease (``tierwise.pipelines.data.lease``), before any Ray or
 engine start: a refused run spends nothing and starts nothing.
 
-1. Fingerprint the job (``pipelines.manifest``) from its spec and its input: every
+1. Fingerprint the job (``tierwise.pipelines.data.manifest``) from its spec and its input: every
    input file's size and version, the row count, the ids of each planned part.
 2. Compare it with the output's ``_tierwise/manifest.json``. A difference (or parts but no
    manifest) refuses the run with ``JobChanged`` naming each change, unless the output
@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-
-from jobs.spec import JobSpec
-from pipelines import io, manifest
-from pipelines.errors import TierwiseError
-from pipelines.lease import LEASE_DIR
+from tierwise.jobs.spec import JobSpec
+from tierwise.pipelines.data import io, manifest
+from tierwise.pipelines.data.errors import TierwiseError
+from tierwise.pipelines.data.lease import LEASE_DIR
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@ adaptive ladder. One place turns a spec's think and search settings into tiers."
 
 from __future__ import annotations
 
-from jobs.spec import AdaptivePolicy, JobSpec, SamplingSpec, UniformPolicy
-from pipelines.search import SearchTier
-from pipelines.tiers import Tier, think_tier, uniform_tier
+from tierwise.jobs.spec import AdaptivePolicy, JobSpec, SamplingSpec, UniformPolicy
+from tierwise.pipelines.tiers.base import Tier, think_tier, uniform_tier
+from tierwise.pipelines.tiers.search import SearchTier
 
 THINK_TOKENS_PER_MAX_TOKENS = 4  # a thinking budget's default: this many times sampling.max_tokens
 

@@ -4,7 +4,7 @@ After the calibration slice has run, each extra rung runs its own row program on
 calibration rows (``policy.rung_calibration_rows``, taken from every calibration part in proportion) through
 the same pool and budget ledger as every other request, so its spend is the run's spend. Its output rows go
 to ``_tierwise/rungs/<rung>/`` beside the output (never among the job's rows, which are written once each);
-committed rung parts are read back on resume instead of being run again. ``pipelines.rungs.rung_measures``
+committed rung parts are read back on resume instead of being run again. ``tierwise.pipelines.plan.rungs.rung_measures``
 turns them into per-row cost and score for the planner.
 """
 
@@ -15,10 +15,9 @@ import math
 from dataclasses import replace
 
 import polars as pl
-
-from jobs.row_programs import rung_tiers
-from jobs.spec import JobSpec
-from pipelines import io
+from tierwise.jobs.row_programs import rung_tiers
+from tierwise.jobs.spec import JobSpec
+from tierwise.pipelines.data import io
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ def calibrate_rungs(spec: JobSpec, session, cal_parts: list[io.Part], samples: p
         (``query_id, rung, cost, score`` with cost in tokens, or None without extra rungs; a JSON-ready
         summary per rung: rows measured, spent (budget unit), mean cost and score, label source).
     """
-    from pipelines.rungs import majority_answers, rung_measures
+    from tierwise.pipelines.plan.rungs import majority_answers, rung_measures
 
     tiers = rung_tiers(spec)
     if not tiers:

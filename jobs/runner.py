@@ -3,14 +3,14 @@
 Driver-side work is cheap: read footers, check ids, plan parts, start the ledger
 and the replicas, then stream parts through the pool and merge their summaries.
 The policy decides which row program (tier) each part runs with: the uniform
-policy uses one tier; the adaptive policy (``jobs.adaptive_driver``) first runs a
+policy uses one tier; the adaptive policy (``tierwise.jobs.adaptive_driver``) first runs a
 calibration slice, then a plan it re-fits as real costs come in.
 
 Resume: re-running the same job on the same output skips its committed parts
-(``jobs.resume``: the output's manifest must match the job's input and answer-changing
+(``tierwise.jobs.resume``: the output's manifest must match the job's input and answer-changing
 settings, else the run is refused; a part whose ids differ from its input part, or
 whose rows failed for a job-level cause, is redone). One driver writes an output at a
-time (``pipelines.lease``). The budget survives crashes: ``_tierwise/ledger.json``
+time (``tierwise.pipelines.data.lease``). The budget survives crashes: ``_tierwise/ledger.json``
 records everything spent so far, including work of parts that never committed (it
 was spent); a resumed run starts its ledger there, so the total across attempts never
 passes the budget. It keeps the spend per part too: a part redone after a lost attempt
@@ -29,11 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from jobs import preflight, resume, skipping
-from jobs.progress import Progress
-from jobs.resume import LEDGER_FILE, JobChanged, ledger_record  # noqa: F401  (JobChanged: re-exported for callers)
-from jobs.row_programs import policy_tier
-from jobs.spec import (
+from tierwise.jobs import preflight, resume, skipping
+from tierwise.jobs.progress import Progress
+from tierwise.jobs.resume import LEDGER_FILE, JobChanged, ledger_record  # noqa: F401  (JobChanged: re-exported for callers)
+from tierwise.jobs.row_programs import policy_tier
+from tierwise.jobs.spec import (
     JobSpec,
     JudgeSpec,
     ReferenceSpec,
@@ -45,14 +45,14 @@ from jobs.spec import (
     resolve_output_path,
     verifier_columns,
 )
-from pipelines import io, records
-from pipelines.budget import cost_per_token
-from pipelines.errors import JobInterrupted, RowErrorsInStrictMode, StartInterrupted
-from pipelines.lease import LeaseLost, OutputLease, OutputLeased  # noqa: F401  (OutputLeased: re-exported)
-from pipelines.pricing import price_spec
-from pipelines.report import breakdown, build_report
-from pipelines.tiers import Tier
-from pipelines.validation import check_columns, check_unique_ids
+from tierwise.pipelines.data import io, records
+from tierwise.pipelines.data.errors import JobInterrupted, RowErrorsInStrictMode, StartInterrupted
+from tierwise.pipelines.data.lease import LeaseLost, OutputLease, OutputLeased  # noqa: F401  (OutputLeased: re-exported)
+from tierwise.pipelines.data.report import breakdown, build_report
+from tierwise.pipelines.data.validation import check_columns, check_unique_ids
+from tierwise.pipelines.plan.budget import cost_per_token
+from tierwise.pipelines.plan.pricing import price_spec
+from tierwise.pipelines.tiers.base import Tier
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _check_input(spec: JobSpec) -> tuple[list[io.InputFile], int, list]:
 
 
 def job_context(spec: JobSpec, rows_stop_at: float | None = None):
-    from ray_cluster.replica import JobContext
+    from tierwise.ray_cluster.replica import JobContext
 
     b = spec.budget
     verifier = spec.verifier
@@ -110,9 +110,9 @@ def start_pool(spec: JobSpec, address: str | None = None, stopping: Callable[[],
     of its own, a second engine on each). Pass the pool to several ``run_job`` calls
     with the same model (and judge model) to start engines once. ``stopping()`` true
     while the engines start stops them (``StartInterrupted``)."""
-    from ray_cluster.cluster import connect
-    from ray_cluster.engine import EngineSpec
-    from ray_cluster.pool import PoolConfig, ReplicaPool
+    from tierwise.ray_cluster.cluster import connect
+    from tierwise.ray_cluster.engine import EngineSpec
+    from tierwise.ray_cluster.pool import PoolConfig, ReplicaPool
 
     preflight.wait_for_resources(spec, connect(address))  # bounded; refused at once when the cluster never can
     m, r = spec.model, spec.replicas
@@ -165,8 +165,8 @@ class Session:
     def __init__(self, spec: JobSpec, n_rows: int, committed: dict[int, dict], prior_spent: float,
                  address: str | None, show_progress: bool, pool=None, lease: OutputLease | None = None,
                  prior_parts: dict[int, float] | None = None, deadline: skipping.Deadline | None = None):
-        from ray_cluster.cluster import connect
-        from ray_cluster.ledger import BudgetLedger
+        from tierwise.ray_cluster.cluster import connect
+        from tierwise.ray_cluster.ledger import BudgetLedger
 
         self.spec, self.summaries = spec, dict(committed)
         self.ray = connect(address)
@@ -180,7 +180,7 @@ class Session:
                                  enabled=show_progress)
         self.pool, self._own_pool = pool, pool is None
         self.deadline = deadline
-        # The budget's floor (jobs.skipping): ``floor_for`` builds it (and the driver's tokenizer) on
+        # The budget's floor (tierwise.jobs.skipping): ``floor_for`` builds it (and the driver's tokenizer) on
         # the ledger's first refusal, so that a job the budget covers never pays for it.
         self.floor_for: Callable[[], tuple] | None = None
         self.floor, self.tokens = None, None
@@ -192,7 +192,7 @@ class Session:
         self.lease = lease
         self.generate_wall_s = 0.0
         self._engines_before: dict[str, dict] = {}  # each replica's EngineMeter totals as the session began
-        self._engines_last: dict[str, dict] = {}  # ... at the last metrics report (ray_cluster.metrics)
+        self._engines_last: dict[str, dict] = {}  # ... at the last metrics report (tierwise.ray_cluster.metrics)
         self._tier_of: dict[int, str] = {}  # each sent part's tier name, for the rows metric
         self._last_save = 0.0
         # Waits for the ledger's worker to start (about a second of CPU on a 2-core machine) before
@@ -221,7 +221,7 @@ class Session:
     def engine_report(self) -> dict[str, dict]:
         """Each replica's engine use during this session (``engine_usage``: busy fraction from vLLM's
         per-step stats, generated tokens, seconds); a replica started mid-job counts from its start."""
-        from ray_cluster.engine import engine_usage
+        from tierwise.ray_cluster.engine import engine_usage
 
         return {name: engine_usage(self._engines_before.get(name), after) for name, after in self.pool.engine_stats().items()}
 
@@ -257,11 +257,11 @@ class Session:
         return self._mean
 
     def meters(self) -> list[dict]:
-        """Each replica's device time for this job (``pipelines.pricing.DeviceMeter``)."""
+        """Each replica's device time for this job (``tierwise.pipelines.plan.pricing.DeviceMeter``)."""
         return self.ray.get([a.meter.remote(self.ledger) for a in self.pool.actors.values()])
 
     def commit_left(self, parts: list[io.Part], status: str, tokens=None) -> None:
-        """Writes ``parts`` ``status`` in bulk (``jobs.skipping.commit_bulk``), as committed parts."""
+        """Writes ``parts`` ``status`` in bulk (``tierwise.jobs.skipping.commit_bulk``), as committed parts."""
         t0 = time.monotonic()
         lost = self.ray.get(self.ledger.part_spend.remote(self.spec.output.path))  # lost attempts' spend
         for summary in skipping.commit_bulk(self.spec, parts, status, tokens, lost).values():
@@ -285,7 +285,7 @@ class Session:
 
     def _report_engines(self) -> None:
         """Sends each replica's engine busy fraction since the last report to the ledger's metrics."""
-        from ray_cluster.engine import engine_usage
+        from tierwise.ray_cluster.engine import engine_usage
 
         now = self.pool.engine_stats() if self.pool is not None else {}
         busy = {name: engine_usage(self._engines_last.get(name), after)["busy_fraction"] for name, after in now.items()}
@@ -344,7 +344,7 @@ class Session:
 
 @dataclass
 class _SessionParts:
-    """A session's side of a pool run (``ray_cluster.pool.PartHandler``): each part's row program
+    """A session's side of a pool run (``tierwise.ray_cluster.pool.PartHandler``): each part's row program
     (``tiers``), the ledger saved as the pool polls, and the session's stop (or ``stop_when``)."""
 
     session: Session
@@ -487,11 +487,11 @@ class _Ran:
 def _policy_driver(spec: JobSpec, parts: list[io.Part], done: dict[int, dict]):
     """The adaptive policy's driver (sequential or plan-based), or None for a uniform policy."""
     if spec.policy.kind == "adaptive" and spec.policy.planner == "sequential":
-        from jobs.sequential_driver import SequentialDriver
+        from tierwise.jobs.sequential_driver import SequentialDriver
 
         return SequentialDriver(spec, parts, done)
     if spec.policy.kind == "adaptive":
-        from jobs.adaptive_driver import AdaptiveDriver
+        from tierwise.jobs.adaptive_driver import AdaptiveDriver
 
         return AdaptiveDriver(spec, parts, done)
     return None
@@ -563,7 +563,7 @@ def _budget_floor(session: Session, todo: list[io.Part], first: list[tuple[int, 
     if b.metering == "measured" or first is None:
         return None, None
     try:
-        from jobs.skipping import BudgetFloor, PromptTokens
+        from tierwise.jobs.skipping import BudgetFloor, PromptTokens
 
         max_len = min(i["max_model_len"] for i in session.pool.info().values())
         tokens = PromptTokens(spec.model.path, max_len, prompt_config(spec))
@@ -601,8 +601,7 @@ def _commit_failed_part(spec: JobSpec, part: io.Part, reason: str, lost: float =
     """Writes a part whose retries are exhausted as row-level error records, carrying ``lost``,
     what its failed attempts spent."""
     import polars as pl
-
-    from ray_cluster.replica import summarize
+    from tierwise.ray_cluster.replica import summarize
 
     ids = pl.from_arrow(io.read_part(part, [spec.input.id_column], spec.input.storage_options))
     recs = [records.empty_record(i, "error", f"part failed after retries: {reason}", cause="job")

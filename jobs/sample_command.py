@@ -23,11 +23,10 @@ def register(subparsers) -> None:
 
 def main(args) -> int:
     import polars as pl
-
-    from jobs.cli_common import every_row_failed, load_job_spec
-    from jobs.runner import run_job
-    from pipelines import io
-    from pipelines.samples import output_to_samples
+    from tierwise.jobs.cli_common import every_row_failed, load_job_spec
+    from tierwise.jobs.runner import run_job
+    from tierwise.pipelines.data import io
+    from tierwise.pipelines.data.samples import output_to_samples
 
     spec = load_job_spec(args.spec, args.set, extra={"sampling.logprobs": True},
                          last={"policy": {"kind": "uniform", "n": args.n}})  # once: the output read below is the one run

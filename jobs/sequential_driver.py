@@ -1,4 +1,4 @@
-"""Driver side of the sequential policy (``pipelines.sequential``): the live twin of replay's
+"""Driver side of the sequential policy (``tierwise.pipelines.plan.sequential``): the live twin of replay's
 ``sequential_draws``, calling the same ``Pacer`` in the order parts are sent and finish.
 
 1. Slice: the first parts of a seeded order run one at a time at price 0 (rows sample until settled or
@@ -19,13 +19,12 @@ import math
 
 import numpy as np
 import polars as pl
-
-from jobs.spec import JobSpec, difficulty_columns
-from pipelines import io
-from pipelines.budget import cost_per_token
-from pipelines.calibration import stable_hash01
-from pipelines.sequential import Pacer, PartPlan, SequentialConfig
-from pipelines.sequential_tier import SequentialTier, ok_samples, row_samples
+from tierwise.jobs.spec import JobSpec, difficulty_columns
+from tierwise.pipelines.data import io
+from tierwise.pipelines.plan.budget import cost_per_token
+from tierwise.pipelines.plan.calibration import stable_hash01
+from tierwise.pipelines.plan.sequential import Pacer, PartPlan, SequentialConfig
+from tierwise.pipelines.tiers.sequential_tier import SequentialTier, ok_samples, row_samples
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class SequentialDriver:
 
     def first_round(self) -> list[tuple[int, int]]:
         """Every row's first round, whatever its part's plan: one sample of ``max_tokens``
-        (``SequentialTier.next_request``), what ``jobs.skipping.BudgetFloor`` prices."""
+        (``SequentialTier.next_request``), what ``tierwise.jobs.skipping.BudgetFloor`` prices."""
         return [(1, self.spec.sampling.max_tokens)]
 
     def run(self, session) -> int:
@@ -132,7 +131,7 @@ def replay_job(out_uri: str, storage_options: dict | None = None, cost_per_token
     """Replays a finished sequential job over its own recorded samples with ``sequential_draws``, its
     parts sent and finished in the recorded order: returns ``(SequentialRun, output rows)`` (rows in the
     run's order) so each row's samples drawn and stop reason, and the spend, can be compared."""
-    from pipelines.sequential import concat_rows, sequential_draws
+    from tierwise.pipelines.plan.sequential import concat_rows, sequential_draws
 
     record = io.read_json(out_uri, RECORD_FILE, storage_options)
     if record is None:

@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
-
-from jobs.spec import JobSpec
-from pipelines import io, records
-from pipelines.prompts import PromptConfig, message_errors, row_sampling, user_turns
-from pipelines.tiers import RowState, Tier
+from tierwise.jobs.spec import JobSpec
+from tierwise.pipelines.data import io, records
+from tierwise.pipelines.data.prompts import PromptConfig, message_errors, row_sampling, user_turns
+from tierwise.pipelines.tiers.base import RowState, Tier
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +58,8 @@ def commit_bulk(spec: JobSpec, parts: list[io.Part], status: str, tokens: Prompt
 
 def _commit_one(spec: JobSpec, part: io.Part, status: str, tokens: PromptTokens | None,
                 lost: float) -> tuple[int, dict]:
-    from jobs.spec import prompt_config
-    from ray_cluster.replica import summarize
+    from tierwise.jobs.spec import prompt_config
+    from tierwise.ray_cluster.replica import summarize
 
     inp, cfg = spec.input, prompt_config(spec)
     cols = [inp.id_column] + cfg.columns() + ([inp.gold_column] if inp.gold_column else [])
@@ -86,7 +85,7 @@ def _commit_one(spec: JobSpec, part: io.Part, status: str, tokens: PromptTokens 
 
 def row_texts(frame: pl.DataFrame, cfg: PromptConfig) -> tuple[pl.Series | None, pl.Series]:
     """Each row's user turn (None for a messages column: conversations) and its error, as a replica
-    finds them (``pipelines.prompts``)."""
+    finds them (``tierwise.pipelines.data.prompts``)."""
     if cfg.messages_column:
         return None, message_errors(frame[cfg.messages_column])
     return user_turns(frame, cfg)
@@ -109,9 +108,8 @@ class PromptTokens:
     """
 
     def __init__(self, model: str, max_model_len: int, prompt: PromptConfig | None = None):
+        from tierwise.ray_cluster.engine import resolve_model
         from transformers import AutoTokenizer
-
-        from ray_cluster.engine import resolve_model
 
         self.tok = AutoTokenizer.from_pretrained(resolve_model(model))
         self.max_model_len = max_model_len
@@ -246,7 +244,7 @@ class BudgetFloor:
 
     def __init__(self, spec: JobSpec, parts: list[io.Part], requests: list[tuple[int, int]], tokens: PromptTokens,
                  price: float):
-        from jobs.spec import prompt_config
+        from tierwise.jobs.spec import prompt_config
 
         self.spec, self.parts, self.tokens, self.price = spec, {p.part_id: p for p in parts}, tokens, price
         self.prompt = prompt_config(spec)

@@ -17,9 +17,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
-
-from pipelines.errors import TierwiseError
-from pipelines.objectives import Objective
+from tierwise.pipelines.data.errors import TierwiseError
+from tierwise.pipelines.plan.objectives import Objective
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +84,8 @@ class ModelSpec(_Strict):
 def check_embedded(model: str) -> str:
     """An ``embedded:NAME`` model must be one the package ships (no I/O: the names are a table)."""
     if model.startswith("embedded:"):
-        from pipelines.errors import unknown_name
-        from ray_cluster.engine import EMBEDDED_MODELS
+        from tierwise.pipelines.data.errors import unknown_name
+        from tierwise.ray_cluster.engine import EMBEDDED_MODELS
 
         name = model.split(":", 1)[1]
         if name not in EMBEDDED_MODELS:
@@ -210,8 +209,8 @@ class ReasoningSpec(_Strict):
                                           "thought (default: sampling.max_tokens)")
 
     def config(self, max_tokens: int):
-        """The replica's ``pipelines.reasoning.ReasoningConfig`` (``max_tokens``: the job's sampling.max_tokens)."""
-        from pipelines.reasoning import ReasoningConfig
+        """The replica's ``tierwise.pipelines.tiers.reasoning.ReasoningConfig`` (``max_tokens``: the job's sampling.max_tokens)."""
+        from tierwise.pipelines.tiers.reasoning import ReasoningConfig
         return ReasoningConfig(start=self.start or None, end=self.end, max_thinking_tokens=self.max_thinking_tokens,
                                answer_max_tokens=self.answer_max_tokens or max_tokens)
 
@@ -348,7 +347,7 @@ class AdaptivePolicy(_Strict):
 
     kind: Literal["adaptive"] = "adaptive"
     planner: Literal["sequential", "calibrated"] = Field(
-        "calibrated", description="sequential: the label-free sequential policy (pipelines.sequential; rows "
+        "calibrated", description="sequential: the label-free sequential policy (tierwise.pipelines.plan.sequential; rows "
         "sample one at a time while their gain per cost clears a price the pacer sets per part), the one "
         "`tierwise replay` runs; calibrated: a gold-calibrated plan of buckets and stop rules (needed for "
         "ladder rungs, calibration_from and learned difficulty models)")
@@ -542,9 +541,9 @@ class JudgeSpec(_Strict):
         return self
 
     def config(self, job_model: str, job_max_tokens: int):
-        """The replica's ``pipelines.judge.JudgeConfig``, defaults resolved. A judge model
+        """The replica's ``tierwise.pipelines.tiers.judge.JudgeConfig``, defaults resolved. A judge model
         equal to the job's is served by the job's engine."""
-        from pipelines.judge import JudgeConfig
+        from tierwise.pipelines.tiers.judge import JudgeConfig
 
         max_tokens = self.max_tokens or {"yes_prob": 1, "agree": job_max_tokens,
                                          "score": 256 if self.reason else 16}[self.mode]
@@ -571,8 +570,8 @@ class ReferenceSpec(_Strict):
                              "extracted answer); exact: equal stripped strings; choice: the same A-E letter")
 
     def config(self):
-        """The replica's ``pipelines.verifiers.ReferenceConfig``."""
-        from pipelines.verifiers import ReferenceConfig
+        """The replica's ``tierwise.pipelines.tiers.verifiers.ReferenceConfig``."""
+        from tierwise.pipelines.tiers.verifiers import ReferenceConfig
         return ReferenceConfig(column=self.column, match=self.match)
 
 
@@ -634,15 +633,15 @@ class JobSpec(_Strict):
     @field_validator("verifier")
     @classmethod
     def _known_verifier(cls, v):
-        if isinstance(v, str):  # its form only: a module:function is imported by jobs.preflight
-            from pipelines.verifiers import check_verifier_name
+        if isinstance(v, str):  # its form only: a module:function is imported by tierwise.jobs.preflight
+            from tierwise.pipelines.tiers.verifiers import check_verifier_name
             check_verifier_name(v)
         return v
 
     @field_validator("answer_extractor")
     @classmethod
     def _known_extractor(cls, v: str) -> str:
-        from pipelines.answers import make_extractor
+        from tierwise.pipelines.tiers.answers import make_extractor
         make_extractor(v)  # an unknown name or a bad regex raises here, before any work
         return v
 
@@ -736,7 +735,7 @@ class JobSpec(_Strict):
 def aborts_failed_steps(spec: JobSpec) -> bool:
     """Whether the job's samples stop at their first failed step (``policy.abort_failed_steps``,
     resolved: adaptive policies turn it on when the verifier has a prefix check)."""
-    from pipelines.verifiers import make_prefix_check
+    from tierwise.pipelines.tiers.verifiers import make_prefix_check
 
     want = spec.policy.abort_failed_steps
     if want is False or not isinstance(spec.verifier, str) or spec.reasoning:
@@ -779,7 +778,7 @@ def difficulty_columns(spec: JobSpec) -> dict[str, str]:
 
 def prompt_config(spec: JobSpec):
     """The replicas' ``PromptConfig`` of the spec's input and ``prompt`` section."""
-    from pipelines.prompts import PromptConfig
+    from tierwise.pipelines.data.prompts import PromptConfig
 
     p = spec.prompt
     return PromptConfig(prompt_column=spec.input.prompt_column, messages_column=spec.input.messages_column,

@@ -28,8 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipelines.answers import vote  # noqa: E402
-from pipelines.tasks.arithmetic import (  # noqa: E402
+from tierwise.pipelines.tiers.answers import vote  # noqa: E402
+from tierwise.pipelines.tiers.tasks.arithmetic import (  # noqa: E402
     DEFAULT_MODEL_DIR,
     EASY_DIGITS,
     HEADROOM_DIGITS,

@@ -13,7 +13,7 @@ the bytes themselves), plus ``<|endoftext|>`` (EOS, id 256) and ``<|pad|>`` (id 
 The data mix is the difficulty dial: training sees 1..``--max-digits`` digit problems
 (weighted by ``--mix``) and never anything longer, so problems one digit past what is
 learned well stay partially solved ("headroom") and longer ones are "hopeless".
-The task format lives in ``pipelines/tasks/arithmetic.py``.
+The task format lives in ``pipelines/tiers/tasks/arithmetic.py``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipelines.tasks.arithmetic import (  # noqa: E402
+from tierwise.pipelines.tiers.tasks.arithmetic import (  # noqa: E402
     DEFAULT_MODEL_DIR,
     extract_answer,
     make_problem,

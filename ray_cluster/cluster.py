@@ -8,7 +8,7 @@ import sys
 
 log = logging.getLogger(__name__)
 
-# Set (by ``tierwise run`` / ``plan``: ``jobs.console``) to a log file: every Ray worker's stdout and
+# Set (by ``tierwise run`` / ``plan``: ``tierwise.jobs.console``) to a log file: every Ray worker's stdout and
 # stderr (vLLM's and Ray's lines, the C++ libraries' too) is appended to it instead of being echoed on
 # the driver's console. Unset: workers' output is echoed to the driver (``log_to_driver``), as Ray does.
 LOG_FILE_ENV = "TIERWISE_LOG_FILE"
@@ -50,7 +50,7 @@ def init_kwargs(log_file: str | None) -> dict:
         env[LOG_FILE_ENV] = log_file
         env["VLLM_CONFIGURE_LOGGING"] = "1"  # the workers' vLLM keeps its own format (levels, times) in the file
         runtime_env["worker_process_setup_hook"] = f"{__name__}.redirect_worker_output"
-    # Ray's own driver-side logger is left to the process's logging handlers (jobs.console).
+    # Ray's own driver-side logger is left to the process's logging handlers (tierwise.jobs.console).
     return dict(runtime_env=runtime_env, logging_level=logging.INFO if log_file else logging.WARNING,
                 configure_logging=not log_file, include_dashboard=False, log_to_driver=not log_file)
 

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pipelines.errors import EngineDead, EngineError
-from pipelines.generation import GenResult, Sample, SamplingConfig
+from tierwise.pipelines.data.errors import EngineDead, EngineError
+from tierwise.pipelines.tiers.generation import GenResult, Sample, SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ class VllmEngine:
             # as in search rounds, whose prompts carry the trace so far.
             args["enable_chunked_prefill"] = False
         from vllm.config import StructuredOutputsConfig
-        # Structured JSON outputs (jobs.spec.StructuredSpec) are compact: free whitespace between JSON
+        # Structured JSON outputs (tierwise.jobs.spec.StructuredSpec) are compact: free whitespace between JSON
         # tokens only costs budget, and a small model can spend a whole sample on it. vLLM reads this
         # flag from the engine's config only (the per-request one is ignored by its xgrammar backend), and
         # only with a named backend: xgrammar, the one ``check_structured`` checks before a job starts.

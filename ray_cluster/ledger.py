@@ -1,6 +1,6 @@
 """The budget ledger actor: one per job, shared by every replica.
 
-It wraps the pure ``pipelines.budget.Ledger``. Replicas reach it through a
+It wraps the pure ``tierwise.pipelines.plan.budget.Ledger``. Replicas reach it through a
 ``LedgerClient``, which holds a lease and calls the ledger a few times a second
 rather than once per row. A reservation that would fit once
 work in flight settles waits here (an asyncio condition) instead of being refused,
@@ -13,9 +13,8 @@ import asyncio
 from functools import partial
 
 import ray
-
-from pipelines.budget import GRANTED, WAIT, Ledger, PartKey
-from ray_cluster.metrics import JobMetrics
+from tierwise.pipelines.plan.budget import GRANTED, WAIT, Ledger, PartKey
+from tierwise.ray_cluster.metrics import JobMetrics
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -24,7 +23,7 @@ class BudgetLedger:
                  parts_spent: dict[str, dict[int, float]] | None = None, job: str = ""):
         """``parts_spent``: what earlier attempts spent per part, by output location (a resume's,
         from ``_tierwise/ledger.json``); it is part of ``already_spent``. ``job``: the metrics' tag
-        (``ray_cluster.metrics``)."""
+        (``tierwise.ray_cluster.metrics``)."""
         by_part = {(out, pid): amount for out, parts in (parts_spent or {}).items() for pid, amount in parts.items()}
         self.ledger = Ledger(budget=budget, spent=already_spent, by_part=by_part)
         self._changed: asyncio.Condition | None = None
@@ -59,7 +58,7 @@ class BudgetLedger:
 
     async def roll(self, lease: float, actual: float, must: float, want: float, by_kind: dict[str, float],
                    holder: str = "", by_part: dict[PartKey, float] | None = None) -> float:
-        """Renews a replica's lease (``pipelines.budget.Ledger.roll``); returns the new lease."""
+        """Renews a replica's lease (``tierwise.pipelines.plan.budget.Ledger.roll``); returns the new lease."""
         cond = self._cond()
         async with cond:
             new = self.ledger.roll(holder, lease, actual, must, want, by_kind, by_part)

@@ -3,7 +3,7 @@ metrics agent serves them on each node's Prometheus endpoint (``ray.init(_metric
 ``ray start --metrics-export-port``) as ``ray_tierwise_*`` (the dashboard in
 ``infra/grafana/tierwise.json`` plots them).
 
-They live in the job's ledger actor (``ray_cluster.ledger.BudgetLedger``), the one process that
+They live in the job's ledger actor (``tierwise.ray_cluster.ledger.BudgetLedger``), the one process that
 outlives every replica: the budget gauges follow its ledger; the driver reports each committed
 part (rows by status and tier, tokens) and the engines' busy fraction to it.
 
@@ -35,7 +35,7 @@ class JobMetrics:
         self.busy = g("engine_busy_fraction", "share of wall time a replica's engine was stepping", ("replica",))
 
     def budget_snapshot(self, snap: dict) -> None:
-        """Sets the budget gauges from ``pipelines.budget.Ledger.snapshot``."""
+        """Sets the budget gauges from ``tierwise.pipelines.plan.budget.Ledger.snapshot``."""
         self.budget.set(snap["budget"], self.tags)
         self.spent.set(snap["spent"], self.tags)
         self.reserved.set(snap["reserved"], self.tags)
@@ -43,7 +43,7 @@ class JobMetrics:
         self.denied.set(snap["n_denied"], self.tags)
 
     def part(self, tier: str, summary: dict) -> None:
-        """Counts a committed part (``ray_cluster.replica.summarize``'s summary) run by ``tier``."""
+        """Counts a committed part (``tierwise.ray_cluster.replica.summarize``'s summary) run by ``tier``."""
         for status, n in summary.get("status", {}).items():
             if n:
                 self.rows.inc(n, self.tags | {"status": status, "tier": tier or "none"})

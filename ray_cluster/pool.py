@@ -1,6 +1,6 @@
 """ReplicaPool: keeps every replica busy with a bounded number of parts in flight.
 
-Parts are deterministic slices of the input (``pipelines.io.Part``). A replica is
+Parts are deterministic slices of the input (``tierwise.pipelines.data.io.Part``). A replica is
 sent parts until, beside the part it was sent first, it holds rows enough to fill
 its rows in flight (``max_rows_in_flight``), so the engine's queue stays full while
 that part's last rows finish and it commits; memory stays flat however large the
@@ -37,12 +37,11 @@ from typing import Protocol
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
-
-from pipelines import io
-from pipelines.errors import EngineDead, StartInterrupted, StorageError
-from pipelines.io import Part
-from ray_cluster.engine import EngineSpec
-from ray_cluster.replica import JobContext, ReplicaActor
+from tierwise.pipelines.data import io
+from tierwise.pipelines.data.errors import EngineDead, StartInterrupted, StorageError
+from tierwise.pipelines.data.io import Part
+from tierwise.ray_cluster.engine import EngineSpec
+from tierwise.ray_cluster.replica import JobContext, ReplicaActor
 
 log = logging.getLogger(__name__)
 

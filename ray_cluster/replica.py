@@ -21,20 +21,19 @@ from typing import Any
 import polars as pl
 import pyarrow.compute as pc
 import ray
-
-from pipelines import io, records
-from pipelines.answers import make_extractor
-from pipelines.errors import EngineDead, StorageError
-from pipelines.judge import JudgeConfig
-from pipelines.pricing import DeviceMeter, Pricer, PriceSpec
-from pipelines.prompts import PromptConfig, row_prompts, row_sampling, variant_ids
-from pipelines.reasoning import ReasoningConfig
-from pipelines.tiers import Tier
-from pipelines.verifiers import ReferenceConfig
-from ray_cluster.engine import EngineSpec, VllmEngine
-from ray_cluster.ledger import LedgerClient
-from ray_cluster.rows import RowRunner
-from ray_cluster.scoring import Scorer
+from tierwise.pipelines.data import io, records
+from tierwise.pipelines.data.errors import EngineDead, StorageError
+from tierwise.pipelines.data.prompts import PromptConfig, row_prompts, row_sampling, variant_ids
+from tierwise.pipelines.plan.pricing import DeviceMeter, Pricer, PriceSpec
+from tierwise.pipelines.tiers.answers import make_extractor
+from tierwise.pipelines.tiers.base import Tier
+from tierwise.pipelines.tiers.judge import JudgeConfig
+from tierwise.pipelines.tiers.reasoning import ReasoningConfig
+from tierwise.pipelines.tiers.verifiers import ReferenceConfig
+from tierwise.ray_cluster.engine import EngineSpec, VllmEngine
+from tierwise.ray_cluster.ledger import LedgerClient
+from tierwise.ray_cluster.rows import RowRunner
+from tierwise.ray_cluster.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class JobContext:
     verifier_timeout_s: float = 30.0  # how long a user verifier's call may take (then its score is null)
     pricing: PriceSpec | None = None  # weighted / metered prices (None: cost_per_token per token)
     rows_stop_at: float | None = None  # the deadline for rows (unix seconds): no round starts past it
-    reasoning: ReasoningConfig | None = None  # thought/answer markers and thinking budget (pipelines.reasoning)
+    reasoning: ReasoningConfig | None = None  # thought/answer markers and thinking budget (tierwise.pipelines.tiers.reasoning)
 
 
 @ray.remote

@@ -19,15 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
-from pipelines import records
-from pipelines.answers import label_distribution
-from pipelines.budget import DENIED
-from pipelines.errors import EngineDead
-from pipelines.pricing import Pricer, PriceSpec
-from pipelines.reasoning import ReasoningConfig, merged, split_sample
-from pipelines.stopping import LABEL_TOP_PROB
-from pipelines.tiers import RowState, Tier
-from ray_cluster.scoring import RowScorer, Scorer
+from tierwise.pipelines.data import records
+from tierwise.pipelines.data.errors import EngineDead
+from tierwise.pipelines.plan.budget import DENIED
+from tierwise.pipelines.plan.pricing import Pricer, PriceSpec
+from tierwise.pipelines.plan.stopping import LABEL_TOP_PROB
+from tierwise.pipelines.tiers.answers import label_distribution
+from tierwise.pipelines.tiers.base import RowState, Tier
+from tierwise.pipelines.tiers.reasoning import ReasoningConfig, merged, split_sample
+from tierwise.ray_cluster.scoring import RowScorer, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class RowRunner:
         ledger: the replica's ``LedgerClient`` of the job's ledger.
         scorer: the job's ``Scorer`` on this replica.
         seed: the job's seed; cost_per_token: in the budget's unit (a float), or the replica's
-            ``pipelines.pricing.Pricer`` of the job (weighted or metered prices); keep_samples: whether
+            ``tierwise.pipelines.plan.pricing.Pricer`` of the job (weighted or metered prices); keep_samples: whether
             records keep the sampled texts; abort_failed_steps: stop samples at their first
             step the verifier's prefix check fails (when it has one).
         structured: the job's structured-output constraint, put on each of its requests. With a choice,
@@ -55,7 +55,7 @@ class RowRunner:
             records are never committed; ``ReplicaActor.halt``).
         rows_stop_at: the job's deadline for rows (unix seconds): a row starts no round past it
             (``stop_reason`` deadline; without a sample it is ``skipped_deadline``).
-        reasoning: the job's reasoning markers and thinking budget (``pipelines.reasoning``): samples are
+        reasoning: the job's reasoning markers and thinking budget (``tierwise.pipelines.tiers.reasoning``): samples are
             split into thought and answer, and with a budget each request thinks first, then asks for the
             answers its thoughts owe (budget forcing), within the round's reservation.
     """
@@ -80,8 +80,8 @@ class RowRunner:
 
     async def run(self, row_id: str, prompt: str | None, error: str | None, features: dict[str, float | None],
                   token_ids: list[int] | dict | None, sampling: dict | None = None, reference: str | None = None) -> dict:
-        """The row's output record (``pipelines.records``); ``token_ids``: its prompt's, or its renderings by
-        name (``{None: the job's, rung: the rung's}``, ``pipelines.prompts.variant_ids``), a request reading
+        """The row's output record (``tierwise.pipelines.data.records``); ``token_ids``: its prompt's, or its renderings by
+        name (``{None: the job's, rung: the rung's}``, ``tierwise.pipelines.data.prompts.variant_ids``), a request reading
         the one its ``prompt_variant`` names; ``sampling``: the row's own sampling
         fields (``input.sampling_columns``), put on each of its requests; ``reference``: its reference
         answer (a reference verifier's column).

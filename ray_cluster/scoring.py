@@ -9,7 +9,7 @@ inline (the coroutine never suspends); a user's ``module:function`` runs off the
 loop, in the replica's bounded thread pool, each call within ``verifier_timeout_s`` of
 its sample's round, so a slow or stuck verifier delays only its own row. A call that
 times out or raises scores null, and the row's ``verifier_issues`` counts it by reason
-(``timeout``, ``error``); the row goes on, and keeps what it spent. A judge (``pipelines.judge``) sends requests to an engine (the replica's
+(``timeout``, ``error``); the row goes on, and keeps what it spent. A judge (``tierwise.pipelines.tiers.judge``) sends requests to an engine (the replica's
 own, or a second one hosting the judge model); each request reserves its worst case
 from the ledger first and settles its actual cost after, as generation does, and the
 row's ``judge_tokens`` and ``cost`` include it. A sample whose judge call the budget
@@ -26,12 +26,28 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from pipelines.answers import Extractor
-from pipelines.budget import DENIED
-from pipelines.errors import EngineDead
-from pipelines.generation import Sample
-from pipelines.judge import BUDGET, ENGINE_ERROR, TOO_LONG, UNPARSEABLE, JudgeConfig, agree_scores, render, verdict
-from pipelines.verifiers import ERROR, INLINE_VERIFIERS, TIMEOUT, ReferenceConfig, prepare_reference, reference_score
+from tierwise.pipelines.data.errors import EngineDead
+from tierwise.pipelines.plan.budget import DENIED
+from tierwise.pipelines.tiers.answers import Extractor
+from tierwise.pipelines.tiers.generation import Sample
+from tierwise.pipelines.tiers.judge import (
+    BUDGET,
+    ENGINE_ERROR,
+    TOO_LONG,
+    UNPARSEABLE,
+    JudgeConfig,
+    agree_scores,
+    render,
+    verdict,
+)
+from tierwise.pipelines.tiers.verifiers import (
+    ERROR,
+    INLINE_VERIFIERS,
+    TIMEOUT,
+    ReferenceConfig,
+    prepare_reference,
+    reference_score,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +92,7 @@ class Scorer:
         self.inline, self.timeout_s = True, timeout_s
         self._logged: set[str] = set()
         if isinstance(verifier, str) and verifier:
-            from pipelines.verifiers import make_prefix_check, make_verifier
+            from tierwise.pipelines.tiers.verifiers import make_prefix_check, make_verifier
             self.verify = make_verifier(verifier)
             self.inline = verifier in INLINE_VERIFIERS
             # A step verifier's check of unfinished traces. It runs inline, once per streamed
@@ -107,7 +123,7 @@ class Scorer:
 
 class RowScorer:
     """One row's scoring, with its judge spend (``tokens``, ``cost`` in the budget's unit),
-    the judge's ``issues`` (reason -> samples; see ``pipelines.judge``) and a pure
+    the judge's ``issues`` (reason -> samples; see ``tierwise.pipelines.tiers.judge``) and a pure
     verifier's ``verifier_issues`` (``timeout`` / ``error`` -> samples)."""
 
     def __init__(self, scorer: Scorer, row_id: str, prompt: str, seed: int, cost_per_token: float,

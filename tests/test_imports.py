@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 IMPORTS = """
-import pipelines.io, pipelines.budget, pipelines.tiers, pipelines.validation, pipelines.answers
-import pipelines.records, pipelines.report, pipelines.verifiers, pipelines.judge, jobs.spec
+import tierwise.pipelines.data.io, tierwise.pipelines.plan.budget, tierwise.pipelines.tiers.base, tierwise.pipelines.data.validation, tierwise.pipelines.tiers.answers
+import tierwise.pipelines.data.records, tierwise.pipelines.data.report, tierwise.pipelines.tiers.verifiers, tierwise.pipelines.tiers.judge, tierwise.jobs.spec
 print('ok')
 """
 

@@ -14,9 +14,8 @@ import time
 import numpy as np
 import polars as pl
 import pytest
-
-from jobs.runner import run_job
-from jobs.spec import parse_spec
+from tierwise.jobs.runner import run_job
+from tierwise.jobs.spec import parse_spec
 
 STATUSES = {"ok", "skipped_budget", "skipped_deadline"}
 
@@ -133,7 +132,7 @@ def test_the_sequential_planner_meets_a_deadline_and_its_rows_continue_on_resume
 @pytest.mark.slow
 def test_chat_rows_the_budget_cannot_cover_are_written_in_bulk(tmp_path, shared_pool):
     """A system prompt renders every row through the chat template: the driver's floor counts the
-    rendered prompt (``jobs.skipping.ChatFrame``), as the replicas do."""
+    rendered prompt (``tierwise.jobs.skipping.ChatFrame``), as the replicas do."""
     inp, out = write_input(tmp_path / "in.parquet", 5_000), tmp_path / "out"
     budget = {"amount": 100 * (12 + 40)}
     spec = spec_for(inp, out, budget, part_rows=250) | {"prompt": {"system_prompt": "Add."}}

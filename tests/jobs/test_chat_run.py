@@ -12,12 +12,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tierwise.jobs.preflight import check_job
+from tierwise.jobs.runner import run_job
+from tierwise.jobs.spec import SpecError, parse_spec
+from tierwise.pipelines.data.errors import InputError
+from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
-from jobs.preflight import check_job
-from jobs.runner import run_job
-from jobs.spec import SpecError, parse_spec
-from pipelines.errors import InputError
-from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
 from tests.jobs.test_run import make_spec, read_output
 from tests.ray_cluster.test_engine import _on_engine
 
@@ -37,9 +37,8 @@ def test_chat_rendering_is_the_tokenizers_own_apply_chat_template(ray_cluster):
                 "{% if add_generation_prompt %}<bot>{% if short %}!{% endif %}{% endif %}")
 
     async def render(engine):
+        from tierwise.ray_cluster.engine import resolve_model
         from transformers import AutoTokenizer
-
-        from ray_cluster.engine import resolve_model
 
         tok = AutoTokenizer.from_pretrained(resolve_model("embedded:tiny-adder"))
         own = engine.chat_template()
@@ -191,7 +190,7 @@ def test_structured_choice_and_json_schema_outputs_are_always_valid(demo_rows, t
 def test_jsonl_and_openai_batch_inputs_give_the_parquet_copys_outputs(demo_rows, tmp_path, s3_bucket, shared_pool):
     """The same rows as Parquet, as JSONL (prompt column) and as an OpenAI batch file (custom_id,
     body.messages), locally and on S3: the same answers and token counts, row for row."""
-    from pipelines import io
+    from tierwise.pipelines.data import io
 
     df = pl.read_parquet(demo_rows)
     jsonl = tmp_path / "in-jsonl" / "rows.jsonl"

@@ -1,7 +1,6 @@
 import pytest
-
-from jobs.cli import build_parser, main
-from jobs.cli_common import summary_line, tier_lines
+from tierwise.jobs.cli import build_parser, main
+from tierwise.jobs.cli_common import summary_line, tier_lines
 
 REPORT = {
     "rows": 3, "status": {"ok": 2, "skipped_budget": 1, "error": 0}, "spent": 90.0,
@@ -53,9 +52,8 @@ def test_sample_records_a_replay_table(tmp_path, ray_cluster, capsys):
     import json
 
     import polars as pl
-
-    from pipelines.replay_table import build_table, load_samples
-    from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+    from tierwise.pipelines.replay.table import build_table, load_samples
+    from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
     generate_dataset(24, DEMO_MIX, seed=5).write_parquet(tmp_path / "in.parquet")
     spec = tmp_path / "s.yaml"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
-from jobs import console
-from jobs.cli_common import tier_label, tier_lines
-from jobs.progress import Progress
-from ray_cluster.cluster import LOG_FILE_ENV, init_kwargs
+from tierwise.jobs import console
+from tierwise.jobs.cli_common import tier_label, tier_lines
+from tierwise.jobs.progress import Progress
+from tierwise.ray_cluster.cluster import LOG_FILE_ENV, init_kwargs
 
 
 def test_third_party_lines_go_to_the_file_only(tmp_path, capsys, monkeypatch):
@@ -18,10 +18,10 @@ def test_third_party_lines_go_to_the_file_only(tmp_path, capsys, monkeypatch):
     assert path == str(tmp_path / "out" / "_tierwise" / "tierwise.log")
     try:
         console.setup(verbose=False, log_file=path)
-        assert os.environ[LOG_FILE_ENV] == path  # the workers' output follows (ray_cluster.cluster)
+        assert os.environ[LOG_FILE_ENV] == path  # the workers' output follows (tierwise.ray_cluster.cluster)
         logging.getLogger("vllm.model_executor").warning("Attempted to load weight x")
         logging.getLogger("ray._private.worker").warning("Token authentication is enabled")
-        logging.getLogger("jobs.runner").warning("the budget ran out")
+        logging.getLogger("tierwise.jobs.runner").warning("the budget ran out")
         logging.getLogger("vllm.engine").error("engine died")
         err = capsys.readouterr().err
         assert "the budget ran out" in err and "engine died" in err
@@ -49,7 +49,7 @@ def test_ray_init_arguments_follow_the_log_file():
     quiet = init_kwargs("/tmp/x/tierwise.log")
     assert quiet["log_to_driver"] is False and quiet["configure_logging"] is False
     assert quiet["runtime_env"]["env_vars"][LOG_FILE_ENV] == "/tmp/x/tierwise.log"
-    assert quiet["runtime_env"]["worker_process_setup_hook"] == "ray_cluster.cluster.redirect_worker_output"
+    assert quiet["runtime_env"]["worker_process_setup_hook"] == "tierwise.ray_cluster.cluster.redirect_worker_output"
     loud = init_kwargs(None)
     assert loud["log_to_driver"] is True and "worker_process_setup_hook" not in loud["runtime_env"]
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
-from jobs.example_data import KINDS
-from jobs.export_command import run_exports
-from jobs.runner import run_job
-from jobs.spec import load_spec
+from tierwise.jobs.example_data import KINDS
+from tierwise.jobs.export_command import run_exports
+from tierwise.jobs.runner import run_job
+from tierwise.jobs.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "jobs" / "examples"
 

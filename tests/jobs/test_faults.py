@@ -20,12 +20,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from tierwise.jobs.runner import run_job, start_pool
+from tierwise.jobs.spec import parse_spec
+from tierwise.pipelines.data import io
+from tierwise.pipelines.data.errors import StorageError
+from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
-from jobs.runner import run_job, start_pool
-from jobs.spec import parse_spec
-from pipelines import io
-from pipelines.errors import StorageError
-from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
 from tests.support.slow_verifier import is_slow_row
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
@@ -268,7 +268,7 @@ def test_kill_9_driver_then_resume(data, tmp_path, ray_cluster, shared_pool):
     spec_path.write_text(yaml.safe_dump(spec_dict(data, out, budget={"amount": budget})))
     address = ray_cluster.get_runtime_context().gcs_address
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--quiet",
+    proc = subprocess.Popen([sys.executable, "-m", "tierwise.jobs.cli", "run", str(spec_path), "--quiet",
                              "--address", address], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_parts(out, 3)
@@ -334,7 +334,7 @@ def test_sigint_drains_commits_and_resumes(data, tmp_path, ray_cluster, shared_p
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec_dict(data, out)))
     address = ray_cluster.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--quiet", "--address", address],
+    proc = subprocess.Popen([sys.executable, "-m", "tierwise.jobs.cli", "run", str(spec_path), "--quiet", "--address", address],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_parts(out, 2)
@@ -368,7 +368,7 @@ def test_sigterm_during_engine_start_ends_the_job_at_once(data, tmp_path, ray_cl
     spec_path.write_text(yaml.safe_dump(spec_dict(data, out)))
     address = ray_cluster.get_runtime_context().gcs_address
     free = _free_cpus(ray_cluster)
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--quiet", "--address", address],
+    proc = subprocess.Popen([sys.executable, "-m", "tierwise.jobs.cli", "run", str(spec_path), "--quiet", "--address", address],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

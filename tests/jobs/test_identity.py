@@ -21,14 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from test_faults import spec_dict as fault_spec  # tests/jobs is on sys.path under pytest
-
-from jobs.cli import main
-from jobs.resume import JobChanged
-from jobs.runner import _commit_failed_part, run_job
-from jobs.spec import SpecError, load_spec, parse_spec, resolve_output_path
-from pipelines import io
-from pipelines.report import build_report
-from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+from tierwise.jobs.cli import main
+from tierwise.jobs.resume import JobChanged
+from tierwise.jobs.runner import _commit_failed_part, run_job
+from tierwise.jobs.spec import SpecError, load_spec, parse_spec, resolve_output_path
+from tierwise.pipelines.data import io
+from tierwise.pipelines.data.report import build_report
+from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
 ROWS = 30
 
@@ -217,7 +216,7 @@ def test_a_second_driver_on_the_same_output_exits_and_the_first_completes_exactl
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec_dict(inp, out, budget={"amount": budget})))
     address = ray_cluster.get_runtime_context().gcs_address
-    first = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--quiet", "--address", address],
+    first = subprocess.Popen([sys.executable, "-m", "tierwise.jobs.cli", "run", str(spec_path), "--quiet", "--address", address],
                              env=os.environ | {"PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:

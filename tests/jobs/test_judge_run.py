@@ -5,10 +5,9 @@ import json
 
 import polars as pl
 import pytest
-
-from jobs.runner import run_job
-from jobs.spec import parse_spec
-from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+from tierwise.jobs.runner import run_job
+from tierwise.jobs.spec import parse_spec
+from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
 JUDGE = {"kind": "llm_judge", "mode": "agree", "template": "{prompt}"}
 

@@ -5,11 +5,10 @@ import json
 
 import polars as pl
 import pytest
-
-from jobs.runner import run_job
-from jobs.spec import parse_spec
-from pipelines.adaptive import STOP_REASONS
-from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+from tierwise.jobs.runner import run_job
+from tierwise.jobs.spec import parse_spec
+from tierwise.pipelines.plan.adaptive import STOP_REASONS
+from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
 ROWS = 60
 RUNG_STOPS = {"done", "search_done", "max_steps", "budget"}

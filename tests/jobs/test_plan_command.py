@@ -24,7 +24,7 @@ def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     # Bytes, decoded here: text mode would turn the progress bar's carriage returns into newlines.
-    out = subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "tierwise.jobs.cli", *args], cwd=ROOT, env=env, capture_output=True,
                          timeout=timeout)
     return subprocess.CompletedProcess(out.args, out.returncode, out.stdout.decode(), out.stderr.decode())
 

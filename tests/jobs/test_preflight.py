@@ -18,14 +18,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-
-from jobs.cli import main
-from jobs.cli_common import EXIT_EVERY_ROW_FAILED, every_row_failed
-from jobs.preflight import check_job, check_model, hosts
-from jobs.runner import run_job
-from jobs.spec import SpecError, parse_spec
-from pipelines.errors import InputError
-from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+from tierwise.jobs.cli import main
+from tierwise.jobs.cli_common import EXIT_EVERY_ROW_FAILED, every_row_failed
+from tierwise.jobs.preflight import check_job, check_model, hosts
+from tierwise.jobs.runner import run_job
+from tierwise.jobs.spec import SpecError, parse_spec
+from tierwise.pipelines.data.errors import InputError
+from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 from corrupt_parquet import corrupt_chunk  # noqa: E402
@@ -186,8 +185,8 @@ def test_an_exhausted_budget_skips_the_rest_from_the_driver(data, tmp_path):
 def test_every_row_failed_is_exit_4_naming_the_common_errors(data, tmp_path, capsys):
     """Every row `error` (parts committed from the driver, as a part whose retries ran out is):
     the CLI's exit code is 4, with the most common errors; some rows ok: 0."""
-    from jobs.runner import _commit_failed_part
-    from pipelines import io
+    from tierwise.jobs.runner import _commit_failed_part
+    from tierwise.pipelines.data import io
 
     spec = parse_spec(spec_dict(data, tmp_path / "out"))
     for part in io.plan_parts(io.list_input_files(str(data)), 10):
@@ -249,7 +248,7 @@ def test_replicas_the_cluster_can_never_host_are_refused_at_once(data, tmp_path,
 
 def _cli(spec_path, address) -> subprocess.Popen:
     env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--quiet", "--address", address],
+    return subprocess.Popen([sys.executable, "-m", "tierwise.jobs.cli", "run", str(spec_path), "--quiet", "--address", address],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

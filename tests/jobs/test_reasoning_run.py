@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+from tierwise.jobs.runner import run_job
+from tierwise.jobs.spec import parse_spec
+from tierwise.pipelines.tiers.tasks.arithmetic import generate_dataset
 
-from jobs.runner import run_job
-from jobs.spec import parse_spec
-from pipelines.tasks.arithmetic import generate_dataset
 from tests.jobs.test_run import make_spec, read_output
 
 ROWS = 24

@@ -1,8 +1,7 @@
-"""What a resumed run starts from: the spend so far, in all and per part (``jobs.resume.prior_spend``)."""
+"""What a resumed run starts from: the spend so far, in all and per part (``tierwise.jobs.resume.prior_spend``)."""
 
 import pytest
-
-from jobs.resume import ledger_record, prior_spend
+from tierwise.jobs.resume import ledger_record, prior_spend
 
 
 def _summary(cost: float) -> dict:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-
-from jobs.runner import run_job
-from jobs.spec import parse_spec
-from pipelines.errors import InputError, RowErrorsInStrictMode
-from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+from tierwise.jobs.runner import run_job
+from tierwise.jobs.spec import parse_spec
+from tierwise.pipelines.data.errors import InputError, RowErrorsInStrictMode
+from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
 ROWS = 64
 

@@ -2,11 +2,10 @@
 
 import polars as pl
 import pytest
-
-from jobs.runner import run_job
-from jobs.spec import parse_spec
-from pipelines import io
-from pipelines.tasks.arithmetic import generate_dataset
+from tierwise.jobs.runner import run_job
+from tierwise.jobs.spec import parse_spec
+from tierwise.pipelines.data import io
+from tierwise.pipelines.tiers.tasks.arithmetic import generate_dataset
 
 
 @pytest.mark.slow

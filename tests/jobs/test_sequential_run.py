@@ -6,11 +6,10 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-
-from jobs.runner import run_job
-from jobs.sequential_driver import replay_job
-from jobs.spec import parse_spec
-from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
+from tierwise.jobs.runner import run_job
+from tierwise.jobs.sequential_driver import replay_job
+from tierwise.jobs.spec import parse_spec
+from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
 ROWS = 240
 

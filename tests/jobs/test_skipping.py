@@ -5,11 +5,10 @@ from datetime import UTC, datetime
 import numpy as np
 import polars as pl
 import pytest
-
-from jobs.skipping import BudgetFloor, PromptTokens, commit_bulk, first_round, job_deadline, round_worst
-from jobs.spec import SpecError, parse_spec
-from pipelines import io, manifest
-from pipelines.tiers import uniform_tier
+from tierwise.jobs.skipping import BudgetFloor, PromptTokens, commit_bulk, first_round, job_deadline, round_worst
+from tierwise.jobs.spec import SpecError, parse_spec
+from tierwise.pipelines.data import io, manifest
+from tierwise.pipelines.tiers.base import uniform_tier
 
 PROMPTS = ["1+2=\n", "12+34=\n", None, "x" * 300, "1+1=\n", "99+99=\n", "5+5=\n", "7+7=\n", "", "3+3=\n"]
 
@@ -151,7 +150,7 @@ def test_bulk_commit_of_template_prompts_names_a_null_field_and_a_bad_sampling_c
 
 
 def test_chat_prompts_are_counted_as_the_chat_template_renders_them():
-    from pipelines.prompts import PromptConfig
+    from tierwise.pipelines.data.prompts import PromptConfig
 
     chat = PromptTokens("embedded:tiny-adder", 256, PromptConfig(system_prompt="Add."))
     assert chat.chat.prefix == "Add.\n" and chat.chat.suffix == ""  # tiny-adder: a system turn and a newline

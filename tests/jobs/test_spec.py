@@ -1,6 +1,5 @@
 import pytest
-
-from jobs.spec import SpecError, load_spec, parse_spec
+from tierwise.jobs.spec import SpecError, load_spec, parse_spec
 
 BASE = {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "budget": {"amount": 1000}}
 
@@ -104,7 +103,7 @@ def test_unknown_verifier_name_fails_at_the_spec():
 
 
 def test_tiers_of_the_uniform_policy():
-    from jobs.row_programs import policy_tier
+    from tierwise.jobs.row_programs import policy_tier
 
     assert parse_spec(BASE).policy.tier == "sample"
     think = parse_spec(BASE | {"policy": {"n": 4, "tier": "think"}, "sampling": {"max_tokens": 50}})
@@ -149,8 +148,8 @@ def test_verified_yield_needs_a_verifier():
 
 
 def test_adaptive_driver_passes_yield_cap_to_the_plan_config():
-    from jobs.adaptive_driver import AdaptiveDriver
-    from pipelines.io import Part
+    from tierwise.jobs.adaptive_driver import AdaptiveDriver
+    from tierwise.pipelines.data.io import Part
 
     spec = parse_spec(BASE | {"policy": {"kind": "adaptive", "objective": "verified_yield", "yield_cap": 3},
                               "verifier": "arithmetic_steps"})
@@ -159,7 +158,7 @@ def test_adaptive_driver_passes_yield_cap_to_the_plan_config():
 
 
 def test_abort_failed_steps_resolves_per_policy_and_verifier():
-    from jobs.spec import aborts_failed_steps
+    from tierwise.jobs.spec import aborts_failed_steps
 
     adaptive = {"kind": "adaptive", "select": "verifier"}
     # Adaptive: on when the verifier has a prefix check; uniform (the plain baseline): off unless asked.

@@ -1,11 +1,10 @@
 """The adaptive policy's ladder (``policy.ladder``): defaults, the rungs' settings, and the rules."""
 
 import pytest
-
-from jobs.row_programs import rung_tiers
-from jobs.rung_calibration import rung_parts
-from jobs.spec import SpecError, parse_spec
-from pipelines import io
+from tierwise.jobs.row_programs import rung_tiers
+from tierwise.jobs.rung_calibration import rung_parts
+from tierwise.jobs.spec import SpecError, parse_spec
+from tierwise.pipelines.data import io
 
 BASE = {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "budget": {"amount": 1000}}
 
@@ -65,8 +64,8 @@ def test_invalid_ladders_name_the_field(patch, message):
 def test_thinking_on_off_rungs_read_their_own_prompt_rendering():
     """A hybrid model's short mode for the pilot and sampling rungs (the job's chat_template_kwargs) and its long
     mode for the think rung (the rung's own over them): the think rung's requests name its rendering."""
-    from jobs.spec import prompt_config
-    from pipelines.tiers import RowState
+    from tierwise.jobs.spec import prompt_config
+    from tierwise.pipelines.tiers.base import RowState
 
     spec = parse_spec(adaptive(ladder=["vote", "think"], rung_chat_template_kwargs={"think": {"enable_thinking": True}})
                       | {"prompt": {"chat_template_kwargs": {"enable_thinking": False, "x": 1}}})

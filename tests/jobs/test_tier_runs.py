@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-
-from jobs.runner import run_job
-from jobs.spec import parse_spec
-from pipelines.tasks.arithmetic import extract_answer, generate_dataset
+from tierwise.jobs.runner import run_job
+from tierwise.jobs.spec import parse_spec
+from tierwise.pipelines.tiers.tasks.arithmetic import extract_answer, generate_dataset
 
 
 def job(inp, out, policy: dict, max_tokens: int, **over) -> dict:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+from tierwise.jobs.export_command import export_traces
+from tierwise.jobs.runner import run_job
+from tierwise.jobs.spec import parse_spec
+from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
-from jobs.export_command import export_traces
-from jobs.runner import run_job
-from jobs.spec import parse_spec
-from pipelines.tasks.arithmetic import DEMO_MIX, generate_dataset
 from tests.jobs.test_run import make_spec, read_output
 
 ROWS = 60

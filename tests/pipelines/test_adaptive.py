@@ -7,8 +7,7 @@ import pickle
 import numpy as np
 import polars as pl
 import pytest
-
-from pipelines.adaptive import (
+from tierwise.pipelines.plan.adaptive import (
     AdaptivePlan,
     BucketPlan,
     StopRule,
@@ -17,14 +16,14 @@ from pipelines.adaptive import (
     plan_from_calibration,
     plot_plan,
 )
-from pipelines.adaptive_tiers import AdaptiveTier, row_features
-from pipelines.calibration import DifficultyModel
-from pipelines.generation import GenResult, Sample
-from pipelines.replay_adaptive import AdaptiveConfig, _stop_rules, pilot_features, stop_signal
-from pipelines.replay_synthetic import synthetic_samples
-from pipelines.replay_table import build_table
-from pipelines.stopping import LABEL_TOP_PROB, label_confident
-from pipelines.tiers import RowState
+from tierwise.pipelines.plan.calibration import DifficultyModel
+from tierwise.pipelines.plan.rules import AdaptiveConfig, _stop_rules, pilot_features, stop_signal
+from tierwise.pipelines.plan.stopping import LABEL_TOP_PROB, label_confident
+from tierwise.pipelines.replay.synthetic import synthetic_samples
+from tierwise.pipelines.replay.table import build_table
+from tierwise.pipelines.tiers.adaptive_tiers import AdaptiveTier, row_features
+from tierwise.pipelines.tiers.base import RowState
+from tierwise.pipelines.tiers.generation import GenResult, Sample
 
 ROWS = 3000
 
@@ -194,7 +193,7 @@ def test_row_gives_up_and_no_headroom():
 
 
 def _run_labelled(tier: AdaptiveTier, answers: list[str], top_prob: float | None) -> tuple[RowState, list]:
-    """``_run`` with the first pass's label distribution set as the replica sets it (``ray_cluster.rows``)."""
+    """``_run`` with the first pass's label distribution set as the replica sets it (``tierwise.ray_cluster.rows``)."""
     state, requests, fed = RowState("row-1", 10), [], iter(answers)
     while (req := tier.next_request(state, 100 + len(state.samples))) is not None:
         requests.append(req)

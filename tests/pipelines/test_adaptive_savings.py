@@ -7,20 +7,19 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 import pytest
-
-from pipelines.adaptive import (
+from tierwise.pipelines.plan.adaptive import (
     VERIFIED,
     fit_gate,
     plan_draws,
     plan_from_calibration,
 )
-from pipelines.adaptive_tiers import AdaptiveTier, CalibrationTier
-from pipelines.calibration import fit_difficulty_model
-from pipelines.generation import GenResult, Sample
-from pipelines.replay_adaptive import AdaptiveConfig, round_draws
-from pipelines.replay_synthetic import synthetic_samples
-from pipelines.replay_table import build_table
-from pipelines.tiers import RowState
+from tierwise.pipelines.plan.calibration import fit_difficulty_model
+from tierwise.pipelines.plan.rules import AdaptiveConfig, round_draws
+from tierwise.pipelines.replay.synthetic import synthetic_samples
+from tierwise.pipelines.replay.table import build_table
+from tierwise.pipelines.tiers.adaptive_tiers import AdaptiveTier, CalibrationTier
+from tierwise.pipelines.tiers.base import RowState
+from tierwise.pipelines.tiers.generation import GenResult, Sample
 
 
 def _verified(n_queries: int, n_samples: int, seed: int) -> pl.DataFrame:
@@ -92,8 +91,8 @@ def test_calibration_samples_hold_the_prompt_once_however_many_rounds_paid_it():
 
 
 def test_plan_costs_pay_the_prompt_per_sample_when_samples_are_requests_of_their_own():
-    from pipelines.adaptive import plan_from_calibration
-    from pipelines.replay_synthetic import synthetic_samples
+    from tierwise.pipelines.plan.adaptive import plan_from_calibration
+    from tierwise.pipelines.replay.synthetic import synthetic_samples
 
     samples = synthetic_samples(n_queries=200, n_samples=8, seed=3)
     kw = dict(rows_remaining=1000, budget_remaining=1e9, unit="tokens", objective="accuracy", round_size=2)

@@ -5,8 +5,7 @@ import math
 
 import numpy as np
 import pytest
-
-from pipelines.allocation import (
+from tierwise.pipelines.plan.allocation import (
     BucketOptions,
     InfeasibleBudgetError,
     Option,

@@ -1,6 +1,5 @@
 import numpy as np
-
-from pipelines import answer_urn as urn
+from tierwise.pipelines.plan import answer_urn as urn
 
 
 def _rows(pattern: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

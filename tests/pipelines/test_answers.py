@@ -1,6 +1,5 @@
 import pytest
-
-from pipelines.answers import make_extractor, vote
+from tierwise.pipelines.tiers.answers import make_extractor, vote
 
 
 def test_vote_majority_and_tie_break_by_first_seen():
@@ -57,7 +56,7 @@ def test_choice_json_and_bad_names():
 def test_label_distribution_from_first_token_top_logprobs():
     import math
 
-    from pipelines.answers import label_distribution
+    from tierwise.pipelines.tiers.answers import label_distribution
 
     top = {"p": math.log(0.6), " n": math.log(0.3), "x": math.log(0.1)}  # "x" starts no label
     d = label_distribution(top, ("pos", "neg", "neu"))

@@ -14,8 +14,8 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(_REPO_ROOT) not in sys.path:  # allow running without an installed package
     sys.path.insert(0, str(_REPO_ROOT))
 
-from pipelines.tasks import arithmetic as ar  # noqa: E402
-from pipelines.tasks.arithmetic import (  # noqa: E402
+from tierwise.pipelines.tiers.tasks import arithmetic as ar  # noqa: E402
+from tierwise.pipelines.tiers.tasks.arithmetic import (  # noqa: E402
     DEFAULT_MODEL_DIR,
     DEMO_MIX,
     EASY_DIGITS,
@@ -39,7 +39,7 @@ def _random_problems(n: int = 600, seed: int = 0):
 
 def test_module_does_not_import_heavy_deps():
     code = (
-        "import sys; import pipelines.tasks.arithmetic; "
+        "import sys; import tierwise.pipelines.tiers.tasks.arithmetic; "
         "bad = [m for m in ('torch', 'vllm', 'ray', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -245,5 +245,5 @@ def test_demo_mix_and_regimes():
 def test_default_model_dir():
     assert DEFAULT_MODEL_DIR.name == "tiny-adder"
     assert DEFAULT_MODEL_DIR.parent.name == "models"
-    assert (DEFAULT_MODEL_DIR.parents[1] / "pipelines" / "tasks" / "arithmetic.py").exists()
+    assert (DEFAULT_MODEL_DIR.parents[1] / "pipelines" / "tiers" / "tasks" / "arithmetic.py").exists()
     assert ar.DEFAULT_MODEL_DIR == DEFAULT_MODEL_DIR

@@ -1,8 +1,7 @@
 import random
 
 import pytest
-
-from pipelines.budget import DENIED, GRANTED, WAIT, Ledger, cost_per_token
+from tierwise.pipelines.plan.budget import DENIED, GRANTED, WAIT, Ledger, cost_per_token
 
 
 def test_reserve_settle_never_lets_spend_pass_budget():

@@ -5,8 +5,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-
-from pipelines.calibration import (
+from tierwise.pipelines.plan.calibration import (
     BucketCalibration,
     assign_buckets,
     fit_curve,

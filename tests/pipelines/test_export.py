@@ -1,8 +1,7 @@
 import json
 
 import polars as pl
-
-from pipelines.export import batch_lines
+from tierwise.pipelines.data.export import batch_lines
 
 
 def test_batch_lines_follow_openai_batch_output():
@@ -22,9 +21,8 @@ def test_batch_lines_follow_openai_batch_output():
 
 def test_export_batch_command_reads_the_specs_output(tmp_path):
     import yaml
-
-    from jobs.cli import main
-    from pipelines import io, records
+    from tierwise.jobs.cli import main
+    from tierwise.pipelines.data import io, records
 
     recs = [records.empty_record("r1", "skipped_budget", None, 5),
             {**records.empty_record("r0", "ok"), "answer": "7", "prompt_tokens": 4, "output_tokens": 9}]

@@ -1,9 +1,8 @@
 import polars as pl
 import pyarrow as pa
 import pytest
-
-from pipelines import io
-from pipelines.errors import InputError
+from tierwise.pipelines.data import io
+from tierwise.pipelines.data.errors import InputError
 
 
 def _write(tmp_path, name, n, row_group_size, start=0):

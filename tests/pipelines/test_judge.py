@@ -3,8 +3,7 @@
 import math
 
 import pytest
-
-from pipelines.judge import JudgeConfig, agree_scores, parse_score, render, verdict, yes_probability
+from tierwise.pipelines.tiers.judge import JudgeConfig, agree_scores, parse_score, render, verdict, yes_probability
 
 
 def test_render_fills_placeholders_once_and_leaves_other_braces():

@@ -7,9 +7,8 @@ import threading
 import time
 
 import pytest
-
-from pipelines import io
-from pipelines.lease import LEASE_DIR, OutputLease, OutputLeased
+from tierwise.pipelines.data import io
+from tierwise.pipelines.data.lease import LEASE_DIR, OutputLease, OutputLeased
 
 
 def _contract(out: str, so: dict | None = None) -> None:
@@ -70,7 +69,7 @@ def test_stale_lease_is_taken_over_and_its_holder_learns_it_lost(tmp_path):
 def test_a_dead_drivers_lease_on_this_host_is_free_at_once(tmp_path):
     """A driver killed with -9 leaves a fresh lease; on its host a dead pid frees it (the kill -9 resume)."""
     out = str(tmp_path / "out")
-    code = (f"from pipelines.lease import OutputLease; OutputLease({out!r}, ttl_s=3600).acquire(); "
+    code = (f"from tierwise.pipelines.data.lease import OutputLease; OutputLease({out!r}, ttl_s=3600).acquire(); "
             "import os; os._exit(0)")
     subprocess.run([sys.executable, "-c", code], check=True)
     held = json.loads((tmp_path / "out" / LEASE_DIR / "00000001.json").read_text())

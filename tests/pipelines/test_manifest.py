@@ -1,6 +1,6 @@
 """Job identity (pure): the fingerprint, what a diff names, which committed parts are kept."""
 
-from pipelines.manifest import build_manifest, classify_parts, diff, identity_fields, ids_hash
+from tierwise.pipelines.data.manifest import build_manifest, classify_parts, diff, identity_fields, ids_hash
 
 SPEC = {
     "name": "job", "input": {"path": "in.parquet", "id_column": "id", "storage_options": {"key": "k"}},

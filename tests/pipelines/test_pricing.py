@@ -1,8 +1,7 @@
 """Prices per weighted token: converted from tokens, or metered replica time (pure, time passed in)."""
 
 import pytest
-
-from pipelines.pricing import MIN_MEASURED_TOKENS, DeviceMeter, Pricer, PriceSpec, price_spec
+from tierwise.pipelines.plan.pricing import MIN_MEASURED_TOKENS, DeviceMeter, Pricer, PriceSpec, price_spec
 
 
 def test_the_meter_counts_wall_time_with_any_request_in_flight_once_times_devices():

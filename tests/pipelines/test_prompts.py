@@ -3,11 +3,10 @@
 import polars as pl
 import pyarrow as pa
 import pytest
-
-from jobs.spec import SpecError, parse_spec
-from pipelines.errors import InputError
-from pipelines.prompts import PromptConfig, message_errors, row_prompts, variant_ids
-from pipelines.validation import check_messages_type
+from tierwise.jobs.spec import SpecError, parse_spec
+from tierwise.pipelines.data.errors import InputError
+from tierwise.pipelines.data.prompts import PromptConfig, message_errors, row_prompts, variant_ids
+from tierwise.pipelines.data.validation import check_messages_type
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 BASE = {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "budget": {"amount": 1000}}
@@ -75,7 +74,7 @@ def test_structured_constraint_is_stable():
 
 
 def test_row_sampling_overrides_and_bad_cells():
-    from pipelines.prompts import row_sampling
+    from tierwise.pipelines.data.prompts import row_sampling
 
     frame = pl.DataFrame({"mt": [5, None, 0, 7], "t": ["0.5", "hot", None, "-1"]})
     overrides, errors = row_sampling(frame, {"max_tokens": "mt", "temperature": "t"})

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-
-from jobs.spec import SpecError, aborts_failed_steps, parse_spec
-from pipelines.export import verified_traces
-from pipelines.generation import Sample, SamplingConfig
-from pipelines.reasoning import ReasoningConfig, merged, split_sample
+from tierwise.jobs.spec import SpecError, aborts_failed_steps, parse_spec
+from tierwise.pipelines.data.export import verified_traces
+from tierwise.pipelines.tiers.generation import Sample, SamplingConfig
+from tierwise.pipelines.tiers.reasoning import ReasoningConfig, merged, split_sample
 
 CFG = ReasoningConfig(max_thinking_tokens=10, answer_max_tokens=5)
 

@@ -1,6 +1,5 @@
 import pytest
-
-from pipelines import records
+from tierwise.pipelines.data import records
 
 
 def _table(costs):

@@ -6,10 +6,9 @@ import json
 
 import polars as pl
 import pytest
-
-from jobs.spec import SpecError, parse_spec
-from pipelines.export import verified_traces
-from pipelines.verifiers import ReferenceConfig, prepare_reference, reference_score
+from tierwise.jobs.spec import SpecError, parse_spec
+from tierwise.pipelines.data.export import verified_traces
+from tierwise.pipelines.tiers.verifiers import ReferenceConfig, prepare_reference, reference_score
 
 
 def _score(match, reference, answer, text=""):
@@ -60,8 +59,8 @@ def test_reference_spec_parses_and_is_checked():
 
 
 def test_a_missing_or_nested_reference_column_is_a_job_error(tmp_path):
-    from jobs.runner import _check_input
-    from pipelines.errors import InputError
+    from tierwise.jobs.runner import _check_input
+    from tierwise.pipelines.data.errors import InputError
 
     pl.DataFrame({"id": ["a"], "prompt": ["1+1=\n"], "tags": [["t"]]}).write_parquet(tmp_path / "in.parquet")
     for column, msg in [("answer", r"lacks column\(s\) 'answer' \(verifier.column\)"),
@@ -73,7 +72,7 @@ def test_a_missing_or_nested_reference_column_is_a_job_error(tmp_path):
 
 
 def test_reference_cells_that_are_null_are_row_errors():
-    from ray_cluster.replica import reference_answers
+    from tierwise.ray_cluster.replica import reference_answers
 
     refs, errors = reference_answers(pl.DataFrame({"a": [7, None, 3]}), "a")
     assert refs == ["7", None, "3"]
@@ -101,9 +100,8 @@ def test_verified_traces_are_one_row_per_distinct_passing_sample_in_chat_form():
 
 def test_export_traces_command_writes_jsonl_and_parquet(tmp_path):
     import yaml
-
-    from jobs.cli import main
-    from pipelines import io, records
+    from tierwise.jobs.cli import main
+    from tierwise.pipelines.data import io, records
 
     pl.DataFrame({"id": ["r0", "r1"], "prompt": ["1+1=\n", "2+2=\n"], "ref": ["2", "4"]}).write_parquet(
         tmp_path / "in.parquet")

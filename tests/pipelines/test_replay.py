@@ -5,11 +5,10 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-
-from pipelines.calibration import stable_hash01
-from pipelines.replay import prepare, replay, replay_curve
-from pipelines.replay_synthetic import synthetic_samples
-from pipelines.replay_table import SamplesSchemaError, build_table, load_samples, validate_samples
+from tierwise.pipelines.plan.calibration import stable_hash01
+from tierwise.pipelines.replay.run import prepare, replay, replay_curve
+from tierwise.pipelines.replay.synthetic import synthetic_samples
+from tierwise.pipelines.replay.table import SamplesSchemaError, build_table, load_samples, validate_samples
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +168,7 @@ def test_judge_tokens_count_in_token_costs_only():
 
 
 def test_output_to_samples_shares_a_rows_judge_tokens_out_exactly():
-    from pipelines.samples import output_to_samples
+    from tierwise.pipelines.data.samples import output_to_samples
 
     output = pl.DataFrame({
         "id": ["a", "b", "c"], "status": ["ok", "ok", "skipped_budget"],

@@ -6,9 +6,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-
-from pipelines.replay import replay
-from pipelines.replay_table import build_table, load_samples
+from tierwise.pipelines.replay.run import replay
+from tierwise.pipelines.replay.table import build_table, load_samples
 
 RECORDED = Path(__file__).resolve().parents[2] / "bench" / "data" / "demo_samples.parquet"
 

@@ -6,8 +6,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-
-from pipelines.adaptive import (
+from tierwise.pipelines.plan.adaptive import (
     AdaptivePlan,
     BucketPlan,
     StopRule,
@@ -15,14 +14,14 @@ from pipelines.adaptive import (
     plan_from_calibration,
     plot_plan,
 )
-from pipelines.adaptive_tiers import AdaptiveTier
-from pipelines.calibration import DifficultyModel
-from pipelines.generation import GenResult, Sample
-from pipelines.replay_synthetic import synthetic_samples
-from pipelines.rungs import majority_answers, rung_measures, rung_options
-from pipelines.search import SearchTier
-from pipelines.tasks.arithmetic import check_steps, extract_answer
-from pipelines.tiers import RowState, think_tier
+from tierwise.pipelines.plan.calibration import DifficultyModel
+from tierwise.pipelines.plan.rungs import majority_answers, rung_measures, rung_options
+from tierwise.pipelines.replay.synthetic import synthetic_samples
+from tierwise.pipelines.tiers.adaptive_tiers import AdaptiveTier
+from tierwise.pipelines.tiers.base import RowState, think_tier
+from tierwise.pipelines.tiers.generation import GenResult, Sample
+from tierwise.pipelines.tiers.search import SearchTier
+from tierwise.pipelines.tiers.tasks.arithmetic import check_steps, extract_answer
 
 ROWS = 3000
 

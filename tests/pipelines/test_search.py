@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from pipelines.generation import GenResult, Sample, SamplingConfig
-from pipelines.search import SearchTier, _shares
-from pipelines.tasks.arithmetic import check_steps, extract_answer, solution
-from pipelines.tiers import RowState, Tier, think_tier, uniform_tier
+from tierwise.pipelines.tiers.base import RowState, Tier, think_tier, uniform_tier
+from tierwise.pipelines.tiers.generation import GenResult, Sample, SamplingConfig
+from tierwise.pipelines.tiers.search import SearchTier, _shares
+from tierwise.pipelines.tiers.tasks.arithmetic import check_steps, extract_answer, solution
 
 PROMPT = "57+8=\n"          # solution: "7+8+0=15 5\n5+0+1=6 65\nA: 65"
 STEP1, STEP2, ANSWER = "7+8+0=15 5\n", "5+0+1=6 65\n", "A: 65"

@@ -1,15 +1,11 @@
-"""The label-free sequential policy (pipelines/sequential.py): pure numpy, no Ray or vLLM."""
+"""The label-free sequential policy (pipelines/plan/sequential.py): pure numpy, no Ray or vLLM."""
 
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
 import pytest
-
-from pipelines.replay import replay
-from pipelines.replay_synthetic import synthetic_samples
-from pipelines.replay_table import build_table
-from pipelines.sequential import (
+from tierwise.pipelines.plan.sequential import (
     GRID,
     RowModel,
     SequentialConfig,
@@ -21,6 +17,9 @@ from pipelines.sequential import (
     sequential_draws,
     solve_price,
 )
+from tierwise.pipelines.replay.run import replay
+from tierwise.pipelines.replay.synthetic import synthetic_samples
+from tierwise.pipelines.replay.table import build_table
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +106,7 @@ def test_beats_round_robin_until_verified_on_a_checker_table(checker_table):
 
 
 def test_cost_shrink_follows_how_much_a_rows_costs_say_about_its_next():
-    from pipelines.sequential import fit_cost_shrink
+    from tierwise.pipelines.plan.sequential import fit_cost_shrink
 
     rng = np.random.default_rng(0)
     iid = rng.lognormal(6.0, 0.5, (400, 4))  # every sample's cost drawn afresh: a row's past says nothing
@@ -119,7 +118,7 @@ def test_cost_shrink_follows_how_much_a_rows_costs_say_about_its_next():
 
 
 def test_prior_uses_hint_bins_only_when_the_hint_predicts_verdicts():
-    from pipelines.sequential import fit_prior
+    from tierwise.pipelines.plan.sequential import fit_prior
 
     rng = np.random.default_rng(1)
     hint = rng.random(800)

@@ -5,8 +5,7 @@ from math import lgamma
 
 import numpy as np
 import pytest
-
-from pipelines.stopping import esc_stop, first_stop, mode_probability, prefix_votes
+from tierwise.pipelines.plan.stopping import esc_stop, first_stop, mode_probability, prefix_votes
 
 
 def _beta_tail(a: int, b: int) -> float:

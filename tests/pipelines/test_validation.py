@@ -1,9 +1,8 @@
 import polars as pl
 import pyarrow as pa
 import pytest
-
-from pipelines.errors import InputError
-from pipelines.validation import check_columns, check_unique_ids, row_errors
+from tierwise.pipelines.data.errors import InputError
+from tierwise.pipelines.data.validation import check_columns, check_unique_ids, row_errors
 
 
 def test_missing_columns_are_named_with_their_spec_field():

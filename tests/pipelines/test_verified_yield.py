@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-
-from pipelines.adaptive import AdaptivePlan, plan_draws, plan_from_calibration
-from pipelines.replay import replay
-from pipelines.replay_adaptive import AdaptiveConfig, give_up_levels, stop_signal
-from pipelines.replay_synthetic import synthetic_samples
-from pipelines.replay_table import build_table, load_samples
+from tierwise.pipelines.plan.adaptive import AdaptivePlan, plan_draws, plan_from_calibration
+from tierwise.pipelines.plan.rules import AdaptiveConfig, give_up_levels, stop_signal
+from tierwise.pipelines.replay.run import replay
+from tierwise.pipelines.replay.synthetic import synthetic_samples
+from tierwise.pipelines.replay.table import build_table, load_samples
 
 RECORDED = Path(__file__).resolve().parents[2] / "bench" / "data" / "demo_samples.parquet"
 ROWS = 3000

@@ -4,14 +4,13 @@ import asyncio
 import random
 
 import pytest
-
-from pipelines.budget import DENIED, GRANTED
+from tierwise.pipelines.plan.budget import DENIED, GRANTED
 
 
 @pytest.mark.slow
 def test_concurrent_reservations_never_overspend(ray_cluster):
     ray = ray_cluster
-    from ray_cluster.ledger import BudgetLedger
+    from tierwise.ray_cluster.ledger import BudgetLedger
 
     ledger = BudgetLedger.remote(1000.0)
 
@@ -41,7 +40,7 @@ def test_concurrent_reservations_never_overspend(ray_cluster):
 @pytest.mark.slow
 def test_waiting_reservation_is_freed_by_release_holder(ray_cluster):
     ray = ray_cluster
-    from ray_cluster.ledger import BudgetLedger
+    from tierwise.ray_cluster.ledger import BudgetLedger
 
     ledger = BudgetLedger.remote(100.0)
     assert ray.get(ledger.reserve.remote(80, "lost-replica")) == GRANTED
@@ -59,7 +58,7 @@ def test_client_keeps_row_semantics_and_never_deadlocks(ray_cluster):
     """Many rows of one replica reserve and settle through one client; the budget fits
     only a few at a time, so the lease shrinks and reservations wait on settlements."""
     ray = ray_cluster
-    from ray_cluster.ledger import BudgetLedger, LedgerClient
+    from tierwise.ray_cluster.ledger import BudgetLedger, LedgerClient
 
     ledger = BudgetLedger.remote(500.0)
 
@@ -94,7 +93,7 @@ def test_client_leases_budget_instead_of_calling_the_ledger_per_row(ray_cluster)
     """With room in the budget, two replicas' rows reserve inside their leases: the
     ledger sees a handful of calls, and after ``drain`` its spend is every row's."""
     ray = ray_cluster
-    from ray_cluster.ledger import BudgetLedger, LedgerClient
+    from tierwise.ray_cluster.ledger import BudgetLedger, LedgerClient
 
     ledger = BudgetLedger.remote(1e6)
 
@@ -130,7 +129,7 @@ def test_client_attributes_spend_to_parts_through_leases_and_direct_reservations
     enough that some reserve at the ledger itself: the ledger's spend per part is each part's
     rows' sum, on top of what earlier attempts spent (``parts_spent``)."""
     ray = ray_cluster
-    from ray_cluster.ledger import BudgetLedger, LedgerClient
+    from tierwise.ray_cluster.ledger import BudgetLedger, LedgerClient
 
     ledger = BudgetLedger.remote(2000.0, 30.0, {"out": {1: 30.0}})
 

@@ -1,4 +1,4 @@
-"""Ray's Prometheus endpoint serves the job's metrics (``ray_cluster.metrics``) while the job runs."""
+"""Ray's Prometheus endpoint serves the job's metrics (``tierwise.ray_cluster.metrics``) while the job runs."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # with a ledger that is spending: the endpoint must show its budget gauges before it is killed.
 SCRIPT = textwrap.dedent("""
     import sys, time, urllib.request
-    from ray_cluster.cluster import connect
-    from ray_cluster.ledger import BudgetLedger
+    from tierwise.ray_cluster.cluster import connect
+    from tierwise.ray_cluster.ledger import BudgetLedger
 
     port = int(sys.argv[1])
     ray = connect(num_cpus=1, _metrics_export_port=port)

@@ -1,6 +1,6 @@
 """How many parts a replica holds (the pure rule; the pool's runs are in tests/jobs)."""
 
-from ray_cluster.pool import takes_part
+from tierwise.ray_cluster.pool import takes_part
 
 
 def test_rows_rule_keeps_rows_in_flight_full_beside_the_first_part():
@@ -29,8 +29,8 @@ def test_fixed_parts_per_replica_overrides_the_rows_rule():
 
 def _held_part(out: str, part_id: int = 3):
     """What a replica returns for a part it finished but could not commit."""
-    from pipelines import records
-    from ray_cluster.replica import summarize
+    from tierwise.pipelines.data import records
+    from tierwise.ray_cluster.replica import summarize
 
     table = records.to_table([records.empty_record(f"r{i}", "ok") | {"cost": 2.0} for i in range(4)])
     return {"part_id": part_id, "unwritten": True, "table": table, "summary": summarize(part_id, table, 0.1),
@@ -38,7 +38,7 @@ def _held_part(out: str, part_id: int = 3):
 
 
 def _bare_pool(**cfg):
-    from ray_cluster.pool import PoolConfig, ReplicaPool
+    from tierwise.ray_cluster.pool import PoolConfig, ReplicaPool
 
     pool = ReplicaPool.__new__(ReplicaPool)  # no replicas: only the driver's side of a held part
     pool.cfg = PoolConfig(retry_backoff_s=0.0, **cfg)
@@ -46,8 +46,8 @@ def _bare_pool(**cfg):
 
 
 def _job(out: str, storage: dict):
-    from pipelines.prompts import PromptConfig
-    from ray_cluster.replica import JobContext
+    from tierwise.pipelines.data.prompts import PromptConfig
+    from tierwise.ray_cluster.replica import JobContext
 
     return JobContext(output_uri=out, id_column="id", prompt=PromptConfig(), gold_column=None, cost_per_token=1.0,
                       output_storage=storage)
@@ -60,7 +60,7 @@ def test_a_held_part_is_committed_from_the_driver_without_generating_it_again(s3
     import sys
     from pathlib import Path
 
-    from pipelines import io
+    from tierwise.pipelines.data import io
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
     from flaky_proxy import FlakyProxy
@@ -77,7 +77,7 @@ def test_a_held_part_is_committed_from_the_driver_without_generating_it_again(s3
 
 
 def test_a_permanent_write_error_stops_the_job_without_retrying(tmp_path):
-    from pipelines.errors import StorageError
+    from tierwise.pipelines.data.errors import StorageError
 
     held = _held_part(str(tmp_path)) | {"permanent": True, "error": "cannot write: PermissionError: denied"}
     done, stopped, stats = [], [], {"unwritten": 0, "unwritten_cost": 0.0}

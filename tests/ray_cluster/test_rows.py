@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
-from pipelines.answers import make_extractor
-from pipelines.budget import GRANTED
-from pipelines.errors import EngineDead
-from pipelines.generation import GenResult, Sample
-from pipelines.tiers import uniform_tier
-from ray_cluster.rows import RowRunner
-from ray_cluster.scoring import Scorer
+from tierwise.pipelines.data.errors import EngineDead
+from tierwise.pipelines.plan.budget import GRANTED
+from tierwise.pipelines.tiers.answers import make_extractor
+from tierwise.pipelines.tiers.base import uniform_tier
+from tierwise.pipelines.tiers.generation import GenResult, Sample
+from tierwise.ray_cluster.rows import RowRunner
+from tierwise.ray_cluster.scoring import Scorer
 
 
 class FakeEngine:

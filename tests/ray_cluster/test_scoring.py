@@ -5,13 +5,12 @@ tests/jobs/test_judge_run.py, on the real engine.)"""
 import asyncio
 
 import pytest
-
-from pipelines import records
-from pipelines.answers import make_extractor
-from pipelines.generation import Sample
-from pipelines.judge import JudgeConfig
-from pipelines.tasks.arithmetic import solution
-from ray_cluster.scoring import Scorer
+from tierwise.pipelines.data import records
+from tierwise.pipelines.tiers.answers import make_extractor
+from tierwise.pipelines.tiers.generation import Sample
+from tierwise.pipelines.tiers.judge import JudgeConfig
+from tierwise.pipelines.tiers.tasks.arithmetic import solution
+from tierwise.ray_cluster.scoring import Scorer
 
 
 def _score(scorer: Scorer, prompt: str, texts: list[str]):
@@ -79,9 +78,9 @@ def test_judge_needs_an_engine():
 
 
 def test_judge_columns_reach_the_part_summary_and_the_report():
-    from jobs.spec import parse_spec
-    from pipelines.report import build_report
-    from ray_cluster.replica import summarize
+    from tierwise.jobs.spec import parse_spec
+    from tierwise.pipelines.data.report import build_report
+    from tierwise.ray_cluster.replica import summarize
 
     base = {"status": "ok", "n_samples": 2, "prompt_tokens": 10, "output_tokens": 40}
     table = records.to_table([

@@ -13,10 +13,9 @@ from pathlib import Path
 if __name__ == "__main__":
     import ray
     from ray.cluster_utils import Cluster
-
-    from jobs.runner import run_job, start_pool
-    from jobs.spec import parse_spec
-    from ray_cluster.cluster import WORKER_ENV
+    from tierwise.jobs.runner import run_job, start_pool
+    from tierwise.jobs.spec import parse_spec
+    from tierwise.ray_cluster.cluster import WORKER_ENV
 
     inp, out = sys.argv[1], Path(sys.argv[2])
     # Head: the driver and the ledger only. Two worker nodes, one replica slot each.

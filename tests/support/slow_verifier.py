@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import zlib
 
-from pipelines.tasks.arithmetic import check_steps
+from tierwise.pipelines.tiers.tasks.arithmetic import check_steps
 
 SLEEP_S = 10.0  # long enough that calls run one after another would dwarf the job
 

@@ -1,0 +1,1 @@
+"""Planning math: budget ledger, stopping, calibration, curves, allocation, the adaptive planners."""

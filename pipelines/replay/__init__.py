@@ -1,0 +1,1 @@
+"""Replay recorded samples through a policy, without an engine."""
