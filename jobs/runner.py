@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from tierwise.jobs import preflight, resume, skipping
 from tierwise.jobs.progress import Progress
 from tierwise.jobs.resume import LEDGER_FILE, JobChanged, ledger_record  # noqa: F401  (JobChanged: re-exported for callers)
-from tierwise.jobs.row_programs import policy_tier
 from tierwise.jobs.spec import (
     JobSpec,
     JudgeSpec,
@@ -45,6 +44,7 @@ from tierwise.jobs.spec import (
     resolve_output_path,
     verifier_columns,
 )
+from tierwise.jobs.uniform_driver import UniformDriver
 from tierwise.pipelines.data import io, records
 from tierwise.pipelines.data.errors import JobInterrupted, RowErrorsInStrictMode, StartInterrupted
 from tierwise.pipelines.data.lease import LeaseLost, OutputLease, OutputLeased  # noqa: F401  (OutputLeased: re-exported)
@@ -485,7 +485,7 @@ class _Ran:
 
 
 def _policy_driver(spec: JobSpec, parts: list[io.Part], done: dict[int, dict]):
-    """The adaptive policy's driver (sequential or plan-based), or None for a uniform policy."""
+    """The policy's driver: uniform, or the adaptive policy's (sequential or plan-based)."""
     if spec.policy.kind == "adaptive" and spec.policy.planner == "sequential":
         from tierwise.jobs.sequential_driver import SequentialDriver
 
@@ -494,7 +494,7 @@ def _policy_driver(spec: JobSpec, parts: list[io.Part], done: dict[int, dict]):
         from tierwise.jobs.adaptive_driver import AdaptiveDriver
 
         return AdaptiveDriver(spec, parts, done)
-    return None
+    return UniformDriver(spec, parts, done)
 
 
 def _run_session(spec: JobSpec, start: resume.Start, todo: list[io.Part], deadline: skipping.Deadline | None,
@@ -502,20 +502,15 @@ def _run_session(spec: JobSpec, start: resume.Start, todo: list[io.Part], deadli
     """Starts the session (ledger, replicas) and runs ``todo`` through its policy; the parts the budget
     floor or the deadline left are written in bulk."""
     driver = _policy_driver(spec, start.parts, start.done)
-    tier = policy_tier(spec.policy, spec.sampling) if driver is None else None
     ran = _Ran(dict(start.done), {"spent": start.prior_spent})
     session = Session(spec, start.n_rows, start.done, start.prior_spent, address, show_progress, pool, lease,
                       prior_parts=start.prior_parts, deadline=deadline)
     try:
         with session:
-            first = skipping.first_round(tier) if driver is None else driver.first_round()
+            first = driver.first_round()
             session.floor_for = lambda: _budget_floor(session, todo, first)
-            extra: dict = {}
-            if driver is None:
-                unsent = session.run_parts(todo, lambda _part: tier)
-            else:
-                unsent = driver.run(session)
-                extra = driver.report
+            unsent = driver.run(session)
+            extra = driver.report
             session.progress.phase("writing")
             ran.unsent = _commit_left_over(session, start.parts, unsent)
             extra["metering"] = _metering(spec, session.meters(), session.save_ledger(force=True))
