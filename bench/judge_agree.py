@@ -30,6 +30,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import polars as pl
+
     from tierwise.jobs.runner import run_job, start_pool
     from tierwise.jobs.spec import parse_spec
     from tierwise.pipelines.tiers.tasks.arithmetic import generate_dataset

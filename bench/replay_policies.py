@@ -43,6 +43,7 @@ BUDGETS = (1, 1.5, 2, 3, 4, 6, 8, 16, 32)
 def tables(names: list[str]):
     """Yields (name, objective, polars frame) for each known table that is present."""
     import polars as pl
+
     from tierwise.pipelines.replay.synthetic import synthetic_samples
 
     for name in names:

@@ -29,6 +29,7 @@ from functools import partial
 
 import numpy as np
 import polars as pl
+
 from tierwise.jobs.spec import JobSpec, aborts_failed_steps, difficulty_columns
 from tierwise.pipelines.data import io
 from tierwise.pipelines.plan.budget import cost_per_token

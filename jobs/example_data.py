@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 
 import polars as pl
+
 from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 
 # Traces: rows where a sample or two more is worth drawing (1-5 digits easy, 6 headroom, 7 hopeless).

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
 from tierwise.jobs.spec import JobSpec
 from tierwise.pipelines.data import io, manifest
 from tierwise.pipelines.data.errors import TierwiseError

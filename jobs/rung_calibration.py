@@ -15,6 +15,7 @@ import math
 from dataclasses import replace
 
 import polars as pl
+
 from tierwise.jobs.row_programs import rung_tiers
 from tierwise.jobs.spec import JobSpec
 from tierwise.pipelines.data import io

@@ -596,6 +596,7 @@ def _commit_failed_part(spec: JobSpec, part: io.Part, reason: str, lost: float =
     """Writes a part whose retries are exhausted as row-level error records, carrying ``lost``,
     what its failed attempts spent."""
     import polars as pl
+
     from tierwise.ray_cluster.replica import summarize
 
     ids = pl.from_arrow(io.read_part(part, [spec.input.id_column], spec.input.storage_options))

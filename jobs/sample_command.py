@@ -23,6 +23,7 @@ def register(subparsers) -> None:
 
 def main(args) -> int:
     import polars as pl
+
     from tierwise.jobs.cli_common import every_row_failed, load_job_spec
     from tierwise.jobs.runner import run_job
     from tierwise.pipelines.data import io

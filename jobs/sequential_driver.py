@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import polars as pl
+
 from tierwise.jobs.spec import JobSpec, difficulty_columns
 from tierwise.pipelines.data import io
 from tierwise.pipelines.plan.budget import cost_per_token

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
+
 from tierwise.jobs.spec import JobSpec
 from tierwise.pipelines.data import io, records
 from tierwise.pipelines.data.prompts import PromptConfig, message_errors, row_sampling, user_turns
@@ -108,8 +109,9 @@ class PromptTokens:
     """
 
     def __init__(self, model: str, max_model_len: int, prompt: PromptConfig | None = None):
-        from tierwise.ray_cluster.engine import resolve_model
         from transformers import AutoTokenizer
+
+        from tierwise.ray_cluster.engine import resolve_model
 
         self.tok = AutoTokenizer.from_pretrained(resolve_model(model))
         self.max_model_len = max_model_len

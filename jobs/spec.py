@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+
 from tierwise.pipelines.data.errors import TierwiseError
 from tierwise.pipelines.plan.objectives import Objective
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from tierwise.pipelines.data.errors import EngineDead, EngineError
 from tierwise.pipelines.tiers.generation import GenResult, Sample, SamplingConfig
 

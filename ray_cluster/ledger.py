@@ -13,6 +13,7 @@ import asyncio
 from functools import partial
 
 import ray
+
 from tierwise.pipelines.plan.budget import GRANTED, WAIT, Ledger, PartKey
 from tierwise.ray_cluster.metrics import JobMetrics
 

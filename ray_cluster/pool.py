@@ -37,6 +37,7 @@ from typing import Protocol
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
 from tierwise.pipelines.data import io
 from tierwise.pipelines.data.errors import EngineDead, StartInterrupted, StorageError
 from tierwise.pipelines.data.io import Part

@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 import pyarrow.compute as pc
 import ray
+
 from tierwise.pipelines.data import io, records
 from tierwise.pipelines.data.errors import EngineDead, StorageError
 from tierwise.pipelines.data.prompts import PromptConfig, row_prompts, row_sampling, variant_ids

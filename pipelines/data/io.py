@@ -23,6 +23,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from tierwise.pipelines.data.errors import InputError, StorageError
 
 PART_METADATA_KEY = b"tierwise.part"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
 from tierwise.pipelines.data.validation import row_errors
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 import pyarrow as pa
+
 from tierwise.pipelines.data.errors import InputError
 
 MAX_EXAMPLES = 5

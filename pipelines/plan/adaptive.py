@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
+
 from tierwise.pipelines.plan.allocation import Allocation, BucketOptions, Option, allocate
 from tierwise.pipelines.plan.calibration import (
     BucketCalibration,
@@ -56,7 +57,7 @@ from tierwise.pipelines.plan.rules import (
     stop_signal_and_thresholds,
     verifier_driven,
 )
-from tierwise.pipelines.plan.rungs import MEASURE_SCHEMA, RUNGS, rung_options
+from tierwise.pipelines.plan.rungs import MEASURE_SCHEMA, RUNGS, majority_answers, rung_options
 from tierwise.pipelines.plan.stopping import first_stop
 from tierwise.pipelines.replay.table import BUDGET_UNITS, ReplayTable, build_table
 
@@ -363,11 +364,7 @@ def label_calibration(samples: pl.DataFrame, verifier_pass: float = 0.5) -> tupl
     if "verifier_score" in samples.columns and samples["verifier_score"].null_count() < len(samples):
         fallback, source = (pl.col("verifier_score") >= verifier_pass).fill_null(False), "verifier"
     else:
-        majority = (samples.filter(pl.col("answer").is_not_null())
-                    .group_by("query_id", "answer").agg(_n=pl.len(), _first=pl.col("sample_idx").min())
-                    .sort("query_id", "_n", "_first", descending=[False, True, False])
-                    .group_by("query_id", maintain_order=True).first()
-                    .select("query_id", pl.col("answer").alias("_majority")))
+        majority = majority_answers(samples).rename({"majority": "_majority"})
         samples = samples.join(majority, on="query_id", how="left")
         fallback, source = (pl.col("answer") == pl.col("_majority")).fill_null(False), "majority"
     correct = pl.coalesce(pl.col("correct").cast(pl.Boolean), fallback) if has_gold else fallback

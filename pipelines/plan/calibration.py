@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 import pyarrow as pa
+
 from tierwise.pipelines.plan.allocation import upper_concave_hull
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)

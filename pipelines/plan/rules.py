@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from tierwise.pipelines.plan.allocation import Option
 from tierwise.pipelines.plan.calibration import (
     BucketCalibration,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+
 from tierwise.pipelines.plan.allocation import Option
 from tierwise.pipelines.plan.calibration import assign_buckets
 from tierwise.pipelines.plan.objectives import OBJECTIVES
@@ -42,8 +43,8 @@ class RungRun:
 
 
 def majority_answers(samples: pl.DataFrame) -> pl.DataFrame:
-    """``query_id, majority``: each calibration row's most frequent non-null answer (ties to the answer
-    seen first, as ``adaptive.label_calibration``)."""
+    """``query_id, majority``: each calibration row's most frequent non-null answer (ties go to the
+    answer seen first, as ``answers.vote``); the K-sample label without gold or a verifier."""
     return (samples.filter(pl.col("answer").is_not_null())
             .group_by("query_id", "answer").agg(_n=pl.len(), _first=pl.col("sample_idx").min())
             .sort("query_id", "_n", "_first", descending=[False, True, False])

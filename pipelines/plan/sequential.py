@@ -35,6 +35,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
 from tierwise.pipelines.plan import answer_urn as urn
 from tierwise.pipelines.plan.objectives import OBJECTIVES
 from tierwise.pipelines.plan.stopping import mode_probability, prefix_votes

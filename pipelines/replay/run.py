@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import polars as pl
+
 from tierwise.pipelines.plan.objectives import OBJECTIVES
 from tierwise.pipelines.plan.rules import AdaptiveConfig
 from tierwise.pipelines.replay.table import BUDGET_UNITS, DEFAULT_YIELD_CAP, ReplayTable, build_table, load_samples

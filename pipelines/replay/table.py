@@ -14,6 +14,7 @@ from typing import IO
 
 import numpy as np
 import polars as pl
+
 from tierwise.pipelines.data.errors import InputError
 from tierwise.pipelines.plan.objectives import OBJECTIVES
 from tierwise.pipelines.plan.stopping import PrefixVotes, prefix_votes

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import polars as pl
+
 from tierwise.pipelines.plan.adaptive import VERIFIED, AdaptivePlan, StopRule, tier_name
 from tierwise.pipelines.plan.rules import (
     pilot_features,

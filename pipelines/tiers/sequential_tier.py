@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
+
 from tierwise.pipelines.plan.sequential import PartPlan, RowSamples, SequentialConfig, row_priority
 from tierwise.pipelines.tiers.base import RowState, Tier
 from tierwise.pipelines.tiers.generation import SamplingConfig

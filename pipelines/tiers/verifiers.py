@@ -124,6 +124,7 @@ def reference_score(cfg: ReferenceConfig, prepared, answer: str | None, text: st
     """1.0 when the sample (its extracted ``answer``, its ``text``) matches the prepared reference, else 0.0."""
     if cfg.match == "math":
         from math_verify import verify
+
         from tierwise.pipelines.tiers.answers import last_boxed
         raw, parsed = prepared
         candidate = last_boxed(text)

@@ -4,6 +4,7 @@ import json
 
 import polars as pl
 import pytest
+
 from tierwise.jobs.runner import run_job
 from tierwise.jobs.spec import parse_spec
 from tierwise.pipelines.plan.adaptive import STOP_REASONS

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import polars as pl
 import pytest
+
 from tierwise.jobs.runner import run_job
 from tierwise.jobs.spec import parse_spec
 

@@ -12,14 +12,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from tests.jobs.test_run import make_spec, read_output
+from tests.ray_cluster.test_engine import _on_engine
 from tierwise.jobs.preflight import check_job
 from tierwise.jobs.runner import run_job
 from tierwise.jobs.spec import SpecError, parse_spec
 from tierwise.pipelines.data.errors import InputError
 from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
-
-from tests.jobs.test_run import make_spec, read_output
-from tests.ray_cluster.test_engine import _on_engine
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
@@ -37,8 +37,9 @@ def test_chat_rendering_is_the_tokenizers_own_apply_chat_template(ray_cluster):
                 "{% if add_generation_prompt %}<bot>{% if short %}!{% endif %}{% endif %}")
 
     async def render(engine):
-        from tierwise.ray_cluster.engine import resolve_model
         from transformers import AutoTokenizer
+
+        from tierwise.ray_cluster.engine import resolve_model
 
         tok = AutoTokenizer.from_pretrained(resolve_model("embedded:tiny-adder"))
         own = engine.chat_template()

@@ -1,4 +1,5 @@
 import pytest
+
 from tierwise.jobs.cli import build_parser, main
 from tierwise.jobs.cli_common import summary_line, tier_lines
 
@@ -52,6 +53,7 @@ def test_sample_records_a_replay_table(tmp_path, ray_cluster, capsys):
     import json
 
     import polars as pl
+
     from tierwise.pipelines.replay.table import build_table, load_samples
     from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
 from tierwise.jobs.example_data import KINDS
 from tierwise.jobs.export_command import run_exports
 from tierwise.jobs.runner import run_job

@@ -20,13 +20,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+
+from tests.support.slow_verifier import is_slow_row
 from tierwise.jobs.runner import run_job, start_pool
 from tierwise.jobs.spec import parse_spec
 from tierwise.pipelines.data import io
 from tierwise.pipelines.data.errors import StorageError
 from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
-
-from tests.support.slow_verifier import is_slow_row
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 from flaky_proxy import FlakyProxy  # noqa: E402

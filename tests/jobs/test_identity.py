@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from test_faults import spec_dict as fault_spec  # tests/jobs is on sys.path under pytest
+
 from tierwise.jobs.cli import main
 from tierwise.jobs.resume import JobChanged
 from tierwise.jobs.runner import _commit_failed_part, run_job

@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+
 from tierwise.jobs.cli import main
 from tierwise.jobs.cli_common import EXIT_EVERY_ROW_FAILED, every_row_failed
 from tierwise.jobs.preflight import check_job, check_model, hosts

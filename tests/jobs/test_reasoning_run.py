@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+
+from tests.jobs.test_run import make_spec, read_output
 from tierwise.jobs.runner import run_job
 from tierwise.jobs.spec import parse_spec
 from tierwise.pipelines.tiers.tasks.arithmetic import generate_dataset
-
-from tests.jobs.test_run import make_spec, read_output
 
 ROWS = 24
 THINK = 12  # tokens (bytes: the tokenizer is byte-level) of thought: every 3-5 digit trace is longer

@@ -1,6 +1,7 @@
 """What a resumed run starts from: the spend so far, in all and per part (``tierwise.jobs.resume.prior_spend``)."""
 
 import pytest
+
 from tierwise.jobs.resume import ledger_record, prior_spend
 
 

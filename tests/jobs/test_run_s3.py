@@ -2,6 +2,7 @@
 
 import polars as pl
 import pytest
+
 from tierwise.jobs.runner import run_job
 from tierwise.jobs.spec import parse_spec
 from tierwise.pipelines.data import io

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+
 from tierwise.jobs.runner import run_job
 from tierwise.jobs.sequential_driver import replay_job
 from tierwise.jobs.spec import parse_spec

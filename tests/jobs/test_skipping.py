@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import numpy as np
 import polars as pl
 import pytest
+
 from tierwise.jobs.skipping import BudgetFloor, PromptTokens, commit_bulk, first_round, job_deadline, round_worst
 from tierwise.jobs.spec import SpecError, parse_spec
 from tierwise.pipelines.data import io, manifest

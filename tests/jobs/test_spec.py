@@ -1,4 +1,5 @@
 import pytest
+
 from tierwise.jobs.spec import SpecError, load_spec, parse_spec
 
 BASE = {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "budget": {"amount": 1000}}

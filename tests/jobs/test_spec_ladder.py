@@ -1,6 +1,7 @@
 """The adaptive policy's ladder (``policy.ladder``): defaults, the rungs' settings, and the rules."""
 
 import pytest
+
 from tierwise.jobs.row_programs import rung_tiers
 from tierwise.jobs.rung_calibration import rung_parts
 from tierwise.jobs.spec import SpecError, parse_spec

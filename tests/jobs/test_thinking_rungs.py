@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+
+from tests.ray_cluster.test_engine import _on_engine
 from tierwise.jobs.runner import run_job
 from tierwise.jobs.spec import parse_spec
 from tierwise.pipelines.tiers.tasks.arithmetic import generate_dataset
-
-from tests.ray_cluster.test_engine import _on_engine
 
 SHORT, LONG = {"enable_thinking": False}, {"enable_thinking": True}
 EMPTY_THOUGHT = "<think>\n\n</think>\n\n"
@@ -26,8 +26,9 @@ def test_thinking_modes_render_as_the_tokenizers_own_apply_chat_template(ray_clu
              [{"role": "system", "content": "Add."}, {"role": "user", "content": "5+7=\n"}]]
 
     async def render(engine):
-        from tierwise.ray_cluster.engine import resolve_model
         from transformers import AutoTokenizer
+
+        from tierwise.ray_cluster.engine import resolve_model
 
         tok = AutoTokenizer.from_pretrained(resolve_model("embedded:tiny-adder"))
         own = engine.chat_template()
@@ -48,8 +49,9 @@ def test_ladder_with_thinking_off_and_on_rungs_runs_with_per_row_rung_accounting
     """Pilot and best_of_n rows read the short rendering, think rows pay their pilot's short prompt and their
     rung's long one; the think rung's calibration rows read only the long one. 60 tokens cut 5-digit traces
     short, so the plan has rows for think (its 200 tokens finish them)."""
-    from tierwise.ray_cluster.engine import resolve_model
     from transformers import AutoTokenizer
+
+    from tierwise.ray_cluster.engine import resolve_model
 
     rows = 48
     data = tmp_path / "in.parquet"

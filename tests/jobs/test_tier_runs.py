@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+
 from tierwise.jobs.runner import run_job
 from tierwise.jobs.spec import parse_spec
 from tierwise.pipelines.tiers.tasks.arithmetic import extract_answer, generate_dataset

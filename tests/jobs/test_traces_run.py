@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+
+from tests.jobs.test_run import make_spec, read_output
 from tierwise.jobs.export_command import export_traces
 from tierwise.jobs.runner import run_job
 from tierwise.jobs.spec import parse_spec
 from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
-
-from tests.jobs.test_run import make_spec, read_output
 
 ROWS = 60
 

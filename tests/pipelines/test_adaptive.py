@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import polars as pl
 import pytest
+
 from tierwise.pipelines.plan.adaptive import (
     AdaptivePlan,
     BucketPlan,

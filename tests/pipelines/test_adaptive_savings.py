@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 import pytest
+
 from tierwise.pipelines.plan.adaptive import (
     VERIFIED,
     fit_gate,

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+
 from tierwise.pipelines.plan.allocation import (
     BucketOptions,
     InfeasibleBudgetError,

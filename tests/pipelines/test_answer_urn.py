@@ -1,4 +1,5 @@
 import numpy as np
+
 from tierwise.pipelines.plan import answer_urn as urn
 
 

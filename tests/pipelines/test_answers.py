@@ -1,4 +1,5 @@
 import pytest
+
 from tierwise.pipelines.tiers.answers import make_extractor, vote
 
 

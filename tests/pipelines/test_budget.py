@@ -1,6 +1,7 @@
 import random
 
 import pytest
+
 from tierwise.pipelines.plan.budget import DENIED, GRANTED, WAIT, Ledger, cost_per_token
 
 

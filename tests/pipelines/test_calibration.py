@@ -5,6 +5,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+
 from tierwise.pipelines.plan.calibration import (
     BucketCalibration,
     assign_buckets,

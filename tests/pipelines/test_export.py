@@ -1,6 +1,7 @@
 import json
 
 import polars as pl
+
 from tierwise.pipelines.data.export import batch_lines
 
 
@@ -21,6 +22,7 @@ def test_batch_lines_follow_openai_batch_output():
 
 def test_export_batch_command_reads_the_specs_output(tmp_path):
     import yaml
+
     from tierwise.jobs.cli import main
     from tierwise.pipelines.data import io, records
 

@@ -1,6 +1,7 @@
 import polars as pl
 import pyarrow as pa
 import pytest
+
 from tierwise.pipelines.data import io
 from tierwise.pipelines.data.errors import InputError
 

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from tierwise.pipelines.tiers.judge import JudgeConfig, agree_scores, parse_score, render, verdict, yes_probability
 
 

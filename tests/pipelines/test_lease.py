@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+
 from tierwise.pipelines.data import io
 from tierwise.pipelines.data.lease import LEASE_DIR, OutputLease, OutputLeased
 

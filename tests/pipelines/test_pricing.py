@@ -1,6 +1,7 @@
 """Prices per weighted token: converted from tokens, or metered replica time (pure, time passed in)."""
 
 import pytest
+
 from tierwise.pipelines.plan.pricing import MIN_MEASURED_TOKENS, DeviceMeter, Pricer, PriceSpec, price_spec
 
 

@@ -3,6 +3,7 @@
 import polars as pl
 import pyarrow as pa
 import pytest
+
 from tierwise.jobs.spec import SpecError, parse_spec
 from tierwise.pipelines.data.errors import InputError
 from tierwise.pipelines.data.prompts import PromptConfig, message_errors, row_prompts, variant_ids

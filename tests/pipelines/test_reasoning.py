@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+
 from tierwise.jobs.spec import SpecError, aborts_failed_steps, parse_spec
 from tierwise.pipelines.data.export import verified_traces
 from tierwise.pipelines.tiers.generation import Sample, SamplingConfig

@@ -1,4 +1,5 @@
 import pytest
+
 from tierwise.pipelines.data import records
 
 

@@ -6,6 +6,7 @@ import json
 
 import polars as pl
 import pytest
+
 from tierwise.jobs.spec import SpecError, parse_spec
 from tierwise.pipelines.data.export import verified_traces
 from tierwise.pipelines.tiers.verifiers import ReferenceConfig, prepare_reference, reference_score
@@ -100,6 +101,7 @@ def test_verified_traces_are_one_row_per_distinct_passing_sample_in_chat_form():
 
 def test_export_traces_command_writes_jsonl_and_parquet(tmp_path):
     import yaml
+
     from tierwise.jobs.cli import main
     from tierwise.pipelines.data import io, records
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+
 from tierwise.pipelines.plan.calibration import stable_hash01
 from tierwise.pipelines.replay.run import prepare, replay, replay_curve
 from tierwise.pipelines.replay.synthetic import synthetic_samples

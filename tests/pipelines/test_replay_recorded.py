@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+
 from tierwise.pipelines.replay.run import replay
 from tierwise.pipelines.replay.table import build_table, load_samples
 

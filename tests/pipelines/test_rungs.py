@@ -6,6 +6,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+
 from tierwise.pipelines.plan.adaptive import (
     AdaptivePlan,
     BucketPlan,

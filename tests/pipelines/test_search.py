@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tierwise.pipelines.tiers.base import RowState, Tier, think_tier, uniform_tier
 from tierwise.pipelines.tiers.generation import GenResult, Sample, SamplingConfig
 from tierwise.pipelines.tiers.search import SearchTier, _shares

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+
 from tierwise.pipelines.plan.sequential import (
     GRID,
     RowModel,

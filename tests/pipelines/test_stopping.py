@@ -5,6 +5,7 @@ from math import lgamma
 
 import numpy as np
 import pytest
+
 from tierwise.pipelines.plan.stopping import esc_stop, first_stop, mode_probability, prefix_votes
 
 

@@ -1,6 +1,7 @@
 import polars as pl
 import pyarrow as pa
 import pytest
+
 from tierwise.pipelines.data.errors import InputError
 from tierwise.pipelines.data.validation import check_columns, check_unique_ids, row_errors
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+
 from tierwise.pipelines.plan.adaptive import AdaptivePlan, plan_draws, plan_from_calibration
 from tierwise.pipelines.plan.rules import AdaptiveConfig, give_up_levels, stop_signal
 from tierwise.pipelines.replay.run import replay

@@ -163,6 +163,7 @@ def test_engine_out_of_restarts_or_failing_restart_is_engine_dead():
     import asyncio
 
     import pytest
+
     from tierwise.pipelines.data.errors import EngineDead
     from tierwise.pipelines.tiers.generation import SamplingConfig
 
@@ -181,8 +182,9 @@ def test_engine_out_of_restarts_or_failing_restart_is_engine_dead():
 def test_engine_meter_counts_time_between_steps_with_work_and_not_idle_time():
     import time
 
-    from tierwise.ray_cluster.engine import EngineMeter, engine_usage
     from vllm.v1.metrics.stats import IterationStats, SchedulerStats
+
+    from tierwise.ray_cluster.engine import EngineMeter, engine_usage
 
     meter = EngineMeter()
     before = meter.snapshot()

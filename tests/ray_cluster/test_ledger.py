@@ -4,6 +4,7 @@ import asyncio
 import random
 
 import pytest
+
 from tierwise.pipelines.plan.budget import DENIED, GRANTED
 
 

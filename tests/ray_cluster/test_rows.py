@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from tierwise.pipelines.data.errors import EngineDead
 from tierwise.pipelines.plan.budget import GRANTED
 from tierwise.pipelines.tiers.answers import make_extractor

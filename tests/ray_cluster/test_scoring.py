@@ -5,6 +5,7 @@ tests/jobs/test_judge_run.py, on the real engine.)"""
 import asyncio
 
 import pytest
+
 from tierwise.pipelines.data import records
 from tierwise.pipelines.tiers.answers import make_extractor
 from tierwise.pipelines.tiers.generation import Sample

@@ -13,6 +13,7 @@ from pathlib import Path
 if __name__ == "__main__":
     import ray
     from ray.cluster_utils import Cluster
+
     from tierwise.jobs.runner import run_job, start_pool
     from tierwise.jobs.spec import parse_spec
     from tierwise.ray_cluster.cluster import WORKER_ENV
