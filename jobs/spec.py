@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from tierwise.pipelines.data.errors import TierwiseError
 from tierwise.pipelines.plan.objectives import Objective
+from tierwise.pipelines.plan.rules import AdaptiveConfig
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +314,7 @@ class DifficultySpec(_Strict):
     samples are the row's first round)."""
 
     estimators: list[Literal["pilot", "features", "column", "learned"]] = Field(
-        default_factory=lambda: ["pilot"], min_length=1,
+        default_factory=lambda: list(AdaptiveConfig().estimators), min_length=1,
         description="pilot: the pilot samples' agreement, log-prob, length, verifier score; features: prompt "
                     "length and `feature_columns`; column: the user's `column`; learned: the model saved by an "
                     "earlier run (`learned`) instead of fitting one")

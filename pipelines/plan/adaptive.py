@@ -479,7 +479,7 @@ def _check_request(req: PlanRequest) -> None:
 
 def _plan_config(config: AdaptiveConfig | None, verifier_pass: float | None) -> AdaptiveConfig:
     """The config, default the pilot's signals only (live rows carry row features only when asked)."""
-    cfg = config or AdaptiveConfig(estimators=("pilot",))
+    cfg = config or AdaptiveConfig()
     if verifier_pass is not None and verifier_pass != cfg.verifier_pass:
         cfg = replace(cfg, verifier_pass=verifier_pass)
     return cfg

@@ -84,7 +84,7 @@ class AdaptiveConfig:
     verifier_quantiles: tuple[float, ...] = (0.5, 0.75, 0.9, 0.97)
     give_up_quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)
     pacing_rounds: int = 8
-    estimators: tuple[str, ...] = ("pilot", "column")
+    estimators: tuple[str, ...] = ("pilot",)  # the spec's default too (policy.difficulty.estimators)
     yield_cap: int = 4
     verifier_pass: float = 0.5
     gate_min_rows: int | None = 8
