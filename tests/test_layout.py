@@ -1,6 +1,7 @@
 """The package's shape: one installed `tierwise` package, no import circles, short functions."""
 
 import ast
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -45,8 +46,14 @@ def test_pyproject_installs_every_folder_as_one_tierwise_package():
 
 
 def test_the_wheel_holds_only_the_tierwise_package(tmp_path):
+    src = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("tierwise", *FOLDERS):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    str(tmp_path), str(src)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("tierwise-*.whl")
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"tierwise"}

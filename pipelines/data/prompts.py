@@ -35,12 +35,6 @@ class PromptConfig:
     # thinking on or off per rung); requests name theirs (``SamplingConfig.prompt_variant``).
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    @property
-    def needs_chat(self) -> bool:
-        """Whether the rows cannot be sent without a chat template."""
-        return bool(self.chat or self.messages_column or self.system_prompt or self.chat_template
-                    or self.chat_template_kwargs or self.variants)
-
     def variant_kwargs(self) -> dict[str, dict[str, Any]]:
         """Each rung variant's chat template variables: the job's, then the rung's over them."""
         return {name: dict(self.chat_template_kwargs) | dict(kw) for name, kw in self.variants.items()}

@@ -13,7 +13,6 @@ The objective (accuracy, coverage, verified yield) only changes what ``score`` m
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -269,37 +268,3 @@ def _lp_score(buckets: list[BucketOptions], hulls: list[list[int]], budget: floa
         val = p * budget + sum(b.n_rows * max(o.score - p * o.cost for o in b.options) for b in buckets)
         best = min(best, val)
     return best
-
-
-def allocate_exact(buckets: list[BucketOptions], budget: float, max_states: int = 2_000_000) -> Allocation:
-    """Exact integral optimum by enumeration of rows per option in every bucket (for tests only).
-
-    Args:
-        buckets: Small buckets (a few rows, a few options).
-        budget: Total budget.
-        max_states: Refuse instances whose enumeration would exceed this many combinations.
-
-    Returns:
-        Allocation (``price`` and ``lp_score`` are NaN). Raises InfeasibleBudgetError when nothing fits.
-    """
-    per_bucket = []
-    for b in buckets:
-        k = len(b.options)
-        splits = [c for c in itertools.product(range(b.n_rows + 1), repeat=k) if sum(c) == b.n_rows]
-        per_bucket.append([(sum(n * o.cost for n, o in zip(c, b.options)),
-                            sum(n * o.score for n, o in zip(c, b.options)), c) for c in splits])
-    if math.prod(len(p) for p in per_bucket) > max_states:
-        raise ValueError("instance too large for exhaustive search")
-    best = None
-    for combo in itertools.product(*per_bucket):
-        cost = sum(x[0] for x in combo)
-        if cost > budget + _EPS * max(1.0, budget):
-            continue
-        score = sum(x[1] for x in combo)
-        if best is None or score > best[1] + _EPS or (abs(score - best[1]) <= _EPS and cost < best[0]):
-            best = (cost, score, combo)
-    if best is None:
-        raise InfeasibleBudgetError(f"budget {budget} cannot pay the cheapest options")
-    out = [BucketAllocation(b.bucket_id, {o.name: n for o, n in zip(b.options, x[2]) if n}, x[0], x[1])
-           for b, x in zip(buckets, best[2])]
-    return Allocation(out, budget, best[0], best[1], math.nan, math.nan)

@@ -77,11 +77,6 @@ class SequentialConfig:
             raise ValueError("yield_cap, max_samples and part_rows must be >= 1")
 
 
-def uses_checker(objective: str, has_verifier: bool) -> bool:
-    """True when a verifier's verdict settles rows (coverage and verified_yield with verifier scores)."""
-    return has_verifier and objective in ("coverage", "verified_yield")
-
-
 GRID = np.linspace(0.0, 1.0, 51)  # solve rates the prior puts mass on (0: hopeless, 1: always right)
 
 

@@ -71,7 +71,7 @@ def test_thinking_on_off_rungs_read_their_own_prompt_rendering():
     spec = parse_spec(adaptive(ladder=["vote", "think"], rung_chat_template_kwargs={"think": {"enable_thinking": True}})
                       | {"prompt": {"chat_template_kwargs": {"enable_thinking": False, "x": 1}}})
     cfg = prompt_config(spec)
-    assert cfg.chat_template_kwargs == {"enable_thinking": False, "x": 1} and cfg.needs_chat
+    assert cfg.chat_template_kwargs == {"enable_thinking": False, "x": 1}
     assert cfg.variant_kwargs() == {"think": {"enable_thinking": True, "x": 1}}
     (think,) = rung_tiers(spec)
     assert think.next_request(RowState("r", 3), 7).prompt_variant == "think"

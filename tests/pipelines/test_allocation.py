@@ -7,13 +7,50 @@ import numpy as np
 import pytest
 
 from tierwise.pipelines.plan.allocation import (
+    Allocation,
+    BucketAllocation,
     BucketOptions,
     InfeasibleBudgetError,
     Option,
     allocate,
-    allocate_exact,
     upper_concave_hull,
 )
+
+EPS = 1e-12  # the allocator's own tolerance
+
+
+def allocate_exact(buckets: list[BucketOptions], budget: float, max_states: int = 2_000_000) -> Allocation:
+    """Exact integral optimum by enumeration of rows per option in every bucket: the greedy's reference.
+
+    Args:
+        buckets: Small buckets (a few rows, a few options).
+        budget: Total budget.
+        max_states: Refuse instances whose enumeration would exceed this many combinations.
+
+    Returns:
+        Allocation (``price`` and ``lp_score`` are NaN). Raises InfeasibleBudgetError when nothing fits.
+    """
+    per_bucket = []
+    for b in buckets:
+        k = len(b.options)
+        splits = [c for c in itertools.product(range(b.n_rows + 1), repeat=k) if sum(c) == b.n_rows]
+        per_bucket.append([(sum(n * o.cost for n, o in zip(c, b.options)),
+                            sum(n * o.score for n, o in zip(c, b.options)), c) for c in splits])
+    if math.prod(len(p) for p in per_bucket) > max_states:
+        raise ValueError("instance too large for exhaustive search")
+    best = None
+    for combo in itertools.product(*per_bucket):
+        cost = sum(x[0] for x in combo)
+        if cost > budget + EPS * max(1.0, budget):
+            continue
+        score = sum(x[1] for x in combo)
+        if best is None or score > best[1] + EPS or (abs(score - best[1]) <= EPS and cost < best[0]):
+            best = (cost, score, combo)
+    if best is None:
+        raise InfeasibleBudgetError(f"budget {budget} cannot pay the cheapest options")
+    out = [BucketAllocation(b.bucket_id, {o.name: n for o, n in zip(b.options, x[2]) if n}, x[0], x[1])
+           for b, x in zip(buckets, best[2])]
+    return Allocation(out, budget, best[0], best[1], math.nan, math.nan)
 
 
 def _random_instance(rng, n_buckets, max_rows, n_options):
