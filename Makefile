@@ -27,16 +27,15 @@ demo: setup
 	$(BIN)/tierwise run jobs/examples/demo.yaml
 
 # The three jobs of jobs/examples/ (labeling, verified traces, capped bulk inference) on the shipped
-# model, each on fresh data from `tierwise example-data`; prints each job's summary.
+# model, each on fresh data from `tierwise example-data`, in one `tierwise run` (the three share one
+# engine: same model and replicas); prints each job's summary.
 EX := runs/examples
 examples: setup
 	$(BIN)/tierwise example-data label $(EX)/label/input.parquet --rows 400
 	$(BIN)/tierwise example-data traces $(EX)/traces/input.parquet --rows 300
 	$(BIN)/tierwise example-data bulk $(EX)/bulk/requests.jsonl --rows 1000
 	rm -rf $(EX)/label/output $(EX)/traces/output $(EX)/bulk/output $(EX)/traces/traces.jsonl
-	$(BIN)/tierwise run jobs/examples/label.yaml --quiet --brief
-	$(BIN)/tierwise run jobs/examples/traces.yaml --quiet --brief
-	$(BIN)/tierwise run jobs/examples/bulk.yaml --quiet --brief
+	$(BIN)/tierwise run jobs/examples/label.yaml jobs/examples/traces.yaml jobs/examples/bulk.yaml --quiet --brief
 	$(BIN)/tierwise export-batch jobs/examples/bulk.yaml $(EX)/bulk/answers.jsonl
 
 test: setup

@@ -9,6 +9,7 @@ import sys
 from tierwise.jobs.cli_common import (
     EXIT_INTERRUPTED,
     EXIT_JOB_ERROR,
+    EXIT_OK,
     EXIT_STRICT,
     every_row_failed,
     load_job_spec,
@@ -20,26 +21,71 @@ from tierwise.pipelines.data.errors import TierwiseError
 
 
 def cmd_run(args) -> int:
+    """Runs each spec in turn. Consecutive specs whose replicas are the same
+    (``tierwise.jobs.runner.pool_spec``) share one pool: their engines start once."""
     from tierwise.jobs.runner import run_job
 
-    spec = load_job_spec(args.spec, args.set)
-    log_to_file(spec, args.verbose)
+    specs = [load_job_spec(path, args.set) for path in args.spec]  # every spec is checked before any runs
     import ray
 
     owned = not ray.is_initialized()
-    report = run_job(spec, address=args.address, show_progress=not args.quiet, strict=args.strict,
-                     overwrite=args.overwrite)
-    if owned:  # the workers' last lines (engine shutdown) come before the report, which ends stdout
+    pools = _Pools(args.address) if len(specs) > 1 else None
+    code = EXIT_OK
+    try:
+        for i, spec in enumerate(specs):
+            log_to_file(spec, args.verbose)
+            report = run_job(spec, address=args.address, show_progress=not args.quiet, strict=args.strict,
+                             overwrite=args.overwrite, pool=pools.pool_for(spec) if pools else None)
+            if i == len(specs) - 1:  # the workers' last lines (engine shutdown) come before the report
+                _shut_down(pools, owned)
+            _print_report(spec, report, args.brief)
+            code = max(code, every_row_failed(report, spec))
+    finally:
+        _shut_down(pools, owned)
+    return code
+
+
+class _Pools:
+    """The pool of the spec run last, kept for the next spec with the same replicas."""
+
+    def __init__(self, address: str | None):
+        self.address, self.key, self.pool = address, None, None
+
+    def pool_for(self, spec):
+        from tierwise.jobs.runner import pool_spec, start_pool
+
+        key = pool_spec(spec)
+        if self.pool is None or key != self.key:
+            self.close()
+            print(f"tierwise: starting {spec.replicas.count} replica(s) of {spec.model.path} for {spec.name}",
+                  file=sys.stderr)
+            self.pool, self.key = start_pool(spec, self.address), key
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+
+def _shut_down(pools: _Pools | None, owned_ray: bool) -> None:
+    if pools is not None:
+        pools.close()
+    import ray
+
+    if owned_ray and ray.is_initialized():
         ray.shutdown()
+
+
+def _print_report(spec, report: dict, brief: bool) -> None:
     print(summary_line(report))
     for line in tier_lines(report):
         print(line)
-    if not args.brief:
+    if not brief:
         print(json.dumps(report))
     from tierwise.jobs.export_command import run_exports
     for line in run_exports(spec, report):
         print(line)
-    return every_row_failed(report, spec)
 
 
 def cmd_demo_data(args) -> int:
@@ -75,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run (or resume) a job spec")
-    run.add_argument("spec")
+    run = sub.add_parser("run", help="run (or resume) job specs, one after another (engines shared where they can be)")
+    run.add_argument("spec", nargs="+")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set budget.amount=1e5")

@@ -105,24 +105,32 @@ def judge_model(spec: JobSpec) -> str | None:
     return v.model if isinstance(v, JudgeSpec) and v.model not in (None, spec.model.path) else None
 
 
-def start_pool(spec: JobSpec, address: str | None = None, stopping: Callable[[], bool] = lambda: False):
-    """Starts the spec's replicas (engines built inside the workers; with a judge model
-    of its own, a second engine on each). Pass the pool to several ``run_job`` calls
-    with the same model (and judge model) to start engines once. ``stopping()`` true
-    while the engines start stops them (``StartInterrupted``)."""
-    from tierwise.ray_cluster.cluster import connect
+def pool_spec(spec: JobSpec) -> tuple:
+    """What the spec's replicas are (cheap, no Ray): its ``EngineSpec``, ``PoolConfig`` and judge
+    ``EngineSpec`` (None without a judge model of its own). Specs with equal ones can share a pool."""
     from tierwise.ray_cluster.engine import EngineSpec
-    from tierwise.ray_cluster.pool import PoolConfig, ReplicaPool
+    from tierwise.ray_cluster.pool import PoolConfig
 
-    preflight.wait_for_resources(spec, connect(address))  # bounded; refused at once when the cluster never can
     m, r = spec.model, spec.replicas
     judge = None
     if (jm := judge_model(spec)) is not None:
         judge = EngineSpec(jm, None, m.dtype, spec.sampling.seed, spec.verifier.engine_kwargs)
-    return ReplicaPool(EngineSpec(m.path, m.max_model_len, m.dtype, spec.sampling.seed, m.engine_kwargs),
-                       PoolConfig(r.count, r.num_cpus, r.num_gpus, r.max_part_retries,
-                                  max_rows_in_flight=r.max_rows_in_flight,
-                                  max_engine_restarts=r.max_engine_restarts), judge, stopping)
+    return (EngineSpec(m.path, m.max_model_len, m.dtype, spec.sampling.seed, m.engine_kwargs),
+            PoolConfig(r.count, r.num_cpus, r.num_gpus, r.max_part_retries, max_rows_in_flight=r.max_rows_in_flight,
+                       max_engine_restarts=r.max_engine_restarts), judge)
+
+
+def start_pool(spec: JobSpec, address: str | None = None, stopping: Callable[[], bool] = lambda: False):
+    """Starts the spec's replicas (engines built inside the workers; with a judge model
+    of its own, a second engine on each). Pass the pool to several ``run_job`` calls
+    whose specs have the same ``pool_spec`` to start engines once. ``stopping()`` true
+    while the engines start stops them (``StartInterrupted``)."""
+    from tierwise.ray_cluster.cluster import connect
+    from tierwise.ray_cluster.pool import ReplicaPool
+
+    preflight.wait_for_resources(spec, connect(address))  # bounded; refused at once when the cluster never can
+    engine, config, judge = pool_spec(spec)
+    return ReplicaPool(engine, config, judge, stopping)
 
 
 def _check_pool(spec: JobSpec, pool) -> None:

@@ -72,3 +72,46 @@ def test_sample_records_a_replay_table(tmp_path, ray_cluster, capsys):
     assert samples["mean_logprob"].null_count() == 0 and samples["verifier_score"].null_count() == 0
     table = build_table(load_samples(str(out)))
     assert table.shape == (24, 4) and table.mean_logprob is not None and table.verifier_score is not None
+
+
+def _demo_spec(tmp_path, name: str, rows: int, extra: str = "") -> str:
+    from tierwise.pipelines.tiers.tasks.arithmetic import DEMO_MIX, generate_dataset
+
+    generate_dataset(rows, DEMO_MIX, seed=len(name)).write_parquet(tmp_path / f"{name}.parquet")
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(f"name: {name}\ninput: {{path: {tmp_path / name}.parquet, gold_column: gold}}\n"
+                    f"output: {{path: {tmp_path / name}-out}}\nbudget: {{amount: 1.0e9}}\n"
+                    f"model: {{max_model_len: 256}}\nanswer_extractor: arithmetic\n{extra}")
+    return str(spec)
+
+
+def test_specs_with_the_same_replicas_share_a_pool(tmp_path):
+    """`tierwise run A B` starts engines once for A and B when their replicas are the same: sampling,
+    policy and budget may differ, not the model, its engine settings or the replica count."""
+    from tierwise.jobs.cli_common import load_job_spec
+    from tierwise.jobs.runner import pool_spec
+
+    base = _demo_spec(tmp_path, "a", 4)
+    same = load_job_spec(base, ["sampling.temperature=0.2", "policy.n=3", "budget.amount=10"])
+    for change in (["model.max_model_len=200"], ["replicas.count=2"], ["model.engine_kwargs.max_num_seqs=8"]):
+        assert pool_spec(load_job_spec(base, change)) != pool_spec(load_job_spec(base, [])), change
+    assert pool_spec(same) == pool_spec(load_job_spec(base, []))
+
+
+@pytest.mark.slow
+def test_run_several_specs_on_one_pool(tmp_path, ray_cluster, capsys):
+    """Two jobs in one `tierwise run`: each writes its complete output and prints its summary; their
+    one pool started once (the CLI names each start on stderr)."""
+    import polars as pl
+
+    a = _demo_spec(tmp_path, "first", 30)
+    b = _demo_spec(tmp_path, "second", 20, "policy: {kind: uniform, n: 2}\n")
+    assert main(["run", a, b, "--quiet", "--brief"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("tierwise: starting 1 replica(s)") == 1
+    summaries = [line for line in captured.out.splitlines() if line.startswith("tierwise: rows")]
+    assert [s.split(" | ")[0] for s in summaries] == ["tierwise: rows 30", "tierwise: rows 20"]
+    for name, rows, samples in (("first", 30, 1), ("second", 20, 2)):
+        out = pl.read_parquet(tmp_path / f"{name}-out" / "part-*.parquet")
+        assert out.height == rows and out["id"].n_unique() == rows and (out["status"] == "ok").all()
+        assert (out["n_samples"] == samples).all()
