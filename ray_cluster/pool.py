@@ -1,11 +1,11 @@
 """ReplicaPool: keeps every replica busy with a bounded number of parts in flight.
 
 Parts are deterministic slices of the input (``tierwise.pipelines.data.io.Part``). A replica is
-sent parts until, beside the part it was sent first, it holds rows enough to fill
-its rows in flight (``max_rows_in_flight``), so the engine's queue stays full while
-that part's last rows finish and it commits; memory stays flat however large the
-input is (a replica holds at most its rows in flight plus two parts). A job's
-``parts_per_replica`` (``pool.run``) sets a fixed count instead. A replica that
+sent parts while its rows not yet started (its own count, ``ReplicaActor.unstarted_rows``) fall
+short of its rows in flight (``max_rows_in_flight``), so the engine's queue stays full while a
+part's last rows finish and it commits, however long those last rows run; memory stays flat
+however large the input is (a replica holds at most ``HELD_ROWS_FACTOR`` times its rows in flight
+beside its first part). A job's ``parts_per_replica`` (``pool.run``) sets a fixed count instead. A replica that
 dies (the actor lost, or its engine dead for good: it then ends itself) is replaced
 and its parts retried (bounded, with backoff); its budget reservations are released.
 A part that keeps failing is committed as row-level ``error`` records, never dropped.
@@ -114,13 +114,27 @@ class _Run:
         return err
 
 
-def takes_part(held: list[int], rows_in_flight: int, parts_per_replica: int | None = None) -> bool:
+UNSTARTED_TIMEOUT_S = 0.5
+# A replica holds at most this many times its rows in flight beside its first part: rows that
+# finished wait in their part until its last row does, and a part is the unit of a resume's redo.
+HELD_ROWS_FACTOR = 4
+
+
+def takes_part(held: list[int], rows_in_flight: int, parts_per_replica: int | None = None,
+               unstarted: int | None = None) -> bool:
     """Whether a replica holding parts of ``held`` rows (in the order sent) takes another:
-    ``parts_per_replica`` when set, else while the parts beside the first fall short of
-    its ``rows_in_flight``."""
+    ``parts_per_replica`` when set; else while its rows not yet started fall short of its
+    ``rows_in_flight`` and the parts beside the first stay within ``HELD_ROWS_FACTOR`` times it.
+
+    ``unstarted``: the held rows not yet started, as the replica counts them (parts it has not
+    begun count whole). Rows of a part finish at different times: an adaptive row may run many
+    rounds, so the part sent first may still hold a few rows when the others are all running,
+    and waiting for it to commit would drain the engine. Without the count (None): every row
+    beside the first part's."""
     if parts_per_replica is not None:
         return len(held) < parts_per_replica
-    return sum(held[1:]) < rows_in_flight
+    waiting = sum(held[1:]) if unstarted is None else unstarted
+    return waiting < rows_in_flight and sum(held[1:]) < HELD_ROWS_FACTOR * rows_in_flight
 
 
 class ReplicaPool:
@@ -230,15 +244,40 @@ class ReplicaPool:
 
     def _send(self, run: _Run) -> None:
         """Sends each replica parts while it takes them (``takes_part``) and the pool's cap allows."""
-        for name in list(self.actors) if not run.stopped() else []:
+        if run.stopped() or not run.queue:
+            return
+        unstarted = self._unstarted(run)
+        for name in list(self.actors):
             held = [p.length for n, p, _ in run.inflight.values() if n == name]  # in the order sent
-            while run.queue and takes_part(held, self.rows_in_flight[name], run.parts_per_replica) and (
+            waiting = unstarted.get(name)
+            while run.queue and takes_part(held, self.rows_in_flight[name], run.parts_per_replica, waiting) and (
                     run.max_inflight is None or len(run.inflight) < run.max_inflight) and not run.stopped():
                 part, tries = run.queue.popleft()
                 ref = self.actors[name].process_part.remote(part, run.job, run.handler.tier(part), run.ledger)
                 run.inflight[ref] = (name, part, tries)
                 held.append(part.length)
+                waiting = None if waiting is None else waiting + part.length
                 run.handler.sent(part)
+
+    def _unstarted(self, run: _Run) -> dict[str, int]:
+        """Each busy replica's rows not yet started in the parts it holds (``takes_part``): its own
+        count for the parts it has begun, the whole part for those on their way. A replica that does
+        not answer within ``UNSTARTED_TIMEOUT_S`` (its event loop busy) is left out this time."""
+        if run.parts_per_replica is not None:
+            return {}
+        busy = {n for n, _, _ in run.inflight.values()}
+        refs = {self.actors[n].unstarted_rows.remote(): n for n in busy if n in self.actors}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=UNSTARTED_TIMEOUT_S) if refs else ([], [])
+        out = {}
+        for ref in ready:
+            name = refs[ref]
+            try:
+                begun = ray.get(ref)
+            except (ActorDiedError, ActorUnavailableError, RayActorError):
+                continue  # the part's own answer tells what became of it
+            out[name] = sum(begun.get((run.job.output_uri, p.part_id), p.length)
+                            for n, p, _ in run.inflight.values() if n == name)
+        return out
 
     def _receive(self, run: _Run, ref: ray.ObjectRef) -> None:
         """Takes a finished part's answer: commits it, counts it halted, or retries it where its

@@ -82,6 +82,7 @@ class ReplicaActor:
         self._ledgers: dict[str, list] = {}  # ledger actor -> [its client, parts using it]
         self._halted: dict[str, _Halt] = {}  # ledger actor -> its job's stop flag (``halt``)
         self._meters: dict[str, DeviceMeter] = {}  # ledger actor -> the job's device time here
+        self._unstarted: dict[tuple[str, int], int] = {}  # (output, part id) -> its rows not yet started
 
     async def start(self) -> dict:
         """Builds the engines inside this worker; returns what the driver needs."""
@@ -98,6 +99,11 @@ class ReplicaActor:
                 "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 "engine_pids": [pid for e in engines for pid in e.core_pids()],
                 "engine_restarts": sum(e.restarts for e in engines)}
+
+    async def unstarted_rows(self) -> dict[tuple[str, int], int]:
+        """Rows not yet started (waiting for a place among the rows in flight) of each part this
+        replica is running, by (output, part id): how the pool knows when to send the next part."""
+        return dict(self._unstarted)
 
     async def engine_stats(self) -> dict:
         """The main engine's ``EngineMeter`` totals so far (vLLM's per-step stats)."""
@@ -199,12 +205,22 @@ class ReplicaActor:
         """Runs every row of the part (``RowRunner``); returns their records and what the ledger holds
         spent on the part (this attempt's and any lost one's). An engine dead for good ends the actor."""
         key = (cfg.output_uri, part.part_id)
+        self._unstarted[key] = len(rows.ids)
+
+        def started() -> None:
+            if key in self._unstarted:
+                self._unstarted[key] -= 1
+
         async with self._ledger_client(ledger) as client:
             runner = RowRunner(self.engine, self._sem, tier, client.for_part(key), scorer, cfg.seed,
                                self._pricer(ledger, cfg), cfg.keep_samples, cfg.abort_failed_steps, halt,
-                               cfg.rows_stop_at, cfg.structured, cfg.reasoning)
+                               cfg.rows_stop_at, cfg.structured, cfg.reasoning, started)
             # Every row runs to its end (a row raises only EngineDead), so no row is left spending.
-            recs = await asyncio.gather(*(runner.run(*row) for row in rows.runner_args()), return_exceptions=True)
+            try:
+                recs = await asyncio.gather(*(runner.run(*row) for row in rows.runner_args()),
+                                            return_exceptions=True)
+            finally:
+                self._unstarted.pop(key, None)
             if lost := next((r for r in recs if isinstance(r, EngineDead)), None):
                 await self._give_up(part, lost)
             if other := next((r for r in recs if isinstance(r, BaseException)), None):

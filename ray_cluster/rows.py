@@ -58,13 +58,16 @@ class RowRunner:
         reasoning: the job's reasoning markers and thinking budget (``tierwise.pipelines.tiers.reasoning``): samples are
             split into thought and answer, and with a budget each request thinks first, then asks for the
             answers its thoughts owe (budget forcing), within the round's reservation.
+        started: called as each row takes its place among the rows in flight (the replica's count of
+            rows not yet started, ``ReplicaActor.unstarted_rows``).
     """
 
     def __init__(self, engine, sem: asyncio.Semaphore, tier: Tier, ledger, scorer: Scorer, seed: int,
                  cost_per_token: float | Pricer, keep_samples: bool, abort_failed_steps: bool = False, halt=None,
                  rows_stop_at: float | None = None, structured: tuple[str, str] | None = None,
-                 reasoning: ReasoningConfig | None = None):
+                 reasoning: ReasoningConfig | None = None, started: Callable[[], None] = lambda: None):
         self.engine, self.sem, self.tier, self.ledger, self.scorer = engine, sem, tier, ledger, scorer
+        self.started = started
         self.halt = halt if halt is not None else _NoHalt
         self.seed, self.keep_samples = seed, keep_samples
         self.price = cost_per_token if isinstance(cost_per_token, Pricer) else Pricer(PriceSpec(cost_per_token))
@@ -90,9 +93,11 @@ class RowRunner:
         ledger settled for it). Raises ``EngineDead`` only: the replica is lost, and the
         pool retries the part elsewhere (its rows are never committed as errors)."""
         if error:
+            self.started()
             return records.empty_record(row_id, "error", error)
         spent = _Spent()
         async with self.sem:
+            self.started()
             if self.halt.stopped:
                 return spent.error_record(row_id, "the job stopped")
             try:

@@ -21,6 +21,22 @@ def test_rows_rule_small_and_large_parts():
     assert takes_part([], 384) and takes_part([2000], 384) and not takes_part([2000, 2000], 384)
 
 
+def test_rows_not_yet_started_decide_once_the_replica_counts_them():
+    """An adaptive part's last rows may run long after the other parts' rows all started: the replica's
+    count of rows not yet started (not the parts' lengths) says when to send the next part."""
+    from tierwise.ray_cluster.pool import HELD_ROWS_FACTOR
+
+    held = [256, 256, 256]  # the lengths rule would wait for the first part to commit
+    assert not takes_part(held, 384)
+    assert takes_part(held, 384, unstarted=10)  # every row but 10 has started: the engine would drain
+    assert not takes_part(held, 384, unstarted=400)
+    # Finished rows wait in their part until its last row is done: what a replica holds stays bounded.
+    many = [256] * (1 + HELD_ROWS_FACTOR * 384 // 256)
+    assert not takes_part(many, 384, unstarted=0)
+    assert takes_part(many[:-1], 384, unstarted=0)
+    assert takes_part([], 384, unstarted=0) and not takes_part([5], 384, parts_per_replica=1, unstarted=0)
+
+
 def test_fixed_parts_per_replica_overrides_the_rows_rule():
     assert takes_part([256], 384, parts_per_replica=2)
     assert not takes_part([256, 256], 384, parts_per_replica=2)
