@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODELS = {"tiny-adder": REPO_ROOT / "models" / "tiny-adder"}
+# A sample checked as it grows (``_generate_checked``) comes back every this many tokens, not
+# every token: each delta wakes this process's event loop and runs the check, and where the engine
+# shares the host's cores that front-end work slows the engine's own steps. A failed step is then
+# seen up to this many tokens late (the sample pays them).
+STREAM_INTERVAL = 4
 
 
 def resolve_model(model: str) -> str:
@@ -131,12 +136,7 @@ class VllmEngine:
         self._parse_prompt = parse_model_prompt
         self._tok_params = self._llm.renderer.default_cmpl_tok_params
         self._decode = _text_decoder(self._tokenizer)
-        # As vLLM's own server does after start-up: the millions of objects that torch,
-        # transformers and the engine leave behind move out of the collector's reach, so
-        # each full collection no longer walks them (it cost this process more CPU than
-        # the engine's front end itself, on the core the engine's scheduler shares).
-        from vllm.utils.gc_utils import freeze_gc_heap
-        freeze_gc_heap()
+        _settle_front_end()
         self.max_model_len = self._llm.model_config.max_model_len
         self.max_num_seqs = self._llm.vllm_config.scheduler_config.max_num_seqs
 
@@ -300,24 +300,26 @@ class VllmEngine:
         is a request of its own, seeded as vLLM seeds a request's samples (seed + i): the
         samples are those of the ``n``-sample request, cut short where they fail. Each
         request pays its prompt (``GenResult.prompt_tokens`` counts ``n`` inputs); a
-        stopped sample pays the tokens it had when it was stopped.
+        stopped sample pays the tokens it had when it was stopped. The check reads the text every
+        ``STREAM_INTERVAL`` tokens, decoded here from the ids (vLLM decodes only for stop strings).
         """
         ids = self.input_ids(prompt_token_ids, sampling)
+        detokenize = bool(sampling.stop)  # vLLM's text only where its stop strings need it
 
         async def one(i: int) -> Sample:
             seed = None if sampling.seed is None else sampling.seed + i
             params = self._params(replace(sampling, n=1, seed=seed), stream=True)
-            text, n_tokens, lp, finish, check = sampling.prefix, 0, None, None, keep_going
+            out_ids, text, lp, finish, check = [], "", None, None, keep_going
             stream = self._llm.generate(self._render(ids), params, f"{request_id}.s{i}")
             try:
                 async for out in stream:
                     c = out.outputs[0]
-                    text += c.text
-                    n_tokens += len(c.token_ids)
+                    out_ids += c.token_ids
+                    text = text + c.text if detokenize else self._decode(out_ids)
                     lp, finish = c.cumulative_logprob, c.finish_reason
                     if finish is None and check is not None:
                         try:
-                            if not check(text):
+                            if not check(sampling.prefix + text):
                                 finish = "abort"
                                 break
                         except Exception:  # a broken user check costs the saving, not the sample
@@ -326,8 +328,9 @@ class VllmEngine:
                             check = None
             finally:
                 await stream.aclose()  # vLLM aborts the request when its stream closes early
-            mean_lp = lp / n_tokens if (n_tokens and lp is not None and math.isfinite(lp)) else None
-            return Sample(text[len(sampling.prefix):], n_tokens, mean_lp, finish)
+            k = len(out_ids)
+            mean_lp = lp / k if (k and lp is not None and math.isfinite(lp)) else None
+            return Sample(text, k, mean_lp, finish)
 
         samples = await asyncio.gather(*(one(i) for i in range(sampling.n)))
         return GenResult(request_id, len(ids) * sampling.n, list(samples))
@@ -366,7 +369,8 @@ class VllmEngine:
                               stop=list(sampling.stop) or None, include_stop_str_in_output=True,
                               structured_outputs=structured_params(sampling.structured),
                               output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
-                              detokenize=stream or bool(sampling.stop or sampling.top_logprobs),
+                              stream_interval=STREAM_INTERVAL if stream else None,
+                              detokenize=bool(sampling.stop or sampling.top_logprobs),
                               # vLLM deep-copies a request's params (about 26 us) unless this is set,
                               # then copies them shallowly. Its per-request changes replace fields
                               # of its copy, except that it adds the engine's EOS ids to a set all
@@ -478,6 +482,21 @@ def check_structured(constraint: tuple[str, str]) -> None:
         validate_xgrammar_grammar(SamplingParams(structured_outputs=structured_params(constraint)))
     except Exception as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _settle_front_end() -> None:
+    """What vLLM's own processes do once an engine has started, for this one, its front end."""
+    # As vLLM's server: the millions of objects that torch, transformers and the engine leave
+    # behind move out of the collector's reach, so each full collection no longer walks them (it
+    # cost this process more CPU than the engine's front end itself, on the core the engine's
+    # scheduler shares).
+    from vllm.utils.gc_utils import freeze_gc_heap
+    freeze_gc_heap()
+    # As vLLM's engine processes: its settings are read from the environment once, not at every
+    # step of every request (its output processor reads several per output: a tenth of this
+    # process's CPU at a full batch).
+    from vllm import envs
+    envs.enable_envs_cache()
 
 
 def _text_decoder(tokenizer):

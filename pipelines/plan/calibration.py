@@ -227,6 +227,19 @@ class DifficultyModel:
                    np.asarray(m["coef"], dtype=np.float64), float(m["intercept"]))
 
 
+def log_likelihood(model: DifficultyModel, features: np.ndarray, success: np.ndarray,
+                   weights: np.ndarray | None = None) -> float:
+    """The (fractional) logistic log-likelihood of ``model`` on these rows, each term weighted as
+    ``fit_difficulty_model`` weights it (``weights`` normalized to mean 1)."""
+    y = np.clip(np.asarray(success, dtype=np.float64), 0.0, 1.0)
+    if not len(y):
+        return 0.0
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.mean() if w.sum() > 0 else np.ones(len(y))
+    p = np.clip(model.predict(features), 1e-12, 1 - 1e-12)
+    return float((w * (y * np.log(p) + (1 - y) * np.log1p(-p))).sum())
+
+
 def fit_difficulty_model(features: np.ndarray, success: np.ndarray, names: list[str],
                          l2: float = 1e-2, iterations: int = 30, weights: np.ndarray | None = None) -> DifficultyModel:
     """Fit ``DifficultyModel`` by Newton's method on the (fractional) logistic log-likelihood.
