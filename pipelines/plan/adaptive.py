@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -39,14 +39,11 @@ from tierwise.pipelines.plan.calibration import (
 )
 from tierwise.pipelines.plan.objectives import OBJECTIVES
 from tierwise.pipelines.plan.rules import (
-    PAID_SIGNAL_LR,
-    PAID_SIGNALS,
     PILOT_SIGNALS,
     AdaptiveConfig,
     calibrate_buckets,
     feature_names,
     give_up_levels,
-    paid_signal_tests,
     pilot_features,
     pilot_size,
     round_cumcost,
@@ -453,7 +450,7 @@ def plan_for_request(samples: pl.DataFrame, req: PlanRequest, config: AdaptiveCo
     _check_request(req)
     cfg = _plan_config(config, verifier_pass)
     table, labels, warnings = _calibration_table(samples, req.objective, cfg)
-    pilot = _pilot_and_gate(table, req, cfg, warnings, learned=model)
+    pilot = _pilot_and_gate(table, req, cfg, warnings)
     buckets, rules = _calibrate(table, pilot, req, cfg, model)
     options, measured = _bucket_options(buckets, rules, table, pilot, req, cfg)
     per_row = max(pilot.extra_budget, 0.0) / pilot.rows_run if pilot.rows_run else 0.0
@@ -518,8 +515,6 @@ class _Pilot:
         cumcost: [rows, samples + 1] cumulative cost of the calibration samples, as live rows pay.
         cost: Expected pilot cost per row run.
         extra_budget: Budget left past the pilots (negative: not every row gets a pilot).
-        paid: Each paid signal's likelihood-ratio statistic (``rules.paid_signal_tests``); read where it
-            reaches ``rules.PAID_SIGNAL_LR``.
     """
 
     size: int
@@ -530,22 +525,14 @@ class _Pilot:
     cumcost: np.ndarray
     cost: float
     extra_budget: float
-    paid: dict[str, float] = field(default_factory=dict)
 
 
-def _pilot_and_gate(table: ReplayTable, req: PlanRequest, cfg: AdaptiveConfig, warnings: list[str],
-                    learned: DifficultyModel | None = None) -> _Pilot:
-    """Pick the features (a paid signal where it pays, or where the ``learned`` model reads it), gate
-    the rows the features alone call hopeless, then fit the pilot to the budget."""
+def _pilot_and_gate(table: ReplayTable, req: PlanRequest, cfg: AdaptiveConfig, warnings: list[str]) -> _Pilot:
+    """Gate the rows the features alone call hopeless, then fit the pilot to the budget."""
     q, width = table.shape
     n_av = table.n_available
     pilot = min(pilot_size(cfg, req.objective, table.verifier_score is not None), width)
     names = feature_names(table, pilot, cfg)
-    if learned is None:
-        paid = paid_signal_tests(table, pilot, names)
-        names = [n for n in names if paid.get(n, PAID_SIGNAL_LR) >= PAID_SIGNAL_LR]
-    else:
-        paid, names = {}, [n for n in names if n not in PAID_SIGNALS or n in learned.names]
     gate = fit_gate(table, names, cfg.gate_min_rows)
     gated = gate.skips(pilot_features(table, 0, np.zeros(q, np.int64), gate.model.names)[0]) if gate \
         else np.zeros(q, dtype=bool)
@@ -562,7 +549,7 @@ def _pilot_and_gate(table: ReplayTable, req: PlanRequest, cfg: AdaptiveConfig, w
     extra_budget = req.budget_remaining - rows_run * pilot_row
     if extra_budget < 0:
         warnings.append("the budget cannot pay a pilot sample for every remaining row; the ledger will refuse some")
-    return _Pilot(pilot, names, gate, rows, rows_run, cumcost, pilot_row, extra_budget, paid)
+    return _Pilot(pilot, names, gate, rows, rows_run, cumcost, pilot_row, extra_budget)
 
 
 @dataclass
@@ -735,8 +722,7 @@ def _plan_report(plan: AdaptivePlan, req: PlanRequest, cfg: AdaptiveConfig, tabl
             "signal": plan.signal, "weighted": plan.weighted,
             **({"rungs": sorted(set(rungs["rung"].to_list()))} if rungs is not None and rungs.height else {}),
             **({"yield_cap": cfg.yield_cap} if req.objective == "verified_yield" else {}),
-            "feature_names": list(pilot.names),
-            "paid_signals": {n: {"lr": lr, "read": n in pilot.names} for n, lr in pilot.paid.items()}}
+            "feature_names": list(pilot.names)}
 
 
 def _richest_option(specs: list, grid_t: np.ndarray, grid_c: np.ndarray) -> int | None:

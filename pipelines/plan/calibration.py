@@ -227,24 +227,6 @@ class DifficultyModel:
                    np.asarray(m["coef"], dtype=np.float64), float(m["intercept"]))
 
 
-def _row_weights(weights: np.ndarray | None, rows: int) -> np.ndarray:
-    """Each row's term weight in the difficulty model's likelihood: ``weights`` normalized to mean 1."""
-    w = np.ones(rows) if weights is None else np.asarray(weights, dtype=np.float64)
-    return w / w.mean() if w.sum() > 0 else np.ones(rows)
-
-
-def log_likelihood(model: DifficultyModel, features: np.ndarray, success: np.ndarray,
-                   weights: np.ndarray | None = None) -> float:
-    """The (fractional) logistic log-likelihood of ``model`` on these rows, each term weighted as
-    ``fit_difficulty_model`` weights it."""
-    y = np.clip(np.asarray(success, dtype=np.float64), 0.0, 1.0)
-    if not len(y):
-        return 0.0
-    w = _row_weights(weights, len(y))
-    p = np.clip(model.predict(features), 1e-12, 1 - 1e-12)
-    return float((w * (y * np.log(p) + (1 - y) * np.log1p(-p))).sum())
-
-
 def fit_difficulty_model(features: np.ndarray, success: np.ndarray, names: list[str],
                          l2: float = 1e-2, iterations: int = 30, weights: np.ndarray | None = None) -> DifficultyModel:
     """Fit ``DifficultyModel`` by Newton's method on the (fractional) logistic log-likelihood.
@@ -269,7 +251,8 @@ def fit_difficulty_model(features: np.ndarray, success: np.ndarray, names: list[
         return model
     design = np.hstack([model._design(x), np.ones((len(x), 1))])
     y = np.clip(np.asarray(success, dtype=np.float64), 0.0, 1.0)
-    w = _row_weights(weights, len(x))
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.mean() if w.sum() > 0 else np.ones(len(x))
     beta = np.zeros(design.shape[1])
     ridge = l2 * len(x) * np.eye(design.shape[1])
     ridge[-1, -1] = 0.0

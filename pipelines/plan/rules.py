@@ -20,7 +20,6 @@ from tierwise.pipelines.plan.calibration import (
     assign_buckets,
     fit_curve,
     fit_difficulty_model,
-    log_likelihood,
     quantile_edges,
 )
 from tierwise.pipelines.plan.stopping import first_stop
@@ -156,33 +155,6 @@ def feature_names(table: ReplayTable, pilot: int, cfg: AdaptiveConfig) -> list[s
     return [n for n in names if not ((n in PILOT_SIGNALS and "pilot" not in est)
                                      or (n == "difficulty_hint" and "column" not in est)
                                      or ((n == PROMPT_FEATURE or n.startswith("feature_")) and "features" not in est))]
-
-
-# Pilot signals a live row pays engine time for. ``mean_logprob`` asks vLLM for every generated
-# token's log-prob, which its front end decodes and folds per token: on a 2-core host that cost a
-# fifth of an adaptive job's throughput (docs/benchmarks.md). A plan reads one only where it adds to
-# what the free signals already tell: its likelihood-ratio statistic on the calibration rows must
-# reach ``PAID_SIGNAL_LR``, chi-square's 1% point for the 2 degrees of freedom a feature adds (z, z^2).
-PAID_SIGNALS = ("mean_logprob",)
-PAID_SIGNAL_LR = 9.21
-
-
-def paid_signal_tests(table: ReplayTable, pilot: int, names: list[str]) -> dict[str, float]:
-    """Per paid signal of ``names``: its likelihood-ratio statistic on the calibration rows (``correct``
-    filled), the difficulty model on ``names`` against the same model without it."""
-    paid = [n for n in names if n in PAID_SIGNALS]
-    if not paid:
-        return {}
-    feats = pilot_features(table, pilot, np.minimum(pilot, table.n_available), names)[0]
-    success = table.correct.sum(axis=1) / np.maximum(table.n_available, 1)
-    w = table.n_available
-    full = log_likelihood(fit_difficulty_model(feats, success, names, weights=w), feats, success, w)
-    tests = {}
-    for name in paid:
-        keep = [i for i, n in enumerate(names) if n != name]
-        fit = fit_difficulty_model(feats[:, keep], success, [names[i] for i in keep], weights=w)
-        tests[name] = max(0.0, 2.0 * (full - log_likelihood(fit, feats[:, keep], success, w)))
-    return tests
 
 
 def verifier_driven(objective: str, has_verifier: bool) -> bool:

@@ -272,12 +272,10 @@ def test_live_features_equal_replay_features(estimators, extra):
     # A user column (``features``) that is constant per row, and a prompt length that varies by row.
     samples = samples.with_columns(feature_digits=pl.col("difficulty_hint") // 10,
                                    prompt_tokens=(pl.col("query_id").hash(1) % 50 + 5).cast(pl.Int64))
-    plan, report = plan_from_calibration(samples, rows_remaining=100, budget_remaining=1e7, unit="tokens",
-                                         objective="accuracy",
-                                         config=AdaptiveConfig(pilot_samples=3, estimators=estimators))
-    paid = report["paid_signals"]  # mean_logprob is read only where it pays
-    pilot_signals = tuple(n for n in ("agreement", "parsed", "log_tokens", "mean_logprob", "verifier_score")
-                          if n not in paid or paid[n]["read"])
+    plan, _ = plan_from_calibration(samples, rows_remaining=100, budget_remaining=1e7, unit="tokens",
+                                    objective="accuracy",
+                                    config=AdaptiveConfig(pilot_samples=3, estimators=estimators))
+    pilot_signals = ("agreement", "parsed", "log_tokens", "mean_logprob", "verifier_score")
     assert plan.pilot == 3 and plan.feature_names == (pilot_signals if "pilot" in estimators else ()) + extra
     table = build_table(samples)
     replayed = pilot_features(table, 3, np.minimum(3, table.n_available), plan.feature_names)[0]
@@ -288,30 +286,6 @@ def test_live_features_equal_replay_features(estimators, extra):
                          features={k: first[k] for k in ("difficulty_hint", "feature_digits")})
         _add(state, rows[qid].head(3))
         assert np.array_equal(row_features(state, plan)[0], replayed[i], equal_nan=True)
-
-
-def _with_logprob_signal(samples: pl.DataFrame, informative: bool, seed: int = 0) -> pl.DataFrame:
-    """``samples`` with a ``mean_logprob`` that tracks each row's solve rate, or one that is noise."""
-    rng = np.random.default_rng(seed)
-    solve = samples.group_by("query_id").agg(rate=pl.col("correct").cast(pl.Float64).mean())
-    out = samples.drop("mean_logprob").join(solve, on="query_id")
-    noise = rng.normal(0, 0.1, out.height)
-    return out.with_columns(mean_logprob=pl.Series((-1.0 + out["rate"].to_numpy() if informative else -0.5) + noise)
-                            ).drop("rate")
-
-
-@pytest.mark.parametrize("informative", [True, False])
-def test_plan_reads_the_paid_logprob_signal_only_where_it_pays(informative):
-    """mean_logprob costs engine time per token: the plan reads it where it adds to the free signals."""
-    samples = _with_logprob_signal(synthetic_samples(200, 8, seed=3, verifier=False), informative)
-    plan, report = plan_from_calibration(samples, rows_remaining=1000, budget_remaining=1e7, unit="tokens",
-                                         objective="accuracy")
-    test = report["paid_signals"]["mean_logprob"]
-    assert test["read"] is informative and ("mean_logprob" in plan.feature_names) is informative
-    assert (test["lr"] >= 9.21) is informative
-    learned = plan_from_calibration(samples, rows_remaining=1000, budget_remaining=1e7, unit="tokens",
-                                    objective="accuracy", model=plan.model)[1]
-    assert learned["paid_signals"] == {}  # a learned model fixes its own features
 
 
 @pytest.mark.parametrize("objective,verifier,round_size,unit,estimators", [
