@@ -509,8 +509,12 @@ _UNBOUND: set[int] | None = None  # the cores this process could use before _kee
 
 
 def _set_affinity(pid: int, cores: set[int]) -> None:
-    """Binds every thread of process ``pid`` to ``cores``."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    """Binds every thread of process ``pid`` to ``cores`` (none where it has ended)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return
+    for tid in tids:
         try:
             os.sched_setaffinity(int(tid), cores)
         except OSError:  # a thread that ended meanwhile
