@@ -202,6 +202,7 @@ class Session:
         self._engines_before: dict[str, dict] = {}  # each replica's EngineMeter totals as the session began
         self._engines_last: dict[str, dict] = {}  # ... at the last metrics report (tierwise.ray_cluster.metrics)
         self._tier_of: dict[int, str] = {}  # each sent part's tier name, for the rows metric
+        self.engine_phases: list[dict] = []  # each pool run's engine use: {"phase", "wall_s", "engines"}
         self._last_save = 0.0
         # Waits for the ledger's worker to start (about a second of CPU on a 2-core machine) before
         # any part is sent: otherwise the first rows wait for it, the engine idle.
@@ -305,10 +306,11 @@ class Session:
                   on_part: Callable[[dict], None] | None = None, max_inflight: int | None = None,
                   on_sent: Callable[[io.Part], None] | None = None) -> int:
         """Streams ``parts`` through the pool; returns how many were left unsent."""
+        phase = "calibrating" if parts and getattr(tier(parts[0]), "name", "") == "calibration" else "running"
         if parts:
-            self.progress.phase("calibrating" if getattr(tier(parts[0]), "name", "") == "calibration" else "running")
+            self.progress.phase(phase)
         t0 = time.monotonic()
-        with self._saving_ledger(t0):
+        with self._saving_ledger(t0), self._engine_phase(phase, t0):
             return self.pool.run(self.job, self.ledger, parts, _JobParts(self, tier, stop_when, on_part, on_sent),
                                  max_inflight=max_inflight, parts_per_replica=self.spec.replicas.parts_per_replica)
 
@@ -318,6 +320,18 @@ class Session:
             self.floor.mark_sent(part)
         if then is not None:
             then(part)
+
+    @contextlib.contextmanager
+    def _engine_phase(self, phase: str, t0: float):
+        """Records the engines' use over one pool run (``engine_phases``): where a thin batch or an
+        idle engine came from (calibration's parts, the ladder's rungs, the main phase)."""
+        from tierwise.ray_cluster.engine import engine_usage
+
+        before = self.pool.engine_stats()
+        yield
+        after = self.pool.engine_stats()
+        self.engine_phases.append({"phase": phase, "wall_s": round(time.monotonic() - t0, 3),
+                                   "engines": {n: engine_usage(before.get(n), a) for n, a in after.items()}})
 
     @contextlib.contextmanager
     def _saving_ledger(self, t0: float):
@@ -345,7 +359,7 @@ class Session:
         self.progress.phase("calibrating rungs")
         handler = _SideParts(self, tier, stop_when, on_part, job=job)
         t0 = time.monotonic()
-        with self._saving_ledger(t0):
+        with self._saving_ledger(t0), self._engine_phase("calibrating rungs", t0):
             self.pool.run(job, self.ledger, parts, handler, parts_per_replica=self.spec.replicas.parts_per_replica)
         return handler.summaries
 
@@ -525,7 +539,7 @@ def _run_session(spec: JobSpec, start: resume.Start, todo: list[io.Part], deadli
             extra["bulk_written"] = session.bulk_written
             ran.summaries, ran.snapshot = session.summaries, session.snapshot
             ran.generate_wall_s = session.generate_wall_s
-            ran.extra = extra | {"engines": session.engine_report()}
+            ran.extra = extra | {"engines": session.engine_report(), "engine_phases": session.engine_phases}
     except StartInterrupted:  # a signal while the engines started: nothing ran, nothing was spent
         ran.unsent = len(todo)
     ran.signum = session.stop.signum

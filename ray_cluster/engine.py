@@ -402,14 +402,16 @@ class EngineMeter:
     waiting (vLLM's ``num_requests_running`` and ``num_requests_waiting``): its core then steps
     again at once. After a step that left none, the engine idles until a request comes, and the
     first step after that idle is not counted (so ``busy_s`` errs low by one step per idle spell).
-    Also counts vLLM's generated and prompt tokens and its prefix-cache queries and hits (tokens).
+    Also counts vLLM's generated and prompt tokens, its prefix-cache queries and hits (tokens),
+    and, per step, the requests it ran (``running_reqs``, summed) and whether any waited
+    (``waiting_steps``): a thin batch with none waiting means the front end sent too few requests.
     """
 
     def __init__(self):
         self.started = time.monotonic()
         self.busy_s = 0.0
         self.counts = dict.fromkeys(("steps", "generated_tokens", "prompt_tokens", "prefix_cache_queries",
-                                     "prefix_cache_hits"), 0)
+                                     "prefix_cache_hits", "running_reqs", "waiting_steps"), 0)
         self._last: float | None = None  # when the last step's stats came
         self._pending = False  # whether the last step left requests to run
 
@@ -433,6 +435,8 @@ class EngineMeter:
         self._last = now
         self._pending = scheduler_stats.num_running_reqs + scheduler_stats.num_waiting_reqs > 0
         self.counts["steps"] += 1
+        self.counts["running_reqs"] += scheduler_stats.num_running_reqs
+        self.counts["waiting_steps"] += scheduler_stats.num_waiting_reqs > 0
         self.counts["prefix_cache_queries"] += scheduler_stats.prefix_cache_stats.queries
         self.counts["prefix_cache_hits"] += scheduler_stats.prefix_cache_stats.hits
 
@@ -453,16 +457,19 @@ class EngineMeter:
 def engine_usage(before: dict | None, after: dict) -> dict:
     """One replica's engine use between two ``EngineMeter.snapshot``s (``before`` None: since the
     meter started): ``seconds`` of wall clock, ``busy_s`` and ``busy_fraction`` of engine time, the
-    counts' differences, and ``generated_tokens_per_step`` (the decode batch's mean fill)."""
+    counts' differences, ``generated_tokens_per_step`` (the decode batch's mean fill),
+    ``running_reqs_per_step`` and ``waiting_step_fraction``."""
     base = before or {"at": after["started"]}
     seconds = after["at"] - base["at"]
     out = {k: v - base.get(k, 0) for k, v in after.items() if k not in ("at", "started")}
     busy = min(out.pop("busy_s"), seconds)
     # How full the busy steps were: an engine can be busy with a thin batch.
-    per_step = round(out["generated_tokens"] / out["steps"], 1) if out.get("steps") else None
+    steps = out.get("steps")
+    per_step = {"generated_tokens_per_step": round(out["generated_tokens"] / steps, 1) if steps else None,
+                "running_reqs_per_step": round(out.get("running_reqs", 0) / steps, 1) if steps else None,
+                "waiting_step_fraction": round(out.get("waiting_steps", 0) / steps, 4) if steps else None}
     return {"seconds": round(seconds, 3), "busy_s": round(busy, 3),
-            "busy_fraction": round(busy / seconds, 4) if seconds > 0 else None} | out | {
-            "generated_tokens_per_step": per_step}
+            "busy_fraction": round(busy / seconds, 4) if seconds > 0 else None} | out | per_step
 
 
 def structured_params(constraint: tuple[str, str] | None):

@@ -204,6 +204,7 @@ def test_engine_meter_counts_time_between_steps_with_work_and_not_idle_time():
     meter.record(None, None)  # an output without scheduler stats is no step
     usage = engine_usage(before, meter.snapshot())
     assert usage["steps"] == 4 and usage["generated_tokens"] == 5 and usage["generated_tokens_per_step"] == 1.2
+    assert usage["running_reqs_per_step"] == 1.0 and usage["waiting_step_fraction"] == 0.25
     assert 0.3 <= usage["busy_s"] < 0.45
     assert usage["seconds"] >= 0.6 and usage["busy_fraction"] == pytest.approx(usage["busy_s"] / usage["seconds"], abs=2e-3)  # both rounded to 3 places
     meter.restart()  # a restarted engine: the time until its first step is not busy
