@@ -77,6 +77,11 @@ def test_report_has_each_replicas_engine_time_from_vllm_stats(full_run, shared_p
     assert usage["generated_tokens"] == report["output_tokens"]
     assert usage["steps"] > 0
     assert usage["prefix_cache_queries"] > 0  # prefix caching is on by default (vLLM counts only then)
+    assert 0 < usage["running_reqs_per_step"] <= 256 and 0 <= usage["waiting_step_fraction"] <= 1
+    # One pool run (uniform: no calibration); its engine use is the job's.
+    (phase,) = report["engine_phases"]
+    assert phase["phase"] == "running"
+    assert phase["engines"][next(iter(engines))]["generated_tokens"] == report["output_tokens"]
 
 
 @pytest.mark.slow
